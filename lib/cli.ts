@@ -1,0 +1,150 @@
+/**
+ * What both scripts share on the command line: parsing durations and etcd
+ * connection flags (etcdctl's names and variables), the usage error that
+ * means exit status 2, and one-line event logs for journald.
+ *
+ * @module
+ */
+import type { EtcdOptions } from "./etcd.ts";
+
+/** Bad usage or configuration: one line on stderr, exit status 2, nothing written. */
+export class UsageError extends Error {
+  override name = "UsageError";
+}
+
+/** The environment as the scripts read it. */
+export type Env = Record<string, string | undefined>;
+
+/** The default etcd endpoint when neither `--endpoints` nor `$ETCDCTL_ENDPOINTS` is given. */
+export const DEFAULT_ENDPOINT = "http://127.0.0.1:2379";
+
+/** parseArgs options for the etcd connection, the same in both scripts. */
+export const CONNECTION_OPTIONS = {
+  endpoints: { type: "string" },
+  prefix: { type: "string" },
+  cacert: { type: "string" },
+  cert: { type: "string" },
+  key: { type: "string" },
+  user: { type: "string" },
+  help: { type: "boolean", short: "h" },
+} as const;
+
+/** The `--help` text for the connection flags. */
+export const CONNECTION_HELP = `etcd:
+  --endpoints URL[,URL...]  etcd client URLs (default $ETCDCTL_ENDPOINTS, else ${DEFAULT_ENDPOINT})
+  --prefix PATH             where records live (default /services)
+  --cacert FILE             CA bundle for https endpoints ($ETCDCTL_CACERT)
+  --cert FILE, --key FILE   client certificate and key ($ETCDCTL_CERT, $ETCDCTL_KEY)
+  --user NAME:PASSWORD      etcd user ($ETCDCTL_USER)`;
+
+const DURATION = /^(\d+(?:\.\d+)?)(ms|s|m)$/;
+const UNIT_MS: Record<string, number> = { ms: 1, s: 1000, m: 60_000 };
+
+/** Parses `500ms`, `2s`, `1.5s`, `1m` into milliseconds; throws UsageError otherwise. */
+export function parseDuration(text: string, flag: string): number {
+  const match = DURATION.exec(text.trim());
+  const ms = match ? Math.round(Number(match[1]) * UNIT_MS[match[2]]) : NaN;
+  if (!match || ms <= 0) {
+    throw new UsageError(`Cannot use ${flag} "${text}": expected a duration such as 500ms, 2s or 1m`);
+  }
+  return ms;
+}
+
+/** Parses a whole number from `min` up; throws UsageError otherwise. */
+export function parseCount(text: string, flag: string, min = 1): number {
+  const n = /^\d+$/.test(text) ? Number(text) : NaN;
+  if (!Number.isSafeInteger(n) || n < min) {
+    throw new UsageError(`Cannot use ${flag} "${text}": expected a whole number of at least ${min}`);
+  }
+  return n;
+}
+
+/** Parses a comma-separated endpoint list; a bare `host:port` means `http://host:port`. */
+export function parseEndpoints(text: string): string[] {
+  const endpoints = text.split(",").map((s) => s.trim()).filter((s) => s !== "");
+  if (endpoints.length === 0) throw new UsageError(`Cannot use endpoints "${text}": expected URL[,URL...]`);
+  return endpoints.map((endpoint) => {
+    const withScheme = /^[a-z][a-z0-9+.-]*:\/\//i.test(endpoint) ? endpoint : `http://${endpoint}`;
+    let url: URL;
+    try {
+      url = new URL(withScheme);
+    } catch {
+      throw new UsageError(`Cannot use endpoint "${endpoint}": expected a URL such as http://127.0.0.1:2379`);
+    }
+    if ((url.protocol !== "http:" && url.protocol !== "https:") || url.hostname === "" || url.pathname !== "/") {
+      throw new UsageError(`Cannot use endpoint "${endpoint}": expected a URL such as http://127.0.0.1:2379`);
+    }
+    return `${url.protocol}//${url.hostname}:${url.port || (url.protocol === "https:" ? "443" : "80")}`;
+  });
+}
+
+/** The etcd connection from flags, falling back to etcdctl's environment variables. */
+export function parseConnection(
+  values: { endpoints?: string; cacert?: string; cert?: string; key?: string; user?: string },
+  env: Env,
+): EtcdOptions {
+  const endpoints = parseEndpoints(values.endpoints ?? env.ETCDCTL_ENDPOINTS ?? DEFAULT_ENDPOINT);
+  const options: EtcdOptions = { endpoints };
+  const cacert = values.cacert ?? env.ETCDCTL_CACERT;
+  const cert = values.cert ?? env.ETCDCTL_CERT;
+  const key = values.key ?? env.ETCDCTL_KEY;
+  if (cacert) options.cacert = cacert;
+  if (cert || key) {
+    if (!cert || !key) {
+      throw new UsageError(
+        `Cannot use ${cert ? `--cert "${cert}"` : `--key "${key}"`} alone: expected both --cert and --key`,
+      );
+    }
+    options.cert = cert;
+    options.key = key;
+  }
+  const secure = endpoints.filter((e) => e.startsWith("https:")).length;
+  if (secure > 0 && secure < endpoints.length) {
+    throw new UsageError(`Cannot use endpoints "${endpoints.join(",")}": expected all http or all https, not a mix`);
+  }
+  if ((cacert || cert) && secure === 0) {
+    throw new UsageError(`Cannot use TLS files with endpoints "${endpoints.join(",")}": expected https:// endpoints`);
+  }
+  const user = values.user ?? env.ETCDCTL_USER;
+  if (user !== undefined) {
+    const colon = user.indexOf(":");
+    if (colon <= 0) throw new UsageError(`Cannot use user "${user.split(":")[0]}": expected NAME:PASSWORD`);
+    options.user = { name: user.slice(0, colon), password: user.slice(colon + 1) };
+  }
+  return options;
+}
+
+/** Turns parseArgs' own errors (unknown flag, missing value) into one-line usage errors. */
+export function usageFrom(err: unknown, program: string): unknown {
+  if (err instanceof TypeError && "code" in err && String(err.code).startsWith("ERR_PARSE_ARGS")) {
+    const message = err.message.split("\n")[0].replace(/\. To specify a positional argument.*$/, "");
+    return new UsageError(`${message} (see ${program} --help)`);
+  }
+  return err;
+}
+
+/** Log priorities, as syslog and journald number them. */
+export type Level = "err" | "warning" | "notice" | "info" | "debug";
+const PRIORITY: Record<Level, number> = { err: 3, warning: 4, notice: 5, info: 6, debug: 7 };
+
+/** Writes one event a line: `event key=value ...`; with `<N>` priority prefixes under journald. */
+export type Log = (level: Level, event: string, fields?: Record<string, unknown>) => void;
+
+/** Formats one log line (pure). */
+export function formatEvent(event: string, fields: Record<string, unknown> = {}): string {
+  const parts = [event];
+  for (const [k, v] of Object.entries(fields)) {
+    if (v === undefined) continue;
+    const text = String(v);
+    parts.push(`${k}=${/^[^\s"=]+$/.test(text) ? text : JSON.stringify(text)}`);
+  }
+  return parts.join(" ");
+}
+
+/** A logger to stderr; `JOURNAL_STREAM` in the environment turns on priority prefixes. */
+export function createLog(env: Env, write: (line: string) => void = (l) => process.stderr.write(l)): Log {
+  const journal = Boolean(env.JOURNAL_STREAM);
+  return (level, event, fields) => {
+    write(`${journal ? `<${PRIORITY[level]}>` : ""}${formatEvent(event, fields)}\n`);
+  };
+}

@@ -1,0 +1,355 @@
+/**
+ * The only file that talks to etcd (the only importer of `etcd3`): a small
+ * client with the few operations the registry needs, each with a deadline,
+ * so an unreachable etcd never hangs a caller.
+ *
+ * Callers that see a failure should `close()` the client and build a new one:
+ * under Deno, an HTTP/2 session can stay half-dead after a server restart or a
+ * cut network without grpc-js noticing, and a new client is the sure way out.
+ *
+ * @module
+ */
+import { readFileSync } from "node:fs";
+import {
+  Etcd3,
+  EtcdLeaseInvalidError,
+  GRPCDeadlineExceededError,
+  type IKeyValue,
+  type IOptions,
+  isRecoverableError,
+  type IWatchResponse,
+} from "etcd3";
+
+/** How to reach etcd: endpoints, TLS files and a user, as etcdctl takes them. */
+export interface EtcdOptions {
+  /** Client URLs, `http://host:port` or `https://host:port`. */
+  endpoints: string[];
+  /** A CA bundle to verify the server with (`--cacert`). */
+  cacert?: string;
+  /** A client certificate (`--cert`), with its `key`. */
+  cert?: string;
+  /** The client certificate's private key (`--key`). */
+  key?: string;
+  /** etcd user and password (`--user name:password`). */
+  user?: { name: string; password: string };
+  /** The deadline of each call to one member. @default 1500 */
+  callTimeoutMs?: number;
+}
+
+/** A key's value and the lease it is attached to ("0" for none). */
+export interface StoredValue {
+  key: string;
+  value: string;
+  lease: string;
+  modRevision: string;
+}
+
+/** What a watch stream reports. */
+export type WatchEvent =
+  | { type: "put"; key: string; value: string; revision: string }
+  | { type: "delete"; key: string; revision: string };
+
+/** A running watch: `done` settles when the stream ends or fails (never while it is healthy). */
+export interface WatchHandle {
+  done: Promise<Error>;
+  /** Asks etcd for a progress report on this stream; rejects when none comes in time (a dead stream). */
+  probe(): Promise<void>;
+  cancel(): void;
+}
+
+/** Thrown when a call takes longer than its deadline. */
+export class DeadlineError extends Error {
+  override name = "DeadlineError";
+}
+
+const DEFAULT_CALL_TIMEOUT_MS = 1500;
+
+/** The end of the key range that holds every key starting with `prefix`. */
+export function prefixRangeEnd(prefix: string): Buffer {
+  const end = Buffer.from(prefix);
+  for (let i = end.length - 1; i >= 0; i--) {
+    if (end[i] < 0xff) {
+      end[i]++;
+      return end.subarray(0, i + 1);
+    }
+  }
+  return Buffer.from([0]);
+}
+
+/** Settles like `promise`, or rejects with DeadlineError after `ms`. */
+export function withDeadline<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const deadline = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new DeadlineError(`${what} took longer than ${ms} ms`)), ms);
+  });
+  return Promise.race([promise, deadline]).finally(() => clearTimeout(timer));
+}
+
+/** A short, one-line reason for an etcd failure, for logs and error lines. */
+export function describeError(err: unknown): string {
+  if (!(err instanceof Error)) return String(err);
+  const message = err.message.split("\n")[0].replace(/^\d+ [A-Z_]+: /, "").replace(/\.? *Resolution note:.*$/, "");
+  return err instanceof DeadlineError ? `deadline exceeded: ${message}` : message;
+}
+
+/** A client for one set of endpoints. Cheap to build; close it when done. */
+export class Etcd {
+  readonly #client: Etcd3;
+  readonly #callTimeoutMs: number;
+  readonly #hostCount: number;
+
+  constructor(options: EtcdOptions) {
+    this.#callTimeoutMs = options.callTimeoutMs ?? DEFAULT_CALL_TIMEOUT_MS;
+    this.#hostCount = options.endpoints.length;
+    const config: IOptions = {
+      hosts: options.endpoints,
+      // grpc-js would otherwise honour http_proxy and friends: etcd is never behind one
+      grpcOptions: { "grpc.enable_http_proxy": 0 },
+      defaultCallOptions: (context) => context.isStream ? {} : { deadline: Date.now() + this.#callTimeoutMs },
+      faultHandling: {
+        // no circuit breaker: it would keep refusing calls for 5 s after etcd is back
+        host: () => noPolicy,
+        global: retryOtherHosts(options.endpoints.length),
+      },
+    };
+    if (options.cacert || options.cert) {
+      config.credentials = {
+        rootCertificate: options.cacert ? readFileSync(options.cacert) : undefined as unknown as Buffer,
+        certChain: options.cert ? readFileSync(options.cert) : undefined,
+        privateKey: options.key ? readFileSync(options.key) : undefined,
+      };
+    }
+    if (options.user) {
+      config.auth = { username: options.user.name, password: options.user.password };
+    }
+    this.#client = new Etcd3(config);
+  }
+
+  /** The bound on one operation, across every member it may try. */
+  get operationTimeoutMs(): number {
+    return this.#callTimeoutMs * this.#hostCount + 500;
+  }
+
+  #bounded<T>(promise: Promise<T>, what: string): Promise<T> {
+    return withDeadline(promise, this.operationTimeoutMs, what);
+  }
+
+  /** Grants a lease of `ttlSeconds`; returns its ID. */
+  async grantLease(ttlSeconds: number): Promise<string> {
+    const res = await this.#bounded(this.#client.leaseClient.leaseGrant({ TTL: ttlSeconds }), "lease grant");
+    return res.ID;
+  }
+
+  /** Sends one keep-alive; returns the lease's remaining TTL in seconds (0: the lease is gone). */
+  async keepAlive(lease: string): Promise<number> {
+    const attempt = async () => {
+      const stream = await this.#client.leaseClient.leaseKeepAlive();
+      try {
+        return await new Promise<number>((resolve, reject) => {
+          stream.on("data", (res) => resolve(Number(res.TTL)));
+          stream.on("error", reject);
+          stream.on("end", () => reject(new Error("keep-alive stream ended")));
+          stream.write({ ID: lease });
+        });
+      } finally {
+        stream.end();
+      }
+    };
+    return await this.#bounded(attempt(), "lease keep-alive");
+  }
+
+  /** Revokes a lease, deleting every key attached to it. A lease already gone is no error. */
+  async revokeLease(lease: string, timeoutMs = this.operationTimeoutMs): Promise<void> {
+    try {
+      await withDeadline(this.#client.leaseClient.leaseRevoke({ ID: lease }), timeoutMs, "lease revoke");
+    } catch (err) {
+      if (!(err instanceof EtcdLeaseInvalidError)) throw err;
+    }
+  }
+
+  /**
+   * Puts `value` at `key` under `lease` unless the key exists already, in one
+   * transaction. Returns what is stored at the key afterwards: ours, or another's.
+   */
+  async putIfAbsent(key: string, value: string, lease: string): Promise<StoredValue> {
+    const k = Buffer.from(key);
+    const res = await this.#bounded(
+      this.#client.kv.txn({
+        compare: [{ key: k, target: "Create", result: "Equal", create_revision: 0 }],
+        success: [{ request_put: { key: k, value: Buffer.from(value), lease } }],
+        failure: [{ request_range: { key: k } }],
+      }),
+      "put",
+    );
+    if (res.succeeded) return { key, value, lease, modRevision: res.header.revision };
+    const kv = res.responses[0]?.response_range?.kvs[0];
+    // deleted between the compare and the read: report it as absent, the caller tries again
+    return kv ? toStored(kv) : { key, value: "", lease: "0", modRevision: "0" };
+  }
+
+  /** Puts `value` at `key` under `lease` only while the key is attached to `previousLease`. */
+  async putIfLease(key: string, value: string, lease: string, previousLease: string): Promise<boolean> {
+    const k = Buffer.from(key);
+    const res = await this.#bounded(
+      this.#client.kv.txn({
+        compare: [
+          { key: k, target: "Create", result: "Greater", create_revision: 0 },
+          { key: k, target: "Lease", result: "Equal", lease: previousLease },
+        ],
+        success: [{ request_put: { key: k, value: Buffer.from(value), lease } }],
+      }),
+      "put",
+    );
+    return res.succeeded;
+  }
+
+  /** Deletes `key` only while it is attached to `lease`; returns whether it did. */
+  async deleteIfLease(key: string, lease: string): Promise<boolean> {
+    const k = Buffer.from(key);
+    const res = await this.#bounded(
+      this.#client.kv.txn({
+        compare: [
+          { key: k, target: "Create", result: "Greater", create_revision: 0 },
+          { key: k, target: "Lease", result: "Equal", lease },
+        ],
+        success: [{ request_delete_range: { key: k } }],
+      }),
+      "delete",
+    );
+    return res.succeeded;
+  }
+
+  /** Reads one key; undefined when it does not exist. */
+  async get(key: string): Promise<StoredValue | undefined> {
+    const res = await this.#bounded(this.#client.kv.range({ key: Buffer.from(key) }), "get");
+    return res.kvs[0] ? toStored(res.kvs[0]) : undefined;
+  }
+
+  /** Reads every key under `prefix`, sorted by key, with the revision of the read. */
+  async list(prefix: string): Promise<{ values: StoredValue[]; revision: string }> {
+    const res = await this.#bounded(
+      this.#client.kv.range({ key: Buffer.from(prefix), range_end: prefixRangeEnd(prefix) }),
+      "list",
+    );
+    return { values: res.kvs.map(toStored), revision: res.header.revision };
+  }
+
+  /** The cluster's current revision (a cheap read). */
+  async revision(): Promise<string> {
+    const res = await this.#bounded(
+      this.#client.kv.range({ key: Buffer.from("\0"), count_only: true }),
+      "revision",
+    );
+    return res.header.revision;
+  }
+
+  /**
+   * Watches every key under `prefix` from `startRevision`. `onEvent` gets each
+   * change in order. `done` settles with the reason the watch stopped
+   * (compaction, a broken stream, etcd gone); the caller lists again.
+   */
+  async watch(
+    prefix: string,
+    startRevision: string,
+    onEvent: (event: WatchEvent) => void,
+  ): Promise<WatchHandle> {
+    const stream = await this.#bounded(this.#client.watchClient.watch(), "watch");
+    let settle: (err: Error) => void = () => {};
+    const done = new Promise<Error>((resolve) => (settle = resolve));
+    let created = false;
+    let answered: () => void = () => {};
+    const created$ = new Promise<void>((resolve, reject) => {
+      stream.on("data", (res: IWatchResponse) => {
+        answered();
+        if (res.created && !created) {
+          created = true;
+          resolve();
+        }
+        if (res.canceled || res.compact_revision !== "0") {
+          const reason = res.compact_revision !== "0"
+            ? `revision ${startRevision} was compacted (compact revision ${res.compact_revision})`
+            : res.cancel_reason || "watch canceled by etcd";
+          const err = new Error(reason);
+          reject(err);
+          settle(err);
+          return;
+        }
+        for (const e of res.events ?? []) {
+          const key = e.kv.key.toString();
+          if (e.type === "Delete") onEvent({ type: "delete", key, revision: e.kv.mod_revision });
+          else onEvent({ type: "put", key, value: e.kv.value.toString(), revision: e.kv.mod_revision });
+        }
+      });
+      const fail = (err: Error) => {
+        reject(err);
+        settle(err);
+      };
+      stream.on("error", fail);
+      stream.on("end", () => fail(new Error("watch stream ended")));
+    });
+    stream.write({
+      create_request: { key: Buffer.from(prefix), range_end: prefixRangeEnd(prefix), start_revision: startRevision },
+    });
+    const cancel = () => {
+      settle(new Error("watch canceled"));
+      try {
+        stream.end();
+      } catch { /* already closed */ }
+    };
+    // a stream on a half-dead connection raises nothing under Deno: only an answer proves it alive
+    const probe = () =>
+      this.#bounded(
+        new Promise<void>((resolve) => {
+          answered = resolve;
+          stream.write({ progress_request: {} });
+        }),
+        "watch progress",
+      );
+    try {
+      await this.#bounded(created$, "watch create");
+    } catch (err) {
+      cancel();
+      throw err;
+    }
+    return { done, probe, cancel };
+  }
+
+  /** Closes every connection; calls in flight fail. */
+  close(): void {
+    this.#client.close();
+  }
+}
+
+function toStored(kv: IKeyValue): StoredValue {
+  return { key: kv.key.toString(), value: kv.value.toString(), lease: kv.lease, modRevision: kv.mod_revision };
+}
+
+/** cockatiel-compatible policies, kept local so callers need not know cockatiel. */
+const noPolicy = {
+  execute<T>(fn: (context: { signal: AbortSignal; attempt: number }) => PromiseLike<T> | T): Promise<T> {
+    return Promise.resolve(fn({ signal: new AbortController().signal, attempt: 0 }));
+  },
+  // deno-lint-ignore no-explicit-any
+} as any;
+
+/** Tries a failed call once on each other member (the pool picks a new member each attempt). */
+function retryOtherHosts(hosts: number) {
+  return {
+    async execute<T>(fn: (context: { signal: AbortSignal; attempt: number }) => PromiseLike<T> | T): Promise<T> {
+      const signal = new AbortController().signal;
+      for (let attempt = 0;; attempt++) {
+        try {
+          return await fn({ signal, attempt });
+        } catch (err) {
+          if (!(err instanceof Error && isRecoverable(err)) || attempt + 1 >= hosts) throw err;
+        }
+      }
+    },
+    // deno-lint-ignore no-explicit-any
+  } as any;
+}
+
+function isRecoverable(err: Error): boolean {
+  // a member past its deadline is as good as down: try the next one
+  return isRecoverableError(err) || err instanceof GRPCDeadlineExceededError;
+}

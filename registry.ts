@@ -1,0 +1,342 @@
+#!/usr/bin/env -S deno run --allow-net --allow-env
+/**
+ * registry: lists, gets and watches the instances that secretaries keep in
+ * etcd, from any host, for people and for scripts.
+ *
+ * ```sh
+ * deno run --allow-net --allow-env registry.ts ls [SERVICE] [--json]
+ * deno run --allow-net --allow-env registry.ts get SERVICE IP:PORT
+ * deno run --allow-net --allow-env registry.ts watch [SERVICE] [--json]
+ * ```
+ *
+ * `watch` lists, then watches from the next revision, so no change is missed;
+ * when the stream breaks (etcd restarted, revision compacted, network cut) it
+ * lists again, prints the difference, and carries on.
+ *
+ * @module
+ */
+import { parseArgs } from "node:util";
+import { CONNECTION_HELP, CONNECTION_OPTIONS, type Env, parseConnection, UsageError, usageFrom } from "./lib/cli.ts";
+import { describeError, Etcd, type EtcdOptions, type StoredValue, type WatchHandle } from "./lib/etcd.ts";
+import {
+  addressOfKey,
+  checkIpv4,
+  checkPort,
+  checkService,
+  decodeEntry,
+  DEFAULT_PREFIX,
+  type Entry,
+  instanceKey,
+  normalizePrefix,
+  serviceOfKey,
+  servicePrefix,
+} from "./lib/record.ts";
+
+export const HELP = `Usage: registry <command> [options]
+
+Commands:
+  ls [SERVICE]              list instances: SERVICE, ADDRESS, HOST, AGE, META
+  get SERVICE IP:PORT       print one instance's record as JSON; exit 1 if there is none
+  watch [SERVICE]           print the instances, then every change: + registered, - gone
+
+Options:
+  --json                    ls: a JSON array; watch: one JSON object a line
+
+${CONNECTION_HELP}
+
+Exit status: 0 done, 1 not found or etcd failed, 2 bad usage.`;
+
+/** A parsed command line. */
+export type Command =
+  | { command: "help" }
+  | { command: "ls" | "watch"; service?: string; json: boolean; prefix: string; etcd: EtcdOptions }
+  | { command: "get"; service: string; ip: string; port: number; json: boolean; prefix: string; etcd: EtcdOptions };
+
+/** Parses the command line; throws UsageError on bad input. */
+export function parseCli(args: readonly string[], env: Env): Command {
+  const { values, positionals } = parseArgs({
+    args: [...args],
+    allowPositionals: true,
+    options: { ...CONNECTION_OPTIONS, json: { type: "boolean", default: false } },
+  });
+  if (values.help) return { command: "help" };
+  const [command, ...rest] = positionals;
+  const common = () => ({
+    json: values.json,
+    prefix: usage(() => normalizePrefix(values.prefix ?? DEFAULT_PREFIX)),
+    etcd: parseConnection(values, env),
+  });
+  switch (command) {
+    case "ls":
+    case "watch": {
+      if (rest.length > 1) throw new UsageError(`Cannot use arguments "${rest.join(" ")}": expected at most SERVICE`);
+      const service = rest[0] === undefined ? undefined : usage(() => checkService(rest[0]));
+      return { command, service, ...common() };
+    }
+    case "get": {
+      if (rest.length !== 2) {
+        throw new UsageError(`Cannot use arguments "${rest.join(" ")}": expected SERVICE IP:PORT`);
+      }
+      const service = usage(() => checkService(rest[0]));
+      const match = /^([^:]+):(\d{1,5})$/.exec(rest[1]);
+      if (!match) throw new UsageError(`Cannot use address "${rest[1]}": expected IP:PORT such as 10.0.0.5:8080`);
+      const ip = usage(() => checkIpv4(match[1]));
+      const port = usage(() => checkPort(Number(match[2])));
+      return { command, service, ip, port, ...common() };
+    }
+    case undefined:
+      throw new UsageError("Missing command: expected ls, get or watch (see registry --help)");
+    default:
+      throw new UsageError(`Cannot use command "${command}": expected ls, get or watch`);
+  }
+}
+
+function usage<T>(fn: () => T): T {
+  try {
+    return fn();
+  } catch (err) {
+    throw err instanceof RangeError ? new UsageError(err.message) : err;
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Formatting (pure)
+
+/** A short age: `42s`, `5m`, `3h`, `12d`; `-` when unknown. */
+export function formatAge(registeredAt: string, nowMs: number): string {
+  const then = Date.parse(registeredAt);
+  if (Number.isNaN(then)) return "-";
+  const s = Math.max(0, Math.floor((nowMs - then) / 1000));
+  if (s < 120) return `${s}s`;
+  if (s < 7200) return `${Math.floor(s / 60)}m`;
+  if (s < 172800) return `${Math.floor(s / 3600)}h`;
+  return `${Math.floor(s / 86400)}d`;
+}
+
+/** One `--meta` set as `k=v,k=v`, or `-`. */
+export function formatMeta(meta: Record<string, string>): string {
+  const pairs = Object.entries(meta).map(([k, v]) => `${k}=${v}`);
+  return pairs.length ? pairs.join(",") : "-";
+}
+
+/** Sorts by service, then by address (IP numerically, then port). */
+export function sortEntries(entries: Entry[]): Entry[] {
+  const rank = (e: Entry) => {
+    const [ip, port] = addressOfKey(e.key).split(":");
+    const octets = ip.split(".").map((o) => o.padStart(3, "0")).join(".");
+    return `${serviceOfKey(e.key)}\0${octets}\0${(port ?? "").padStart(5, "0")}`;
+  };
+  return [...entries].sort((a, b) => (rank(a) < rank(b) ? -1 : rank(a) > rank(b) ? 1 : 0));
+}
+
+/** The `ls` table: SERVICE, ADDRESS, HOST, AGE, META, columns padded. */
+export function formatTable(entries: Entry[], nowMs: number): string {
+  const rows = [["SERVICE", "ADDRESS", "HOST", "AGE", "META"]];
+  for (const e of sortEntries(entries)) {
+    rows.push(
+      e.record
+        ? [
+          serviceOfKey(e.key),
+          addressOfKey(e.key),
+          e.record.host || "-",
+          formatAge(e.record.registered_at, nowMs),
+          formatMeta(e.record.meta),
+        ]
+        : [
+          serviceOfKey(e.key),
+          addressOfKey(e.key),
+          "-",
+          "-",
+          `(not a record: ${JSON.stringify(truncate(e.invalid, 40))})`,
+        ],
+    );
+  }
+  const widths = rows[0].map((_, i) => Math.max(...rows.map((r) => r[i].length)));
+  return rows.map((r) => r.map((cell, i) => (i === r.length - 1 ? cell : cell.padEnd(widths[i]))).join("  ")).join(
+    "\n",
+  );
+}
+
+function truncate(text: string, max: number): string {
+  return text.length > max ? `${text.slice(0, max - 1)}…` : text;
+}
+
+/** An entry as a JSON object: the record's fields with its key, or the key with the invalid value. */
+export function entryJson(e: Entry): Record<string, unknown> {
+  return e.record ? { key: e.key, ...e.record } : { key: e.key, invalid: e.invalid };
+}
+
+/** A change seen by `watch`. */
+export type Change = { kind: "+"; entry: Entry } | { kind: "-"; key: string };
+
+/** One `watch` line: `+ SERVICE ADDRESS host=… meta…`, `- SERVICE ADDRESS`, or JSON. */
+export function formatChange(change: Change, json: boolean): string {
+  if (json) {
+    return JSON.stringify(
+      change.kind === "+" ? { change: "registered", ...entryJson(change.entry) } : { change: "gone", key: change.key },
+    );
+  }
+  if (change.kind === "-") return `- ${serviceOfKey(change.key)} ${addressOfKey(change.key)}`;
+  const e = change.entry;
+  const detail = e.record
+    ? `host=${e.record.host || "-"} meta=${formatMeta(e.record.meta)}`
+    : `(not a record: ${JSON.stringify(truncate(e.invalid, 40))})`;
+  return `+ ${serviceOfKey(e.key)} ${addressOfKey(e.key)} ${detail}`;
+}
+
+/** What changed between what a watcher knew and a fresh listing: gone keys, then new or changed ones. */
+export function diffListing(known: Map<string, string>, listing: StoredValue[]): Change[] {
+  const fresh = new Map(listing.map((v) => [v.key, v.value]));
+  const changes: Change[] = [];
+  for (const key of [...known.keys()].sort()) if (!fresh.has(key)) changes.push({ kind: "-", key });
+  const added = listing.filter((v) => known.get(v.key) !== v.value).map((v) => decodeEntry(v.key, v.value));
+  for (const entry of sortEntries(added)) changes.push({ kind: "+", entry });
+  return changes;
+}
+
+// ---------------------------------------------------------------------------
+// Commands (effects)
+
+/** How often `watch` asks etcd whether its stream is still alive. */
+export const WATCH_PROBE_MS = 2000;
+
+interface Io {
+  out(line: string): void;
+  err(line: string): void;
+}
+
+async function ls(cmd: Extract<Command, { command: "ls" | "watch" }>, etcd: Etcd, io: Io): Promise<number> {
+  const { values } = await etcd.list(servicePrefix(cmd.prefix, cmd.service));
+  const entries = values.map((v) => decodeEntry(v.key, v.value));
+  io.out(cmd.json ? JSON.stringify(sortEntries(entries).map(entryJson), null, 2) : formatTable(entries, Date.now()));
+  return 0;
+}
+
+async function get(cmd: Extract<Command, { command: "get" }>, etcd: Etcd, io: Io): Promise<number> {
+  const key = instanceKey(cmd.prefix, cmd.service, cmd.ip, cmd.port);
+  const stored = await etcd.get(key);
+  if (!stored) {
+    io.err(`registry: Key not found (${key})`);
+    return 1;
+  }
+  io.out(stored.value);
+  return 0;
+}
+
+/** Lists, then watches from the next revision; on any break, lists again and prints the difference. */
+async function watch(
+  cmd: Extract<Command, { command: "ls" | "watch" }>,
+  connect: () => Etcd,
+  io: Io,
+  signal: AbortSignal,
+): Promise<number> {
+  const prefix = servicePrefix(cmd.prefix, cmd.service);
+  const known = new Map<string, string>();
+  let waiting = false;
+  let failures = 0;
+  while (!signal.aborted) {
+    const etcd = connect();
+    let handle: WatchHandle | undefined;
+    try {
+      const { values, revision } = await etcd.list(prefix);
+      for (const change of diffListing(known, values)) io.out(formatChange(change, cmd.json));
+      known.clear();
+      for (const v of values) known.set(v.key, v.value);
+      handle = await etcd.watch(prefix, String(BigInt(revision) + 1n), (event) => {
+        if (event.type === "delete") {
+          if (known.delete(event.key)) io.out(formatChange({ kind: "-", key: event.key }, cmd.json));
+        } else if (known.get(event.key) !== event.value) {
+          known.set(event.key, event.value);
+          io.out(formatChange({ kind: "+", entry: decodeEntry(event.key, event.value) }, cmd.json));
+        }
+      });
+      if (waiting) io.err("registry: etcd answered again; watching");
+      waiting = false;
+      failures = 0;
+      const reason = await untilBroken(handle, signal);
+      if (reason) throw reason;
+    } catch (err) {
+      if (signal.aborted) break;
+      failures++;
+      if (!waiting) io.err(`registry: waiting for etcd at ${cmd.etcd.endpoints.join(",")}: ${describeError(err)}`);
+      waiting = true;
+      await sleep(Math.min(1000, 100 * 2 ** failures) * (0.5 + Math.random() / 2), signal);
+    } finally {
+      handle?.cancel();
+      etcd.close();
+    }
+  }
+  return 0;
+}
+
+/** Resolves with the reason the watch broke, or undefined when `signal` aborts. */
+async function untilBroken(handle: WatchHandle, signal: AbortSignal): Promise<Error | undefined> {
+  const aborted = new Promise<undefined>((resolve) => signal.addEventListener("abort", () => resolve(undefined)));
+  while (!signal.aborted) {
+    const tick = sleep(WATCH_PROBE_MS, signal).then(() => "tick" as const);
+    const outcome = await Promise.race([handle.done, aborted, tick]);
+    if (outcome !== "tick") return outcome;
+    try {
+      await Promise.race([handle.probe(), handle.done.then((err) => Promise.reject(err))]);
+    } catch (err) {
+      return err instanceof Error ? err : new Error(String(err));
+    }
+  }
+  return undefined;
+}
+
+function sleep(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    const timer = setTimeout(done, ms);
+    function done() {
+      clearTimeout(timer);
+      signal.removeEventListener("abort", done);
+      resolve();
+    }
+    signal.addEventListener("abort", done);
+  });
+}
+
+async function main(args: string[]): Promise<number> {
+  const io: Io = { out: (l) => process.stdout.write(`${l}\n`), err: (l) => process.stderr.write(`${l}\n`) };
+  let cmd: Command;
+  try {
+    cmd = parseCli(args, process.env as Env);
+  } catch (err) {
+    const usage = usageFrom(err, "registry");
+    if (usage instanceof UsageError) {
+      io.err(`registry: ${usage.message}`);
+      return 2;
+    }
+    throw err;
+  }
+  if (cmd.command === "help") {
+    io.out(HELP);
+    return 0;
+  }
+  const options = cmd.etcd;
+  if (cmd.command === "watch") {
+    const stop = new AbortController();
+    for (const name of ["SIGTERM", "SIGINT"] as const) process.on(name, () => stop.abort(name));
+    return await watch(cmd, () => new Etcd(options), io, stop.signal);
+  }
+  const etcd = new Etcd(options);
+  try {
+    return cmd.command === "get" ? await get(cmd, etcd, io) : await ls(cmd, etcd, io);
+  } catch (err) {
+    io.err(`registry: cannot read from etcd at ${options.endpoints.join(",")}: ${describeError(err)}`);
+    return 1;
+  } finally {
+    etcd.close();
+  }
+}
+
+if (import.meta.main) {
+  main(process.argv.slice(2)).then(
+    (code) => process.exit(code),
+    (err) => {
+      process.stderr.write(`registry: ${err instanceof Error ? err.message : String(err)}\n`);
+      process.exit(1);
+    },
+  );
+}

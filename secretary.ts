@@ -1,0 +1,670 @@
+#!/usr/bin/env -S deno run --allow-net --allow-env --allow-read=/etc/environment --allow-sys=hostname
+/**
+ * secretary: keeps one service instance's record in etcd while the instance
+ * is healthy, the sidekick of the 2015 CoreOS article rebuilt on etcd v3.
+ *
+ * ```sh
+ * deno run --allow-net --allow-env --allow-read=/etc/environment secretary.ts 8080 --hostname "$(hostname)"
+ * ```
+ *
+ * It checks the instance every `--interval`; after `--rise` passes in a row it
+ * puts `<prefix>/<service>/<ip>:<port>` under a lease that it keeps alive, and
+ * after `--fall` failures in a row it deletes that key. Nothing is written
+ * while nothing changes. SIGTERM or SIGINT revokes the lease (the record goes
+ * at once); if the process or its host dies, the lease expires after `--ttl`.
+ *
+ * @module
+ */
+import { readFileSync } from "node:fs";
+import { connect as tcpConnect } from "node:net";
+import { hostname as osHostname } from "node:os";
+import { parseArgs } from "node:util";
+import {
+  CONNECTION_HELP,
+  CONNECTION_OPTIONS,
+  createLog,
+  type Env,
+  type Log,
+  parseConnection,
+  parseCount,
+  parseDuration,
+  UsageError,
+  usageFrom,
+} from "./lib/cli.ts";
+import { describeError, Etcd, type EtcdOptions } from "./lib/etcd.ts";
+import {
+  checkIpv4,
+  checkPort,
+  checkService,
+  DEFAULT_PREFIX,
+  encodeRecord,
+  instanceKey,
+  normalizePrefix,
+  type ServiceRecord,
+} from "./lib/record.ts";
+
+/** Everything the secretary needs to know, parsed and checked. */
+export interface Config {
+  port: number;
+  /** @default "apache" */
+  service: string;
+  ip: string;
+  hostname: string;
+  etcd: EtcdOptions;
+  /** @default "/services" */
+  prefix: string;
+  /** @default "http" */
+  check: "http" | "tcp";
+  /** @default "/" */
+  path: string;
+  /** @default 2000 */
+  intervalMs: number;
+  /** @default 1000 */
+  timeoutMs: number;
+  /** @default 2 */
+  rise: number;
+  /** @default 2 */
+  fall: number;
+  /** @default 10 */
+  ttlSeconds: number;
+  meta: Record<string, string>;
+}
+
+/** The shortest lease TTL: below it, one slow keep-alive could drop a healthy record. */
+export const MIN_TTL_SECONDS = 5;
+/** How long SIGTERM may wait for etcd to revoke the lease before exiting anyway. */
+export const STOP_TIMEOUT_MS = 2000;
+
+export const HELP = `Usage: secretary <port> [options]
+
+Keeps this instance's record in etcd at <prefix>/<service>/<ip>:<port> while it
+passes its health check, and removes it when the check fails or on SIGTERM.
+
+Instance:
+  <port>                    the instance's port, 1 to 65535 (the unit's %i)
+  --service NAME            service name (default apache): a-z, 0-9, "-", "_", "."
+  --ip ADDR                 the instance's IPv4 address (default $COREOS_PUBLIC_IPV4,
+                            else COREOS_PUBLIC_IPV4 from /etc/environment)
+  --hostname NAME           recorded as "host" (default: this machine's hostname)
+  --meta KEY=VALUE          an extra field in the record; repeatable
+
+Check:
+  --check http|tcp          http: GET http://ip:port<path> passes below status 400;
+                            tcp: passes when a connection opens (default http)
+  --path PATH               the http check's path (default /)
+  --interval DURATION       time between checks (default 2s)
+  --timeout DURATION        a check's deadline, below the interval (default 1s)
+  --rise N                  passes in a row before registering (default 2)
+  --fall N                  failures in a row before deregistering (default 2)
+  --ttl DURATION            lease TTL, whole seconds, at least ${MIN_TTL_SECONDS}s (default 10s)
+
+${CONNECTION_HELP}
+
+Durations take ms, s and m: 500ms, 2s, 1m. Exit status: 0 stopped by SIGTERM or
+SIGINT, 1 failed, 2 bad usage.`;
+
+/** Parses the command line. Returns "help" for --help; throws UsageError on bad input. */
+export function parseCli(
+  args: readonly string[],
+  env: Env,
+  sources: { environmentFile?: () => string | undefined; hostname?: () => string | undefined } = {},
+): Config | "help" {
+  const { values, positionals } = parseArgs({
+    args: [...args],
+    allowPositionals: true,
+    options: {
+      ...CONNECTION_OPTIONS,
+      service: { type: "string", default: "apache" },
+      ip: { type: "string" },
+      hostname: { type: "string" },
+      check: { type: "string", default: "http" },
+      path: { type: "string", default: "/" },
+      interval: { type: "string", default: "2s" },
+      timeout: { type: "string", default: "1s" },
+      rise: { type: "string", default: "2" },
+      fall: { type: "string", default: "2" },
+      ttl: { type: "string", default: "10s" },
+      meta: { type: "string", multiple: true, default: [] },
+    },
+  });
+  if (values.help) return "help";
+  if (positionals.length !== 1) {
+    throw new UsageError(
+      positionals.length === 0
+        ? "Missing <port>: expected the instance's port, e.g. secretary 8080"
+        : `Cannot use arguments "${positionals.slice(1).join(" ")}": expected only <port>`,
+    );
+  }
+  const port = parsePort(positionals[0]);
+  const service = usage(() => checkService(values.service));
+  const prefix = usage(() => normalizePrefix(values.prefix ?? DEFAULT_PREFIX));
+  if (values.check !== "http" && values.check !== "tcp") {
+    throw new UsageError(`Cannot use --check "${values.check}": expected http or tcp`);
+  }
+  if (!values.path.startsWith("/") || /\s/.test(values.path)) {
+    throw new UsageError(`Cannot use --path "${values.path}": expected a path starting with / and no spaces`);
+  }
+  const intervalMs = parseDuration(values.interval, "--interval");
+  const timeoutMs = parseDuration(values.timeout, "--timeout");
+  if (timeoutMs >= intervalMs) {
+    throw new UsageError(
+      `Cannot use --timeout "${values.timeout}": expected less than --interval "${values.interval}"`,
+    );
+  }
+  const ttlMs = parseDuration(values.ttl, "--ttl");
+  if (ttlMs % 1000 !== 0 || ttlMs < MIN_TTL_SECONDS * 1000) {
+    throw new UsageError(`Cannot use --ttl "${values.ttl}": expected whole seconds, at least ${MIN_TTL_SECONDS}s`);
+  }
+  const meta: Record<string, string> = {};
+  for (const pair of values.meta) {
+    const match = /^([A-Za-z0-9_.-]+)=(.*)$/s.exec(pair);
+    if (!match) throw new UsageError(`Cannot use --meta "${pair}": expected KEY=VALUE, KEY of letters, digits, _ . -`);
+    meta[match[1]] = match[2];
+  }
+  const etcd = parseConnection(values, env);
+  const ip = values.ip ?? env.COREOS_PUBLIC_IPV4 ?? readVariable(sources.environmentFile?.(), "COREOS_PUBLIC_IPV4");
+  if (ip === undefined || ip === "") {
+    throw new UsageError(
+      "Cannot find the instance's IP: expected --ip, $COREOS_PUBLIC_IPV4 or COREOS_PUBLIC_IPV4 in /etc/environment",
+    );
+  }
+  const hostname = values.hostname ?? sources.hostname?.();
+  if (hostname === undefined || hostname === "" || /\s/.test(hostname)) {
+    throw new UsageError(
+      hostname
+        ? `Cannot use --hostname "${hostname}": expected a name without spaces`
+        : "Cannot read this machine's hostname: expected --hostname NAME (or deno's --allow-sys=hostname)",
+    );
+  }
+  return {
+    port,
+    service,
+    ip: usage(() => checkIpv4(ip)),
+    hostname,
+    etcd,
+    prefix,
+    check: values.check,
+    path: values.path,
+    intervalMs,
+    timeoutMs,
+    rise: parseCount(values.rise, "--rise"),
+    fall: parseCount(values.fall, "--fall"),
+    ttlSeconds: ttlMs / 1000,
+    meta,
+  };
+}
+
+/** Parses a port: an integer from 1 to 65535, digits only. */
+export function parsePort(text: string): number {
+  const port = /^\d{1,5}$/.test(text) ? Number(text) : NaN;
+  if (!(port >= 1 && port <= 65535)) {
+    throw new UsageError(`Cannot use port "${text}": expected an integer from 1 to 65535`);
+  }
+  return checkPort(port);
+}
+
+/** Reads `NAME=value` from a CoreOS-style environment file (`KEY=value` lines, optional quotes). */
+export function readVariable(text: string | undefined, name: string): string | undefined {
+  if (text === undefined) return undefined;
+  for (const line of text.split("\n")) {
+    const match = /^\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.*?)\s*$/.exec(line);
+    if (match?.[1] === name) return match[2].replace(/^(["'])(.*)\1$/, "$2");
+  }
+  return undefined;
+}
+
+function usage<T>(fn: () => T): T {
+  try {
+    return fn();
+  } catch (err) {
+    throw err instanceof RangeError ? new UsageError(err.message) : err;
+  }
+}
+
+// ---------------------------------------------------------------------------
+// The health state machine (pure)
+
+/** What the checks say so far: the settled verdict and how many results in a row disagree with it. */
+export interface Health {
+  healthy: boolean;
+  streak: number;
+}
+
+/** A new instance counts as unhealthy until `rise` checks pass. */
+export const INITIAL_HEALTH: Health = { healthy: false, streak: 0 };
+
+/** Applies one check result; `changed` is set when the verdict flips. */
+export function step(health: Health, passed: boolean, policy: { rise: number; fall: number }): {
+  health: Health;
+  changed: boolean;
+} {
+  if (passed === health.healthy) return { health: { healthy: passed, streak: 0 }, changed: false };
+  const streak = health.streak + 1;
+  if (streak >= (passed ? policy.rise : policy.fall)) return { health: { healthy: passed, streak: 0 }, changed: true };
+  return { health: { healthy: health.healthy, streak }, changed: false };
+}
+
+/**
+ * The time from one check's start to the next. While results disagree with
+ * the verdict the next check comes sooner, so a dead instance goes in about
+ * one interval while a single blip removes nothing.
+ */
+export function nextCheckDelayMs(health: Health, intervalMs: number): number {
+  return health.streak > 0 ? fastIntervalMs(intervalMs) : intervalMs;
+}
+
+/** The quick re-check interval: an eighth of the interval, from 50 to 500 ms. */
+export function fastIntervalMs(intervalMs: number): number {
+  return Math.min(500, Math.max(50, Math.round(intervalMs / 8)));
+}
+
+// ---------------------------------------------------------------------------
+// Health checks (effects at the edge)
+
+/** One check's outcome; `reason` says why it failed. */
+export interface CheckResult {
+  passed: boolean;
+  reason: string;
+}
+
+/**
+ * Checks `ip:port` once within `timeoutMs`. `http` sends a GET and passes
+ * below status 400 (like `curl -f`); `tcp` passes when a connection opens.
+ * Plain sockets, not fetch: no proxy variable can redirect a check.
+ */
+export function checkInstance(
+  kind: "http" | "tcp",
+  ip: string,
+  port: number,
+  path: string,
+  timeoutMs: number,
+): Promise<CheckResult> {
+  return new Promise((resolve) => {
+    const socket = tcpConnect({ host: ip, port });
+    let received = "";
+    const finish = (result: CheckResult) => {
+      clearTimeout(timer);
+      socket.destroy();
+      resolve(result);
+    };
+    const timer = setTimeout(() => finish({ passed: false, reason: `no answer within ${timeoutMs}ms` }), timeoutMs);
+    socket.setNoDelay(true);
+    socket.on("error", (err: Error & { code?: string }) => finish({ passed: false, reason: err.code ?? err.message }));
+    socket.on("connect", () => {
+      if (kind === "tcp") return finish({ passed: true, reason: "connected" });
+      socket.write(`GET ${path} HTTP/1.1\r\nHost: ${ip}:${port}\r\nUser-Agent: secretary\r\nConnection: close\r\n\r\n`);
+    });
+    socket.on("data", (chunk: Uint8Array) => {
+      received += new TextDecoder().decode(chunk);
+      const eol = received.indexOf("\r\n");
+      if (eol < 0 && received.length < 1024) return;
+      const status = /^HTTP\/\d(?:\.\d)? (\d{3})/.exec(received);
+      if (!status) return finish({ passed: false, reason: "not an HTTP response" });
+      const code = Number(status[1]);
+      finish({ passed: code < 400, reason: `status ${code}` });
+    });
+    socket.on("end", () => finish({ passed: false, reason: "connection closed without an answer" }));
+  });
+}
+
+// ---------------------------------------------------------------------------
+// Keeping the record in etcd
+
+/** What the check loop asks of etcd: hold the record, or not. A fake stands in for it in tests. */
+export interface Registrar {
+  want(registered: boolean, reason: string): void;
+}
+
+/** The etcd operations the registrar uses (lib/etcd.ts's Etcd has them all). */
+export type EtcdClient = Pick<
+  Etcd,
+  "grantLease" | "keepAlive" | "revokeLease" | "putIfAbsent" | "putIfLease" | "deleteIfLease" | "get" | "close"
+>;
+
+/** Clock, sleep and randomness, passed in so tests can drive them. */
+export interface Effects {
+  now(): number;
+  random(): number;
+  log: Log;
+}
+
+/**
+ * Keeps the record in etcd as the checks want it: grants one lease and keeps
+ * it alive, puts the record when the instance is healthy, deletes it (only
+ * while it is ours) when it is not. Every failure is retried with jittered
+ * backoff, on a new client, forever; a lost lease is replaced and the record
+ * put again. About once a TTL it reads its own key and restores it if it was
+ * deleted by hand.
+ */
+export class EtcdRegistrar implements Registrar {
+  #desired = false;
+  #reason = "starting";
+  #lease?: string;
+  #staleLeases: string[] = [];
+  #lastKeepAliveOk = 0;
+  #lastKeepAliveSent = 0;
+  #lastVerified = 0;
+  #holding: "none" | "ours" | "other" = "none";
+  #otherLease = "";
+  #everRegistered = false;
+  #failures = 0;
+  #lastFailureLog = 0;
+  #client: EtcdClient;
+  #wake: () => void = () => {};
+
+  constructor(
+    readonly config: Config,
+    readonly connect: () => EtcdClient,
+    readonly effects: Effects,
+  ) {
+    this.#client = connect();
+  }
+
+  get key(): string {
+    return instanceKey(this.config.prefix, this.config.service, this.config.ip, this.config.port);
+  }
+
+  want(registered: boolean, reason: string): void {
+    this.#desired = registered;
+    this.#reason = reason;
+    this.#wake();
+  }
+
+  /** Reconciles until `signal` aborts, then revokes the lease within STOP_TIMEOUT_MS. */
+  async run(signal: AbortSignal): Promise<void> {
+    while (!signal.aborted) {
+      const waitMs = await this.reconcile();
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(done, waitMs);
+        function done() {
+          clearTimeout(timer);
+          signal.removeEventListener("abort", done);
+          resolve();
+        }
+        this.#wake = done;
+        signal.addEventListener("abort", done);
+      });
+      this.#wake = () => {};
+    }
+  }
+
+  /** Revokes every lease this process made, so its record goes now. Bounded in time. */
+  async stop(): Promise<boolean> {
+    const leases = [...this.#staleLeases, ...(this.#lease ? [this.#lease] : [])];
+    this.#lease = undefined;
+    try {
+      await Promise.all(leases.map((l) => this.#client.revokeLease(l, STOP_TIMEOUT_MS)));
+      return true;
+    } catch (err) {
+      this.effects.log("warning", "revoke failed; the record expires with its lease", {
+        key: this.key,
+        ttl: this.config.ttlSeconds,
+        reason: describeError(err),
+      });
+      return false;
+    } finally {
+      this.#client.close();
+    }
+  }
+
+  /** One pass: bring etcd in line with what is wanted; returns how long to wait before the next. */
+  async reconcile(): Promise<number> {
+    const { log, now } = this.effects;
+    const ttlMs = this.config.ttlSeconds * 1000;
+    const key = this.key;
+    if (this.#lease && now() - this.#lastKeepAliveOk > ttlMs) {
+      this.#loseLease(`no keep-alive answered for ${Math.round((now() - this.#lastKeepAliveOk) / 1000)}s`);
+    }
+    try {
+      if (!this.#lease) {
+        this.#lease = await this.#client.grantLease(this.config.ttlSeconds);
+        this.#lastKeepAliveOk = this.#lastKeepAliveSent = now();
+        log("info", "lease granted", { lease: this.#lease, ttl: this.config.ttlSeconds });
+        await this.#revokeStale();
+      }
+      if (now() - this.#lastKeepAliveSent >= ttlMs / 3) {
+        this.#lastKeepAliveSent = now();
+        const remaining = await this.#client.keepAlive(this.#lease);
+        if (remaining <= 0) {
+          this.#loseLease("etcd says it expired");
+          return 0;
+        }
+        this.#lastKeepAliveOk = this.#lastKeepAliveSent;
+      }
+      const verifyEveryMs = this.#holding === "other" ? this.config.intervalMs : ttlMs;
+      if (this.#desired && this.#holding === "none") await this.#register(key);
+      else if (this.#desired && now() - this.#lastVerified >= verifyEveryMs) await this.#verify(key);
+      else if (!this.#desired && this.#holding !== "none") {
+        // deletes only while the record is ours: a record under another lease is left alone
+        const deleted = await this.#client.deleteIfLease(key, this.#lease);
+        this.#holding = "none";
+        log("notice", deleted ? "deregistered" : "deregistered; the record was not ours", {
+          key,
+          reason: this.#reason,
+        });
+      }
+      if (this.#failures > 0) log("notice", "etcd answered again", { failures: this.#failures });
+      this.#failures = 0;
+    } catch (err) {
+      return this.#failed(err);
+    }
+    const sinceKeepAlive = now() - this.#lastKeepAliveSent;
+    let waitMs = ttlMs / 3 - sinceKeepAlive;
+    // a record held by another lease is read every interval, so ours follows soon after it goes
+    const verifyEveryMs = this.#holding === "other" ? this.config.intervalMs : ttlMs;
+    if (this.#desired) waitMs = Math.min(waitMs, verifyEveryMs - (now() - this.#lastVerified));
+    return Math.max(0, waitMs);
+  }
+
+  async #register(key: string): Promise<void> {
+    const { log, now } = this.effects;
+    const lease = this.#lease!;
+    const record: ServiceRecord = {
+      host: this.config.hostname,
+      ipv4_addr: this.config.ip,
+      port: this.config.port,
+      service: this.config.service,
+      registered_at: new Date(now()).toISOString(),
+      meta: this.config.meta,
+    };
+    const value = encodeRecord(record);
+    let stored = await this.#client.putIfAbsent(key, value, lease);
+    if (stored.lease !== lease && this.#staleLeases.includes(stored.lease)) {
+      // our own earlier lease, kept alive by etcd across a leader change: move the record over in one write
+      if (await this.#client.putIfLease(key, value, lease, stored.lease)) stored = { ...stored, lease };
+    }
+    this.#lastVerified = now();
+    if (stored.lease === lease) {
+      this.#holding = "ours";
+      log("notice", this.#everRegistered ? "registered again" : "registered", { key, lease, reason: this.#reason });
+      this.#everRegistered = true;
+    } else if (stored.lease === "0" && stored.value === "") {
+      this.#holding = "none"; // deleted between our compare and read: the next pass puts it
+    } else {
+      if (this.#holding !== "other" || this.#otherLease !== stored.lease) {
+        log("warning", "not registered: another lease holds the record, is a second secretary running?", {
+          key,
+          lease,
+          other_lease: stored.lease,
+        });
+      }
+      this.#holding = "other";
+      this.#otherLease = stored.lease;
+    }
+  }
+
+  async #verify(key: string): Promise<void> {
+    const { log, now } = this.effects;
+    const stored = await this.#client.get(key);
+    this.#lastVerified = now();
+    if (stored?.lease === this.#lease) {
+      this.#holding = "ours";
+    } else if (!stored) {
+      if (this.#holding === "ours") log("warning", "record missing; restoring", { key });
+      this.#holding = "none";
+      await this.#register(key);
+    } else {
+      if (this.#holding === "ours") {
+        log("warning", "record taken over by another lease", { key, other_lease: stored.lease });
+      }
+      this.#holding = "other";
+      this.#otherLease = stored.lease;
+    }
+  }
+
+  async #revokeStale(): Promise<void> {
+    // only leases that hold nothing of ours are revoked here: the record moves over in #register
+    const stored = this.#desired ? await this.#client.get(this.key) : undefined;
+    const keep = stored?.lease;
+    const stale = this.#staleLeases.filter((l) => l !== keep);
+    this.#staleLeases = this.#staleLeases.filter((l) => l === keep);
+    await Promise.all(stale.map((l) => this.#client.revokeLease(l).catch(() => {})));
+  }
+
+  #loseLease(reason: string): void {
+    this.effects.log("warning", "lease lost", { lease: this.#lease, reason });
+    if (this.#lease) this.#staleLeases.push(this.#lease);
+    this.#lease = undefined;
+    this.#holding = "none";
+    this.#reconnect();
+  }
+
+  #reconnect(): void {
+    this.#client.close();
+    this.#client = this.connect();
+  }
+
+  #failed(err: unknown): number {
+    const { log, now, random } = this.effects;
+    this.#failures++;
+    // a new client each time: a half-dead HTTP/2 session is never reused
+    this.#reconnect();
+    if (this.#failures === 1 || now() - this.#lastFailureLog >= 10_000) {
+      this.#lastFailureLog = now();
+      log("warning", "etcd call failed; retrying", {
+        key: this.key,
+        failures: this.#failures,
+        reason: describeError(err),
+      });
+    }
+    const capMs = Math.min(1000, 100 * 2 ** Math.min(this.#failures, 10));
+    return capMs * (0.5 + random() / 2);
+  }
+}
+
+// ---------------------------------------------------------------------------
+// The check loop
+
+/** Runs checks until `signal` aborts, telling `registrar` what the verdict wants. */
+export async function runChecks(
+  config: Pick<Config, "intervalMs" | "rise" | "fall">,
+  check: () => Promise<CheckResult>,
+  registrar: Registrar,
+  effects: { now(): number; sleep(ms: number, signal: AbortSignal): Promise<void>; log: Log },
+  signal: AbortSignal,
+): Promise<void> {
+  let health = INITIAL_HEALTH;
+  let lastReason = "";
+  while (!signal.aborted) {
+    const started = effects.now();
+    const result = await check();
+    if (signal.aborted) break;
+    const { health: next, changed } = step(health, result.passed, config);
+    if (result.reason !== lastReason && (!result.passed || lastReason !== "")) {
+      effects.log(result.passed ? "info" : "warning", result.passed ? "check passed" : "check failed", {
+        reason: result.reason,
+      });
+    }
+    lastReason = result.reason;
+    health = next;
+    if (changed) registrar.want(health.healthy, health.healthy ? `${config.rise} checks passed` : result.reason);
+    const elapsed = effects.now() - started;
+    await effects.sleep(Math.max(0, nextCheckDelayMs(health, config.intervalMs) - elapsed), signal);
+  }
+}
+
+function sleep(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    const timer = setTimeout(done, ms);
+    function done() {
+      clearTimeout(timer);
+      signal.removeEventListener("abort", done);
+      resolve();
+    }
+    signal.addEventListener("abort", done);
+  });
+}
+
+async function main(args: string[]): Promise<number> {
+  const env = process.env as Env;
+  const log = createLog(env);
+  let config: Config | "help";
+  try {
+    config = parseCli(args, env, {
+      environmentFile: () => readOptional("/etc/environment"),
+      hostname: () => {
+        try {
+          return osHostname();
+        } catch {
+          return undefined; // no --allow-sys=hostname under deno
+        }
+      },
+    });
+  } catch (err) {
+    const usage = usageFrom(err, "secretary");
+    if (usage instanceof UsageError) {
+      process.stderr.write(`secretary: ${usage.message}\n`);
+      return 2;
+    }
+    throw err;
+  }
+  if (config === "help") {
+    process.stdout.write(`${HELP}\n`);
+    return 0;
+  }
+  const cfg = config;
+  const stop = new AbortController();
+  const signals = ["SIGTERM", "SIGINT"] as const;
+  for (const name of signals) process.on(name, () => stop.abort(name));
+  const registrar = new EtcdRegistrar(cfg, () => new Etcd(cfg.etcd), { now: Date.now, random: Math.random, log });
+  log("info", "started", {
+    key: registrar.key,
+    check: cfg.check === "http" ? `http://${cfg.ip}:${cfg.port}${cfg.path}` : `tcp://${cfg.ip}:${cfg.port}`,
+    interval: `${cfg.intervalMs}ms`,
+    ttl: cfg.ttlSeconds,
+    endpoints: cfg.etcd.endpoints.join(","),
+  });
+  const checks = runChecks(
+    cfg,
+    () => checkInstance(cfg.check, cfg.ip, cfg.port, cfg.path, cfg.timeoutMs),
+    registrar,
+    { now: Date.now, sleep, log },
+    stop.signal,
+  );
+  const reconciling = registrar.run(stop.signal);
+  await new Promise<void>((resolve) => stop.signal.addEventListener("abort", () => resolve()));
+  // revoke at once, without waiting for a check or an etcd call in flight
+  const revoked = await registrar.stop();
+  log("notice", revoked ? "stopped; record removed" : "stopped", { key: registrar.key, signal: stop.signal.reason });
+  void checks;
+  void reconciling;
+  return 0;
+}
+
+function readOptional(path: string): string | undefined {
+  try {
+    return readFileSync(path, "utf8");
+  } catch {
+    return undefined;
+  }
+}
+
+if (import.meta.main) {
+  main(process.argv.slice(2)).then(
+    (code) => process.exit(code),
+    (err) => {
+      process.stderr.write(`secretary: ${err instanceof Error ? err.message : String(err)}\n`);
+      process.exit(1);
+    },
+  );
+}
