@@ -1,4 +1,4 @@
-#!/usr/bin/env -S deno run --allow-net --allow-env
+#!/usr/bin/env -S deno run --allow-net --allow-env --allow-read=node_modules
 /**
  * registry: lists, gets and watches the instances that secretaries keep in
  * etcd, from any host, for people and for scripts.

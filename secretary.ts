@@ -1,4 +1,4 @@
-#!/usr/bin/env -S deno run --allow-net --allow-env --allow-read=/etc/environment --allow-sys=hostname
+#!/usr/bin/env -S deno run --allow-net --allow-env --allow-read=/etc/environment,node_modules --allow-sys=hostname
 /**
  * secretary: keeps one service instance's record in etcd while the instance
  * is healthy, the sidekick of the 2015 CoreOS article rebuilt on etcd v3.
@@ -471,7 +471,12 @@ export class EtcdRegistrar implements Registrar {
     let stored = await this.#client.putIfAbsent(key, value, lease);
     if (stored.lease !== lease && this.#staleLeases.includes(stored.lease)) {
       // our own earlier lease, kept alive by etcd across a leader change: move the record over in one write
-      if (await this.#client.putIfLease(key, value, lease, stored.lease)) stored = { ...stored, lease };
+      const previous = stored.lease;
+      if (await this.#client.putIfLease(key, value, lease, previous)) {
+        stored = { ...stored, lease };
+        this.#staleLeases = this.#staleLeases.filter((l) => l !== previous);
+        await this.#client.revokeLease(previous).catch(() => {}); // it holds nothing now
+      }
     }
     this.#lastVerified = now();
     if (stored.lease === lease) {

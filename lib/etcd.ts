@@ -326,8 +326,9 @@ function toStored(kv: IKeyValue): StoredValue {
 
 /** cockatiel-compatible policies, kept local so callers need not know cockatiel. */
 const noPolicy = {
-  execute<T>(fn: (context: { signal: AbortSignal; attempt: number }) => PromiseLike<T> | T): Promise<T> {
-    return Promise.resolve(fn({ signal: new AbortController().signal, attempt: 0 }));
+  // async, as cockatiel's: etcd3's markFailed() relies on a throw becoming a rejection
+  async execute<T>(fn: (context: { signal: AbortSignal; attempt: number }) => PromiseLike<T> | T): Promise<T> {
+    return await fn({ signal: new AbortController().signal, attempt: 0 });
   },
   // deno-lint-ignore no-explicit-any
 } as any;

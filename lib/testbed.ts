@@ -1,0 +1,323 @@
+/**
+ * Real processes for the tests, the demo and the benchmarks: etcd members on
+ * free loopback ports with their own data directories, HTTP targets that can
+ * be made to fail or hang, and the scripts run as child processes. Everything
+ * started here is stopped by PID, never by name. Deno only (never bundled).
+ *
+ * @module
+ */
+import { createServer, type Server, type Socket } from "node:net";
+import { Etcd } from "./etcd.ts";
+
+/** The repository root, where the scripts live. */
+export const ROOT = new URL("../", import.meta.url).pathname;
+
+/**
+ * The least permissions for running a script from source. From source, etcd3
+ * reads its `.proto` files from node_modules at start; the bundles carry them.
+ */
+export const SOURCE_FLAGS = ["--allow-net", "--allow-env", "--allow-read=/etc/environment,node_modules"];
+
+/** A port that was free on `host` a moment ago. */
+export async function freePort(host = "127.0.0.1"): Promise<number> {
+  const listener = Deno.listen({ hostname: host, port: 0 });
+  const { port } = listener.addr as Deno.NetAddr;
+  listener.close();
+  await Promise.resolve();
+  return port;
+}
+
+/** Polls `fn` until it returns a value other than undefined/false, or throws after `timeoutMs`. */
+export async function waitFor<T>(
+  fn: () => T | undefined | false | Promise<T | undefined | false>,
+  what: string,
+  timeoutMs = 10_000,
+  pollMs = 50,
+): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  while (true) {
+    const value = await fn();
+    if (value !== undefined && value !== false) return value as T;
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    await delay(pollMs);
+  }
+}
+
+export function delay(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+/** One etcd member, started on its own ports and data directory. */
+export class EtcdMember {
+  #child?: Deno.ChildProcess;
+  #log = "";
+
+  constructor(
+    readonly name: string,
+    readonly clientUrl: string,
+    readonly peerUrl: string,
+    readonly dataDir: string,
+    readonly cluster: string,
+    readonly extraArgs: string[] = [],
+  ) {}
+
+  get pid(): number | undefined {
+    return this.#child?.pid;
+  }
+
+  get running(): boolean {
+    return this.#child !== undefined;
+  }
+
+  /** What etcd printed (its log), for failure messages. */
+  get log(): string {
+    return this.#log;
+  }
+
+  /** Starts the process (not waiting for it to answer). */
+  start(clusterState = "new"): void {
+    if (this.#child) return;
+    const cmd = new Deno.Command("etcd", {
+      args: [
+        "--name",
+        this.name,
+        "--data-dir",
+        this.dataDir,
+        "--listen-client-urls",
+        this.clientUrl,
+        "--advertise-client-urls",
+        this.clientUrl,
+        "--listen-peer-urls",
+        this.peerUrl,
+        "--initial-advertise-peer-urls",
+        this.peerUrl,
+        "--initial-cluster",
+        this.cluster,
+        "--initial-cluster-state",
+        clusterState,
+        "--initial-cluster-token",
+        `secretary-test-${this.dataDir}`,
+        ...this.extraArgs,
+      ],
+      stdout: "null",
+      stderr: "piped",
+      stdin: "null",
+    });
+    const child = cmd.spawn();
+    this.#child = child;
+    void (async () => {
+      const decoder = new TextDecoder();
+      for await (const chunk of child.stderr) {
+        this.#log = (this.#log + decoder.decode(chunk)).slice(-20_000);
+      }
+    })();
+  }
+
+  /** Stops the process with `signal` and waits for it to exit. */
+  async stop(signal: Deno.Signal = "SIGKILL"): Promise<void> {
+    const child = this.#child;
+    if (!child) return;
+    this.#child = undefined;
+    try {
+      child.kill(signal);
+    } catch { /* already gone */ }
+    await child.status;
+  }
+}
+
+/** A set of etcd members on loopback; one member unless `size` says otherwise. */
+export class EtcdCluster {
+  constructor(readonly members: EtcdMember[], readonly dir: string) {}
+
+  static async create(size = 1, options: { host?: string; extraArgs?: string[]; scheme?: string } = {}) {
+    const host = options.host ?? "127.0.0.1";
+    const dir = await Deno.makeTempDir({ prefix: "secretary-etcd-" });
+    const specs = [];
+    for (let i = 0; i < size; i++) {
+      specs.push({
+        name: `m${i}`,
+        client: `${options.scheme ?? "http"}://${host}:${await freePort(host)}`,
+        peer: `http://${host}:${await freePort(host)}`,
+      });
+    }
+    const cluster = specs.map((s) => `${s.name}=${s.peer}`).join(",");
+    const members = specs.map((s) =>
+      new EtcdMember(s.name, s.client, s.peer, `${dir}/${s.name}`, cluster, options.extraArgs ?? [])
+    );
+    return new EtcdCluster(members, dir);
+  }
+
+  get endpoints(): string[] {
+    return this.members.map((m) => m.clientUrl);
+  }
+
+  /** Starts every member and waits until the cluster answers. */
+  async start(): Promise<this> {
+    for (const m of this.members) m.start();
+    await this.waitReady();
+    return this;
+  }
+
+  /** Waits until a read through every running member succeeds. */
+  async waitReady(timeoutMs = 20_000): Promise<void> {
+    for (const m of this.members.filter((m) => m.running)) {
+      await waitFor(
+        async () => {
+          const etcd = new Etcd({ endpoints: [m.clientUrl], callTimeoutMs: 1000 });
+          try {
+            await etcd.revision();
+            return true;
+          } catch {
+            return false;
+          } finally {
+            etcd.close();
+          }
+        },
+        `etcd member ${m.name} at ${m.clientUrl}\n${m.log.slice(-2000)}`,
+        timeoutMs,
+        100,
+      );
+    }
+  }
+
+  /** A client for the whole cluster. */
+  client(callTimeoutMs = 1500): Etcd {
+    return new Etcd({ endpoints: this.endpoints, callTimeoutMs });
+  }
+
+  async stop(): Promise<void> {
+    await Promise.all(this.members.map((m) => m.stop()));
+    await Deno.remove(this.dir, { recursive: true }).catch(() => {});
+  }
+}
+
+/** How a target answers: 200, 500, accept and never answer, or not listen at all. */
+export type TargetMode = "ok" | "error" | "hang" | "closed";
+
+/** A small HTTP server on `host:port` whose health the test controls. */
+export class Target {
+  mode: TargetMode = "ok";
+  #server?: Server;
+  #sockets = new Set<Socket>();
+  requests = 0;
+
+  constructor(readonly host: string, readonly port: number) {}
+
+  static async start(host: string, port?: number): Promise<Target> {
+    const target = new Target(host, port ?? await freePort(host));
+    await target.setMode("ok");
+    return target;
+  }
+
+  /** Switches the mode; `closed` stops listening, any other mode listens again. */
+  async setMode(mode: TargetMode): Promise<void> {
+    this.mode = mode;
+    if (mode === "closed") return await this.#close();
+    if (this.#server) return;
+    const server = createServer((socket) => {
+      this.#sockets.add(socket);
+      socket.on("close", () => this.#sockets.delete(socket));
+      socket.on("error", () => {});
+      socket.once("data", () => {
+        this.requests++;
+        if (this.mode === "hang") return;
+        const status = this.mode === "ok" ? "200 OK" : "500 Internal Server Error";
+        socket.end(`HTTP/1.1 ${status}\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok`);
+      });
+    });
+    await new Promise<void>((resolve, reject) => {
+      server.once("error", reject);
+      server.listen(this.port, this.host, () => resolve());
+    });
+    this.#server = server;
+  }
+
+  async #close(): Promise<void> {
+    const server = this.#server;
+    this.#server = undefined;
+    if (!server) return;
+    for (const s of this.#sockets) s.destroy();
+    await new Promise<void>((resolve) => server.close(() => resolve()));
+  }
+
+  close(): Promise<void> {
+    return this.#close();
+  }
+}
+
+/** A script run as a child process, its output collected. */
+export class Script {
+  stdout = "";
+  stderr = "";
+  readonly child: Deno.ChildProcess;
+  readonly status: Promise<Deno.CommandStatus>;
+  #done: Promise<void>;
+
+  constructor(command: string, args: string[], env: Record<string, string> = {}) {
+    this.child = new Deno.Command(command, {
+      args,
+      env: { NO_COLOR: "1", ...env },
+      stdin: "null",
+      stdout: "piped",
+      stderr: "piped",
+      cwd: ROOT,
+    }).spawn();
+    const decoder = () => new TextDecoder();
+    const read = async (stream: ReadableStream<Uint8Array>, into: "stdout" | "stderr") => {
+      const d = decoder();
+      for await (const chunk of stream) this[into] += d.decode(chunk, { stream: true });
+    };
+    this.#done = Promise.all([read(this.child.stdout, "stdout"), read(this.child.stderr, "stderr")]).then(() => {});
+    this.status = this.child.status;
+  }
+
+  /** Runs `deno run <flags> <script> <args>` from the repository root. */
+  static deno(script: string, args: string[], options: { flags?: string[]; env?: Record<string, string> } = {}) {
+    return new Script(Deno.execPath(), ["run", ...(options.flags ?? ["--allow-all"]), script, ...args], options.env);
+  }
+
+  get pid(): number {
+    return this.child.pid;
+  }
+
+  kill(signal: Deno.Signal = "SIGTERM"): void {
+    try {
+      this.child.kill(signal);
+    } catch { /* already exited */ }
+  }
+
+  /** Waits for the process to exit and its output to be read. */
+  async finished(): Promise<Deno.CommandStatus> {
+    const status = await this.status;
+    await this.#done;
+    return status;
+  }
+
+  /** Waits until stderr has a line matching `pattern`. */
+  waitForLog(pattern: RegExp, timeoutMs = 10_000): Promise<string> {
+    return waitFor(
+      () => this.stderr.split("\n").find((l) => pattern.test(l)),
+      `log line ${pattern}\n${this.stderr}`,
+      timeoutMs,
+    );
+  }
+
+  /** Sends SIGKILL if still running and waits; for cleanup. */
+  async stop(signal: Deno.Signal = "SIGKILL"): Promise<void> {
+    this.kill(signal);
+    await this.finished();
+  }
+}
+
+/** Runs a script to completion and returns its exit code and output. */
+export async function runScript(
+  script: string,
+  args: string[],
+  options: { flags?: string[]; env?: Record<string, string>; timeoutMs?: number } = {},
+): Promise<{ code: number; stdout: string; stderr: string }> {
+  const proc = Script.deno(script, args, options);
+  const timer = setTimeout(() => proc.kill("SIGKILL"), options.timeoutMs ?? 20_000);
+  const status = await proc.finished();
+  clearTimeout(timer);
+  return { code: status.code, stdout: proc.stdout, stderr: proc.stderr };
+}

@@ -1,0 +1,180 @@
+/** registry.ts as a process against a real etcd: ls, get and watch output and exit codes. */
+import assert from "node:assert/strict";
+import { type Etcd } from "../lib/etcd.ts";
+import { encodeRecord, instanceKey, type ServiceRecord } from "../lib/record.ts";
+import { delay, EtcdCluster, freePort, runScript, Script, SOURCE_FLAGS, waitFor } from "../lib/testbed.ts";
+
+function record(ip: string, port: number, service = "apache", meta: Record<string, string> = {}): ServiceRecord {
+  // five and a half minutes ago: the AGE column shows 5m for a whole minute
+  const registered_at = new Date(Date.now() - 330_000).toISOString();
+  return { host: `host-${ip}`, ipv4_addr: ip, port, service, registered_at, meta };
+}
+
+async function put(etcd: Etcd, r: ServiceRecord): Promise<string> {
+  const key = instanceKey("/services", r.service, r.ipv4_addr, r.port);
+  const lease = await etcd.grantLease(60);
+  await etcd.putIfAbsent(key, encodeRecord(r), lease);
+  return key;
+}
+
+async function withEtcd(fn: (cluster: EtcdCluster, etcd: Etcd, flag: string) => Promise<void>) {
+  const cluster = await EtcdCluster.create(1);
+  await cluster.start();
+  const etcd = cluster.client();
+  try {
+    await fn(cluster, etcd, `--endpoints=${cluster.endpoints[0]}`);
+  } finally {
+    etcd.close();
+    await cluster.stop();
+  }
+}
+
+const FLAGS = { flags: SOURCE_FLAGS };
+
+Deno.test("registry ls prints a table sorted by service then address, a bad value shown as such", async () => {
+  await withEtcd(async (_cluster, etcd, flag) => {
+    await put(etcd, record("10.0.0.10", 8080));
+    await put(etcd, record("10.0.0.9", 8081, "apache", { zone: "b" }));
+    await put(etcd, record("10.0.0.1", 6379, "redis"));
+    const lease = await etcd.grantLease(60);
+    await etcd.putIfAbsent("/services/apache/10.0.0.99:1", "not json", lease);
+    await etcd.putIfAbsent("/elsewhere/x", "{}", lease);
+
+    const all = await runScript("registry.ts", ["ls", flag], FLAGS);
+    assert.equal(all.code, 0, all.stderr);
+    const rows = all.stdout.trimEnd().split("\n").map((l) => l.split(/\s{2,}/));
+    assert.deepEqual(rows[0], ["SERVICE", "ADDRESS", "HOST", "AGE", "META"]);
+    assert.deepEqual(rows.slice(1).map((r) => `${r[0]} ${r[1]}`), [
+      "apache 10.0.0.9:8081",
+      "apache 10.0.0.10:8080",
+      "apache 10.0.0.99:1",
+      "redis 10.0.0.1:6379",
+    ]);
+    assert.deepEqual(rows[1].slice(2), ["host-10.0.0.9", "5m", "zone=b"]);
+    assert.match(all.stdout, /10\.0\.0\.99:1 .*\(not a record: "not json"\)/);
+
+    const redis = await runScript("registry.ts", ["ls", "redis", flag], FLAGS);
+    assert.equal(redis.stdout.trimEnd().split("\n").length, 2);
+
+    const none = await runScript("registry.ts", ["ls", "nginx", flag], FLAGS);
+    assert.equal(none.code, 0);
+    assert.equal(none.stdout.trim(), "SERVICE  ADDRESS  HOST  AGE  META");
+  });
+});
+
+Deno.test("registry ls --json prints an array of records, each with its key", async () => {
+  await withEtcd(async (_cluster, etcd, flag) => {
+    const key = await put(etcd, record("10.0.0.1", 80, "apache", { a: "1" }));
+    const result = await runScript("registry.ts", ["ls", "apache", "--json", flag], FLAGS);
+    assert.equal(result.code, 0, result.stderr);
+    const parsed = JSON.parse(result.stdout);
+    assert.equal(parsed.length, 1);
+    assert.equal(parsed[0].key, key);
+    assert.equal(parsed[0].ipv4_addr, "10.0.0.1");
+    assert.equal(parsed[0].port, 80);
+    assert.deepEqual(parsed[0].meta, { a: "1" });
+  });
+});
+
+Deno.test("registry get prints the record; Key not found and exit 1 when there is none", async () => {
+  await withEtcd(async (_cluster, etcd, flag) => {
+    await put(etcd, record("10.0.0.1", 80));
+    const found = await runScript("registry.ts", ["get", "apache", "10.0.0.1:80", flag], FLAGS);
+    assert.equal(found.code, 0, found.stderr);
+    assert.equal(JSON.parse(found.stdout).host, "host-10.0.0.1");
+    const missing = await runScript("registry.ts", ["get", "apache", "10.0.0.2:80", flag], FLAGS);
+    assert.equal(missing.code, 1);
+    assert.equal(missing.stdout, "");
+    assert.equal(missing.stderr, "registry: Key not found (/services/apache/10.0.0.2:80)\n");
+  });
+});
+
+Deno.test("registry ls and get with etcd down: one clear line and exit 1 within a few seconds", async () => {
+  const port = await freePort();
+  const started = Date.now();
+  const [ls, get] = await Promise.all([
+    runScript("registry.ts", ["ls", `--endpoints=http://127.0.0.1:${port}`], { ...FLAGS, timeoutMs: 10_000 }),
+    runScript("registry.ts", ["get", "apache", "1.2.3.4:80", `--endpoints=http://127.0.0.1:${port}`], FLAGS),
+  ]);
+  assert.ok(Date.now() - started < 10_000);
+  for (const r of [ls, get]) {
+    assert.equal(r.code, 1, r.stderr);
+    assert.equal(r.stderr.trimEnd().split("\n").length, 1, r.stderr);
+    assert.match(r.stderr, new RegExp(`^registry: cannot read from etcd at http://127.0.0.1:${port}: .*ECONNREFUSED`));
+  }
+});
+
+Deno.test("registry watch prints the instances, then every change, and carries on across an etcd restart", async () => {
+  await withEtcd(async (cluster, etcd, flag) => {
+    const first = await put(etcd, record("10.0.0.1", 80));
+    const watch = Script.deno("registry.ts", ["watch", "apache", flag], FLAGS);
+    try {
+      await waitFor(
+        () => watch.stdout.includes("+ apache 10.0.0.1:80 host=host-10.0.0.1 meta=-"),
+        "initial listing",
+        5000,
+      );
+      const second = await put(etcd, record("10.0.0.2", 81, "apache", { v: "2" }));
+      await put(etcd, record("10.0.0.3", 82, "redis")); // another service: not shown
+      await waitFor(() => watch.stdout.includes("+ apache 10.0.0.2:81 host=host-10.0.0.2 meta=v=2"), "a put", 5000);
+      const lease = (await etcd.get(first))!.lease;
+      await etcd.deleteIfLease(first, lease);
+      await waitFor(() => watch.stdout.includes("- apache 10.0.0.1:80"), "a delete", 5000);
+
+      const member = cluster.members[0];
+      await member.stop("SIGKILL");
+      await watch.waitForLog(/^registry: waiting for etcd/, 8000);
+      member.start();
+      await cluster.waitReady();
+      await etcd.deleteIfLease(second, (await etcd.get(second))!.lease);
+      await waitFor(() => watch.stdout.includes("- apache 10.0.0.2:81"), "a delete after the restart", 8000);
+      await put(etcd, record("10.0.0.4", 84));
+      await waitFor(() => watch.stdout.includes("+ apache 10.0.0.4:84"), "a put after the restart", 8000);
+      assert.deepEqual(watch.stdout.trimEnd().split("\n"), [
+        "+ apache 10.0.0.1:80 host=host-10.0.0.1 meta=-",
+        "+ apache 10.0.0.2:81 host=host-10.0.0.2 meta=v=2",
+        "- apache 10.0.0.1:80",
+        "- apache 10.0.0.2:81",
+        "+ apache 10.0.0.4:84 host=host-10.0.0.4 meta=-",
+      ]);
+    } finally {
+      await watch.stop("SIGTERM");
+    }
+    assert.equal((await watch.status).code, 0);
+  });
+});
+
+Deno.test("registry watch --json prints one JSON object a line", async () => {
+  await withEtcd(async (_cluster, etcd, flag) => {
+    const watch = Script.deno("registry.ts", ["watch", "--json", flag], FLAGS);
+    try {
+      await delay(500);
+      const key = await put(etcd, record("10.0.0.1", 80));
+      await etcd.deleteIfLease(key, (await etcd.get(key))!.lease);
+      await waitFor(() => watch.stdout.split("\n").length >= 3, "two lines", 5000);
+      const lines = watch.stdout.trimEnd().split("\n").map((l) => JSON.parse(l));
+      assert.equal(lines[0].change, "registered");
+      assert.equal(lines[0].key, key);
+      assert.equal(lines[0].ipv4_addr, "10.0.0.1");
+      assert.deepEqual(lines[1], { change: "gone", key });
+    } finally {
+      await watch.stop("SIGTERM");
+    }
+  });
+});
+
+Deno.test("registry watch with etcd down says it is waiting, then lists once etcd answers", async () => {
+  const cluster = await EtcdCluster.create(1);
+  const watch = Script.deno("registry.ts", ["watch", `--endpoints=${cluster.endpoints[0]}`], FLAGS);
+  try {
+    await watch.waitForLog(/^registry: waiting for etcd at http:\/\/127\.0\.0\.1:\d+: /, 5000);
+    await cluster.start();
+    const etcd = cluster.client();
+    await put(etcd, record("10.0.0.7", 7));
+    etcd.close();
+    await waitFor(() => watch.stdout.includes("+ apache 10.0.0.7:7"), "the record once etcd answered", 8000);
+  } finally {
+    await watch.stop("SIGTERM");
+    await cluster.stop();
+  }
+});

@@ -1,0 +1,212 @@
+import assert from "node:assert/strict";
+import {
+  type CheckResult,
+  fastIntervalMs,
+  type Health,
+  INITIAL_HEALTH,
+  nextCheckDelayMs,
+  parseCli,
+  readVariable,
+  runChecks,
+  step,
+} from "../secretary.ts";
+import { UsageError } from "../lib/cli.ts";
+
+const policy = { rise: 2, fall: 2 };
+const env = { COREOS_PUBLIC_IPV4: "10.0.0.5" };
+const sources = { hostname: () => "core-01" };
+
+function run(results: boolean[], start: Health = INITIAL_HEALTH, p = policy) {
+  let health = start;
+  const changes: string[] = [];
+  for (const passed of results) {
+    const next = step(health, passed, p);
+    if (next.changed) changes.push(next.health.healthy ? "up" : "down");
+    health = next.health;
+  }
+  return { health, changes };
+}
+
+Deno.test("step() registers after rise passed checks in a row, also at start", () => {
+  assert.deepEqual(run([true]).changes, []);
+  assert.deepEqual(run([true, true]).changes, ["up"]);
+  assert.deepEqual(run([true, false, true]).changes, []);
+  assert.deepEqual(run([true, true, true], INITIAL_HEALTH, { rise: 3, fall: 2 }).changes, ["up"]);
+});
+
+Deno.test("step() deregisters after fall failed checks in a row; one blip removes nothing", () => {
+  const up = run([true, true]).health;
+  assert.deepEqual(run([false], up).changes, []);
+  assert.deepEqual(run([false, true, false, true], up).changes, []);
+  assert.deepEqual(run([false, false], up).changes, ["down"]);
+  assert.deepEqual(run([false, false, true, true], up).changes, ["down", "up"]);
+});
+
+Deno.test("step() with rise 1 and fall 1 follows every result", () => {
+  assert.deepEqual(run([true, false, true], INITIAL_HEALTH, { rise: 1, fall: 1 }).changes, ["up", "down", "up"]);
+});
+
+Deno.test("nextCheckDelayMs() checks sooner while results disagree with the verdict", () => {
+  const up = run([true, true]).health;
+  assert.equal(nextCheckDelayMs(up, 2000), 2000);
+  assert.equal(nextCheckDelayMs(run([false], up).health, 2000), 250);
+  assert.equal(nextCheckDelayMs(run([true]).health, 2000), 250);
+  assert.equal(nextCheckDelayMs(INITIAL_HEALTH, 2000), 2000);
+  assert.equal(fastIntervalMs(100), 50);
+  assert.equal(fastIntervalMs(60_000), 500);
+});
+
+Deno.test("runChecks() tells the registrar only when the verdict flips, with the reason", async () => {
+  const script: CheckResult[] = [
+    { passed: true, reason: "status 200" },
+    { passed: true, reason: "status 200" },
+    { passed: true, reason: "status 200" },
+    { passed: false, reason: "ECONNREFUSED" },
+    { passed: true, reason: "status 200" },
+    { passed: false, reason: "ECONNREFUSED" },
+    { passed: false, reason: "ECONNREFUSED" },
+    { passed: false, reason: "ECONNREFUSED" },
+  ];
+  const stop = new AbortController();
+  const wants: [boolean, string][] = [];
+  const sleeps: number[] = [];
+  const logs: string[] = [];
+  let clock = 0;
+  await runChecks(
+    { intervalMs: 2000, ...policy },
+    () => {
+      const next = script.shift()!;
+      if (script.length === 0) stop.abort();
+      return Promise.resolve(next);
+    },
+    { want: (registered, reason) => wants.push([registered, reason]) },
+    {
+      now: () => clock,
+      sleep: (ms) => {
+        sleeps.push(ms);
+        clock += ms;
+        return Promise.resolve();
+      },
+      log: (_level, event, fields) => logs.push(`${event} ${fields?.reason}`),
+    },
+    stop.signal,
+  );
+  assert.deepEqual(wants, [[true, "2 checks passed"], [false, "ECONNREFUSED"]]);
+  assert.deepEqual(sleeps, [250, 2000, 2000, 250, 2000, 250, 2000]);
+  // a check result is logged only when it changes
+  assert.deepEqual(logs, ["check failed ECONNREFUSED", "check passed status 200", "check failed ECONNREFUSED"]);
+});
+
+Deno.test("parseCli() gives the article's defaults", () => {
+  const config = parseCli(["8080"], env, sources);
+  assert.ok(config !== "help");
+  assert.equal(config.port, 8080);
+  assert.equal(config.service, "apache");
+  assert.equal(config.ip, "10.0.0.5");
+  assert.equal(config.hostname, "core-01");
+  assert.equal(config.prefix, "/services");
+  assert.equal(config.check, "http");
+  assert.equal(config.path, "/");
+  assert.deepEqual([config.intervalMs, config.timeoutMs, config.rise, config.fall, config.ttlSeconds], [
+    2000,
+    1000,
+    2,
+    2,
+    10,
+  ]);
+  assert.deepEqual(config.etcd, { endpoints: ["http://127.0.0.1:2379"] });
+});
+
+Deno.test("parseCli() takes every option", () => {
+  const config = parseCli(
+    [
+      "9000",
+      "--service=web.v2",
+      "--ip=127.0.0.2",
+      "--hostname=h1",
+      "--endpoints=http://127.0.0.1:1,http://127.0.0.1:2",
+      "--prefix=/reg/",
+      "--check=tcp",
+      "--path=/health",
+      "--interval=500ms",
+      "--timeout=200ms",
+      "--rise=3",
+      "--fall=1",
+      "--ttl=1m",
+      "--meta=zone=a",
+      "--meta",
+      "version=1.2=3",
+    ],
+    {},
+    sources,
+  );
+  assert.ok(config !== "help");
+  assert.equal(config.service, "web.v2");
+  assert.equal(config.ip, "127.0.0.2");
+  assert.equal(config.prefix, "/reg");
+  assert.equal(config.check, "tcp");
+  assert.deepEqual([config.intervalMs, config.timeoutMs, config.rise, config.fall, config.ttlSeconds], [
+    500,
+    200,
+    3,
+    1,
+    60,
+  ]);
+  assert.deepEqual(config.meta, { zone: "a", version: "1.2=3" });
+  assert.equal(config.etcd.endpoints.length, 2);
+});
+
+Deno.test("parseCli() reads the IP from /etc/environment when the variable is not set", () => {
+  const file = "COREOS_PRIVATE_IPV4=10.1.1.1\nCOREOS_PUBLIC_IPV4=203.0.113.7\n";
+  const config = parseCli(["80"], {}, { ...sources, environmentFile: () => file });
+  assert.ok(config !== "help");
+  assert.equal(config.ip, "203.0.113.7");
+  assert.equal(readVariable('A="x y"\nexport B=2', "A"), "x y");
+  assert.equal(readVariable("A=1", "B"), undefined);
+});
+
+Deno.test("parseCli() rejects bad input with one line naming the value", () => {
+  const cases: [string[], RegExp, Record<string, string>?][] = [
+    [["0"], /port "0": expected an integer from 1 to 65535/],
+    [["70000"], /port "70000"/],
+    [["80a"], /port "80a"/],
+    [[], /Missing <port>/],
+    [["80", "81"], /arguments "81"/],
+    [["80", "--bogus"], /Unknown option '--bogus'/],
+    [["80", "--interval=1s", "--timeout=1s"], /--timeout "1s": expected less than --interval "1s"/],
+    [["80", "--ttl=4s"], /--ttl "4s": expected whole seconds, at least 5s/],
+    [["80", "--ttl=5500ms"], /--ttl "5500ms"/],
+    [["80", "--service=a/b"], /service "a\/b"/],
+    [["80", "--ip=10.0.0"], /IP "10.0.0"/],
+    [["80"], /Cannot find the instance's IP/, {}],
+    [["80", "--endpoints=not a url"], /endpoint "not a url"/],
+    [["80", "--check=icmp"], /--check "icmp": expected http or tcp/],
+    [["80", "--rise=0"], /--rise "0"/],
+    [["80", "--meta=novalue"], /--meta "novalue"/],
+    [["80", "--path=health"], /--path "health"/],
+  ];
+  for (const [args, message, e] of cases) {
+    assert.throws(() => {
+      try {
+        parseCli(args, e ?? env, sources);
+      } catch (err) {
+        // parseArgs' own errors become usage errors in main(); here we see them raw
+        if (err instanceof TypeError) throw new UsageError(err.message);
+        throw err;
+      }
+    }, (err: Error) => {
+      assert.ok(err instanceof UsageError, `${args}: ${err}`);
+      assert.match(err.message, message);
+      assert.equal(err.message.includes("\n"), false);
+      return true;
+    }, args.join(" "));
+  }
+});
+
+Deno.test("parseCli() asks for --hostname when the machine's cannot be read", () => {
+  assert.throws(() => parseCli(["80"], env, { hostname: () => undefined }), /expected --hostname NAME/);
+});
+
+Deno.test("parseCli() returns help for --help", () => {
+  assert.equal(parseCli(["--help"], {}), "help");
+});
