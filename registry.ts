@@ -232,10 +232,10 @@ async function watch(
 ): Promise<number> {
   const prefix = servicePrefix(cmd.prefix, cmd.service);
   const known = new Map<string, string>();
+  const etcd = connect();
   let waiting = false;
   let failures = 0;
   while (!signal.aborted) {
-    const etcd = connect();
     let handle: WatchHandle | undefined;
     try {
       const { values, revision } = await etcd.list(prefix);
@@ -250,7 +250,7 @@ async function watch(
           io.out(formatChange({ kind: "+", entry: decodeEntry(event.key, event.value) }, cmd.json));
         }
       });
-      if (waiting) io.err("registry: etcd answered again; watching");
+      if (waiting) io.err(`registry: etcd answered again at ${etcd.endpoint}; watching`);
       waiting = false;
       failures = 0;
       const reason = await untilBroken(handle, signal);
@@ -260,12 +260,14 @@ async function watch(
       failures++;
       if (!waiting) io.err(`registry: waiting for etcd at ${cmd.etcd.endpoints.join(",")}: ${describeError(err)}`);
       waiting = true;
+      // never reuse a connection whose stream broke: a half-dead HTTP/2 session (Deno) raises nothing
+      etcd.failover();
       await sleep(Math.min(1000, 100 * 2 ** failures) * (0.5 + Math.random() / 2), signal);
     } finally {
       handle?.cancel();
-      etcd.close();
     }
   }
+  etcd.close();
   return 0;
 }
 

@@ -332,7 +332,7 @@ export interface Effects {
  * Keeps the record in etcd as the checks want it: grants one lease and keeps
  * it alive, puts the record when the instance is healthy, deletes it (only
  * while it is ours) when it is not. Every failure is retried with jittered
- * backoff, on a new client, forever; a lost lease is replaced and the record
+ * backoff, forever; a lost lease is replaced and the record
  * put again. About once a TTL it reads its own key and restores it if it was
  * deleted by hand.
  */
@@ -349,16 +349,13 @@ export class EtcdRegistrar implements Registrar {
   #everRegistered = false;
   #failures = 0;
   #lastFailureLog = 0;
-  #client: EtcdClient;
   #wake: () => void = () => {};
 
   constructor(
     readonly config: Config,
-    readonly connect: () => EtcdClient,
+    readonly client: EtcdClient,
     readonly effects: Effects,
-  ) {
-    this.#client = connect();
-  }
+  ) {}
 
   get key(): string {
     return instanceKey(this.config.prefix, this.config.service, this.config.ip, this.config.port);
@@ -393,7 +390,7 @@ export class EtcdRegistrar implements Registrar {
     const leases = [...this.#staleLeases, ...(this.#lease ? [this.#lease] : [])];
     this.#lease = undefined;
     try {
-      await Promise.all(leases.map((l) => this.#client.revokeLease(l, STOP_TIMEOUT_MS)));
+      await Promise.all(leases.map((l) => this.client.revokeLease(l, STOP_TIMEOUT_MS)));
       return true;
     } catch (err) {
       this.effects.log("warning", "revoke failed; the record expires with its lease", {
@@ -403,7 +400,7 @@ export class EtcdRegistrar implements Registrar {
       });
       return false;
     } finally {
-      this.#client.close();
+      this.client.close();
     }
   }
 
@@ -417,14 +414,14 @@ export class EtcdRegistrar implements Registrar {
     }
     try {
       if (!this.#lease) {
-        this.#lease = await this.#client.grantLease(this.config.ttlSeconds);
+        this.#lease = await this.client.grantLease(this.config.ttlSeconds);
         this.#lastKeepAliveOk = this.#lastKeepAliveSent = now();
         log("info", "lease granted", { lease: this.#lease, ttl: this.config.ttlSeconds });
         await this.#revokeStale();
       }
       if (now() - this.#lastKeepAliveSent >= ttlMs / 3) {
         this.#lastKeepAliveSent = now();
-        const remaining = await this.#client.keepAlive(this.#lease);
+        const remaining = await this.client.keepAlive(this.#lease);
         if (remaining <= 0) {
           this.#loseLease("etcd says it expired");
           return 0;
@@ -436,7 +433,7 @@ export class EtcdRegistrar implements Registrar {
       else if (this.#desired && now() - this.#lastVerified >= verifyEveryMs) await this.#verify(key);
       else if (!this.#desired && this.#holding !== "none") {
         // deletes only while the record is ours: a record under another lease is left alone
-        const deleted = await this.#client.deleteIfLease(key, this.#lease);
+        const deleted = await this.client.deleteIfLease(key, this.#lease);
         this.#holding = "none";
         log("notice", deleted ? "deregistered" : "deregistered; the record was not ours", {
           key,
@@ -468,14 +465,14 @@ export class EtcdRegistrar implements Registrar {
       meta: this.config.meta,
     };
     const value = encodeRecord(record);
-    let stored = await this.#client.putIfAbsent(key, value, lease);
+    let stored = await this.client.putIfAbsent(key, value, lease);
     if (stored.lease !== lease && this.#staleLeases.includes(stored.lease)) {
       // our own earlier lease, kept alive by etcd across a leader change: move the record over in one write
       const previous = stored.lease;
-      if (await this.#client.putIfLease(key, value, lease, previous)) {
+      if (await this.client.putIfLease(key, value, lease, previous)) {
         stored = { ...stored, lease };
         this.#staleLeases = this.#staleLeases.filter((l) => l !== previous);
-        await this.#client.revokeLease(previous).catch(() => {}); // it holds nothing now
+        await this.client.revokeLease(previous).catch(() => {}); // it holds nothing now
       }
     }
     this.#lastVerified = now();
@@ -500,7 +497,7 @@ export class EtcdRegistrar implements Registrar {
 
   async #verify(key: string): Promise<void> {
     const { log, now } = this.effects;
-    const stored = await this.#client.get(key);
+    const stored = await this.client.get(key);
     this.#lastVerified = now();
     if (stored?.lease === this.#lease) {
       this.#holding = "ours";
@@ -519,11 +516,11 @@ export class EtcdRegistrar implements Registrar {
 
   async #revokeStale(): Promise<void> {
     // only leases that hold nothing of ours are revoked here: the record moves over in #register
-    const stored = this.#desired ? await this.#client.get(this.key) : undefined;
+    const stored = this.#desired ? await this.client.get(this.key) : undefined;
     const keep = stored?.lease;
     const stale = this.#staleLeases.filter((l) => l !== keep);
     this.#staleLeases = this.#staleLeases.filter((l) => l === keep);
-    await Promise.all(stale.map((l) => this.#client.revokeLease(l).catch(() => {})));
+    await Promise.all(stale.map((l) => this.client.revokeLease(l).catch(() => {})));
   }
 
   #loseLease(reason: string): void {
@@ -531,19 +528,12 @@ export class EtcdRegistrar implements Registrar {
     if (this.#lease) this.#staleLeases.push(this.#lease);
     this.#lease = undefined;
     this.#holding = "none";
-    this.#reconnect();
-  }
-
-  #reconnect(): void {
-    this.#client.close();
-    this.#client = this.connect();
   }
 
   #failed(err: unknown): number {
     const { log, now, random } = this.effects;
+    // the client has already dropped a connection that failed or hung, and moved to the next member
     this.#failures++;
-    // a new client each time: a half-dead HTTP/2 session is never reused
-    this.#reconnect();
     if (this.#failures === 1 || now() - this.#lastFailureLog >= 10_000) {
       this.#lastFailureLog = now();
       log("warning", "etcd call failed; retrying", {
@@ -631,7 +621,7 @@ async function main(args: string[]): Promise<number> {
   const stop = new AbortController();
   const signals = ["SIGTERM", "SIGINT"] as const;
   for (const name of signals) process.on(name, () => stop.abort(name));
-  const registrar = new EtcdRegistrar(cfg, () => new Etcd(cfg.etcd), { now: Date.now, random: Math.random, log });
+  const registrar = new EtcdRegistrar(cfg, new Etcd(cfg.etcd), { now: Date.now, random: Math.random, log });
   log("info", "started", {
     key: registrar.key,
     check: cfg.check === "http" ? `http://${cfg.ip}:${cfg.port}${cfg.path}` : `tcp://${cfg.ip}:${cfg.port}`,

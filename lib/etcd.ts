@@ -92,58 +92,91 @@ export function describeError(err: unknown): string {
   return err instanceof DeadlineError ? `deadline exceeded: ${message}` : message;
 }
 
-/** A client for one set of endpoints. Cheap to build; close it when done. */
+/**
+ * A client for one set of endpoints. It talks to one member at a time (one
+ * connection, as etcd's own client does) and moves to the next member when a
+ * call to this one fails for a network reason or runs past its deadline. The
+ * members are tried in turn, each once per operation, from a random start.
+ */
 export class Etcd {
-  readonly #client: Etcd3;
+  readonly #options: EtcdOptions;
   readonly #callTimeoutMs: number;
-  readonly #hostCount: number;
+  readonly #credentials?: IOptions["credentials"];
+  #member: number;
+  #client: Etcd3;
 
   constructor(options: EtcdOptions) {
+    this.#options = options;
     this.#callTimeoutMs = options.callTimeoutMs ?? DEFAULT_CALL_TIMEOUT_MS;
-    this.#hostCount = options.endpoints.length;
-    const config: IOptions = {
-      hosts: options.endpoints,
-      // grpc-js would otherwise honour http_proxy and friends: etcd is never behind one
-      grpcOptions: { "grpc.enable_http_proxy": 0 },
-      defaultCallOptions: (context) => context.isStream ? {} : { deadline: Date.now() + this.#callTimeoutMs },
-      faultHandling: {
-        // no circuit breaker: it would keep refusing calls for 5 s after etcd is back
-        host: () => noPolicy,
-        global: retryOtherHosts(options.endpoints.length),
-      },
-    };
     if (options.cacert || options.cert) {
-      config.credentials = {
-        rootCertificate: options.cacert ? readFileSync(options.cacert) : undefined as unknown as Buffer,
+      this.#credentials = {
+        // null: the system's roots
+        rootCertificate: options.cacert ? readFileSync(options.cacert) : null as unknown as Buffer,
         certChain: options.cert ? readFileSync(options.cert) : undefined,
         privateKey: options.key ? readFileSync(options.key) : undefined,
       };
     }
-    if (options.user) {
-      config.auth = { username: options.user.name, password: options.user.password };
-    }
-    this.#client = new Etcd3(config);
+    this.#member = Math.floor(Math.random() * options.endpoints.length);
+    this.#client = this.#connect();
   }
 
-  /** The bound on one operation, across every member it may try. */
+  #connect(): Etcd3 {
+    const options = this.#options;
+    return new Etcd3({
+      hosts: [options.endpoints[this.#member]],
+      credentials: this.#credentials,
+      auth: options.user && { username: options.user.name, password: options.user.password },
+      // grpc-js would otherwise honour http_proxy and friends: etcd is never behind one
+      grpcOptions: { "grpc.enable_http_proxy": 0 },
+      defaultCallOptions: (context) => context.isStream ? {} : { deadline: Date.now() + this.#callTimeoutMs },
+      // retries and failover are ours (#run); etcd3's circuit breaker would refuse calls for 5 s after etcd is back
+      faultHandling: { host: () => noPolicy, global: noPolicy },
+    });
+  }
+
+  /** The member this client talks to now. */
+  get endpoint(): string {
+    return this.#options.endpoints[this.#member];
+  }
+
+  /** The longest one operation can take: every member tried once, each within its deadline. */
   get operationTimeoutMs(): number {
-    return this.#callTimeoutMs * this.#hostCount + 500;
+    return (this.#callTimeoutMs + 250) * this.#options.endpoints.length;
   }
 
-  #bounded<T>(promise: Promise<T>, what: string): Promise<T> {
-    return withDeadline(promise, this.operationTimeoutMs, what);
+  /**
+   * Drops the connection and moves to the next member. Callers use it when a
+   * stream breaks: a half-dead HTTP/2 session (Deno) is never reused.
+   */
+  failover(): void {
+    this.#client.close();
+    this.#member = (this.#member + 1) % this.#options.endpoints.length;
+    this.#client = this.#connect();
+  }
+
+  /** Runs `call` on this member, then on each other member in turn while the failure is the network's. */
+  async #run<T>(what: string, call: (client: Etcd3) => Promise<T>): Promise<T> {
+    for (let attempt = 1;; attempt++) {
+      try {
+        return await withDeadline(call(this.#client), this.#callTimeoutMs + 250, `${what} at ${this.endpoint}`);
+      } catch (err) {
+        const retry = err instanceof DeadlineError || (err instanceof Error && isRecoverable(err));
+        if (retry) this.failover();
+        if (!retry || attempt >= this.#options.endpoints.length) throw err;
+      }
+    }
   }
 
   /** Grants a lease of `ttlSeconds`; returns its ID. */
   async grantLease(ttlSeconds: number): Promise<string> {
-    const res = await this.#bounded(this.#client.leaseClient.leaseGrant({ TTL: ttlSeconds }), "lease grant");
+    const res = await this.#run("lease grant", (c) => c.leaseClient.leaseGrant({ TTL: ttlSeconds }));
     return res.ID;
   }
 
   /** Sends one keep-alive; returns the lease's remaining TTL in seconds (0: the lease is gone). */
   async keepAlive(lease: string): Promise<number> {
-    const attempt = async () => {
-      const stream = await this.#client.leaseClient.leaseKeepAlive();
+    return await this.#run("lease keep-alive", async (c) => {
+      const stream = await c.leaseClient.leaseKeepAlive();
       try {
         return await new Promise<number>((resolve, reject) => {
           stream.on("data", (res) => resolve(Number(res.TTL)));
@@ -154,14 +187,17 @@ export class Etcd {
       } finally {
         stream.end();
       }
-    };
-    return await this.#bounded(attempt(), "lease keep-alive");
+    });
   }
 
   /** Revokes a lease, deleting every key attached to it. A lease already gone is no error. */
   async revokeLease(lease: string, timeoutMs = this.operationTimeoutMs): Promise<void> {
     try {
-      await withDeadline(this.#client.leaseClient.leaseRevoke({ ID: lease }), timeoutMs, "lease revoke");
+      await withDeadline(
+        this.#run("lease revoke", (c) => c.leaseClient.leaseRevoke({ ID: lease })),
+        timeoutMs,
+        "lease revoke",
+      );
     } catch (err) {
       if (!(err instanceof EtcdLeaseInvalidError)) throw err;
     }
@@ -173,14 +209,12 @@ export class Etcd {
    */
   async putIfAbsent(key: string, value: string, lease: string): Promise<StoredValue> {
     const k = Buffer.from(key);
-    const res = await this.#bounded(
-      this.#client.kv.txn({
+    const res = await this.#run("put", (c) =>
+      c.kv.txn({
         compare: [{ key: k, target: "Create", result: "Equal", create_revision: 0 }],
         success: [{ request_put: { key: k, value: Buffer.from(value), lease } }],
         failure: [{ request_range: { key: k } }],
-      }),
-      "put",
-    );
+      }));
     if (res.succeeded) return { key, value, lease, modRevision: res.header.revision };
     const kv = res.responses[0]?.response_range?.kvs[0];
     // deleted between the compare and the read: report it as absent, the caller tries again
@@ -190,56 +224,49 @@ export class Etcd {
   /** Puts `value` at `key` under `lease` only while the key is attached to `previousLease`. */
   async putIfLease(key: string, value: string, lease: string, previousLease: string): Promise<boolean> {
     const k = Buffer.from(key);
-    const res = await this.#bounded(
-      this.#client.kv.txn({
+    const res = await this.#run("put", (c) =>
+      c.kv.txn({
         compare: [
           { key: k, target: "Create", result: "Greater", create_revision: 0 },
           { key: k, target: "Lease", result: "Equal", lease: previousLease },
         ],
         success: [{ request_put: { key: k, value: Buffer.from(value), lease } }],
-      }),
-      "put",
-    );
+      }));
     return res.succeeded;
   }
 
   /** Deletes `key` only while it is attached to `lease`; returns whether it did. */
   async deleteIfLease(key: string, lease: string): Promise<boolean> {
     const k = Buffer.from(key);
-    const res = await this.#bounded(
-      this.#client.kv.txn({
+    const res = await this.#run("delete", (c) =>
+      c.kv.txn({
         compare: [
           { key: k, target: "Create", result: "Greater", create_revision: 0 },
           { key: k, target: "Lease", result: "Equal", lease },
         ],
         success: [{ request_delete_range: { key: k } }],
-      }),
-      "delete",
-    );
+      }));
     return res.succeeded;
   }
 
   /** Reads one key; undefined when it does not exist. */
   async get(key: string): Promise<StoredValue | undefined> {
-    const res = await this.#bounded(this.#client.kv.range({ key: Buffer.from(key) }), "get");
+    const res = await this.#run("get", (c) => c.kv.range({ key: Buffer.from(key) }));
     return res.kvs[0] ? toStored(res.kvs[0]) : undefined;
   }
 
   /** Reads every key under `prefix`, sorted by key, with the revision of the read. */
   async list(prefix: string): Promise<{ values: StoredValue[]; revision: string }> {
-    const res = await this.#bounded(
-      this.#client.kv.range({ key: Buffer.from(prefix), range_end: prefixRangeEnd(prefix) }),
+    const res = await this.#run(
       "list",
+      (c) => c.kv.range({ key: Buffer.from(prefix), range_end: prefixRangeEnd(prefix) }),
     );
     return { values: res.kvs.map(toStored), revision: res.header.revision };
   }
 
   /** The cluster's current revision (a cheap read). */
   async revision(): Promise<string> {
-    const res = await this.#bounded(
-      this.#client.kv.range({ key: Buffer.from("\0"), count_only: true }),
-      "revision",
-    );
+    const res = await this.#run("revision", (c) => c.kv.range({ key: Buffer.from("\0"), count_only: true }));
     return res.header.revision;
   }
 
@@ -253,7 +280,9 @@ export class Etcd {
     startRevision: string,
     onEvent: (event: WatchEvent) => void,
   ): Promise<WatchHandle> {
-    const stream = await this.#bounded(this.#client.watchClient.watch(), "watch");
+    // one member, no failover here: the caller lists again on a failure, and calls failover() first
+    const bound = this.#callTimeoutMs + 250;
+    const stream = await withDeadline(this.#client.watchClient.watch(), bound, `watch at ${this.endpoint}`);
     let settle: (err: Error) => void = () => {};
     const done = new Promise<Error>((resolve) => (settle = resolve));
     let created = false;
@@ -298,15 +327,16 @@ export class Etcd {
     };
     // a stream on a half-dead connection raises nothing under Deno: only an answer proves it alive
     const probe = () =>
-      this.#bounded(
+      withDeadline(
         new Promise<void>((resolve) => {
           answered = resolve;
           stream.write({ progress_request: {} });
         }),
-        "watch progress",
+        bound,
+        `watch progress at ${this.endpoint}`,
       );
     try {
-      await this.#bounded(created$, "watch create");
+      await withDeadline(created$, bound, `watch create at ${this.endpoint}`);
     } catch (err) {
       cancel();
       throw err;
@@ -332,23 +362,6 @@ const noPolicy = {
   },
   // deno-lint-ignore no-explicit-any
 } as any;
-
-/** Tries a failed call once on each other member (the pool picks a new member each attempt). */
-function retryOtherHosts(hosts: number) {
-  return {
-    async execute<T>(fn: (context: { signal: AbortSignal; attempt: number }) => PromiseLike<T> | T): Promise<T> {
-      const signal = new AbortController().signal;
-      for (let attempt = 0;; attempt++) {
-        try {
-          return await fn({ signal, attempt });
-        } catch (err) {
-          if (!(err instanceof Error && isRecoverable(err)) || attempt + 1 >= hosts) throw err;
-        }
-      }
-    },
-    // deno-lint-ignore no-explicit-any
-  } as any;
-}
 
 function isRecoverable(err: Error): boolean {
   // a member past its deadline is as good as down: try the next one

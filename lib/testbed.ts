@@ -7,7 +7,7 @@
  * @module
  */
 import { createServer, type Server, type Socket } from "node:net";
-import { Etcd } from "./etcd.ts";
+import { Etcd, type EtcdOptions } from "./etcd.ts";
 
 /** The repository root, where the scripts live. */
 export const ROOT = new URL("../", import.meta.url).pathname;
@@ -127,9 +127,21 @@ export class EtcdMember {
 
 /** A set of etcd members on loopback; one member unless `size` says otherwise. */
 export class EtcdCluster {
-  constructor(readonly members: EtcdMember[], readonly dir: string) {}
+  constructor(
+    readonly members: EtcdMember[],
+    readonly dir: string,
+    readonly clientOptions: Partial<EtcdOptions> = {},
+  ) {}
 
-  static async create(size = 1, options: { host?: string; extraArgs?: string[]; scheme?: string } = {}) {
+  /**
+   * Plans `size` members on free ports (not started). `scheme: "https"` with
+   * the TLS flags in `extraArgs` makes a TLS cluster; `clientOptions` (CA,
+   * certificate, user) are what this class's own clients use.
+   */
+  static async create(
+    size = 1,
+    options: { host?: string; extraArgs?: string[]; scheme?: string; clientOptions?: Partial<EtcdOptions> } = {},
+  ) {
     const host = options.host ?? "127.0.0.1";
     const dir = await Deno.makeTempDir({ prefix: "secretary-etcd-" });
     const specs = [];
@@ -144,7 +156,7 @@ export class EtcdCluster {
     const members = specs.map((s) =>
       new EtcdMember(s.name, s.client, s.peer, `${dir}/${s.name}`, cluster, options.extraArgs ?? [])
     );
-    return new EtcdCluster(members, dir);
+    return new EtcdCluster(members, dir, options.clientOptions);
   }
 
   get endpoints(): string[] {
@@ -163,7 +175,7 @@ export class EtcdCluster {
     for (const m of this.members.filter((m) => m.running)) {
       await waitFor(
         async () => {
-          const etcd = new Etcd({ endpoints: [m.clientUrl], callTimeoutMs: 1000 });
+          const etcd = new Etcd({ ...this.clientOptions, endpoints: [m.clientUrl], callTimeoutMs: 1000 });
           try {
             await etcd.revision();
             return true;
@@ -182,7 +194,7 @@ export class EtcdCluster {
 
   /** A client for the whole cluster. */
   client(callTimeoutMs = 1500): Etcd {
-    return new Etcd({ endpoints: this.endpoints, callTimeoutMs });
+    return new Etcd({ ...this.clientOptions, endpoints: this.endpoints, callTimeoutMs });
   }
 
   async stop(): Promise<void> {
@@ -320,4 +332,170 @@ export async function runScript(
   const status = await proc.finished();
   clearTimeout(timer);
   return { code: status.code, stdout: proc.stdout, stderr: proc.stderr };
+}
+
+/**
+ * A TCP relay from a local port to `upstream` that can cut the network
+ * without closing anything: while cut, it stops reading, so bytes wait in the
+ * kernel's buffers as they would behind a partition, and new connections are
+ * accepted but not passed on. `heal()` lets everything flow again.
+ */
+export class Relay {
+  #server?: Server;
+  #pairs = new Set<[Socket, Socket | undefined]>();
+  #cut = false;
+  #pending: (() => void)[] = [];
+
+  private constructor(readonly port: number, readonly upstream: { host: string; port: number }) {}
+
+  static async start(upstreamUrl: string, host = "127.0.0.1"): Promise<Relay> {
+    const url = new URL(upstreamUrl);
+    const relay = new Relay(await freePort(host), { host: url.hostname, port: Number(url.port) });
+    const { connect } = await import("node:net");
+    relay.#server = createServer((client) => {
+      client.on("error", () => {});
+      const pair: [Socket, Socket | undefined] = [client, undefined];
+      relay.#pairs.add(pair);
+      const open = () => {
+        const server = connect(relay.upstream.port, relay.upstream.host);
+        pair[1] = server;
+        server.on("error", () => client.destroy());
+        client.on("close", () => {
+          server.destroy();
+          relay.#pairs.delete(pair);
+        });
+        server.on("close", () => client.destroy());
+        client.pipe(server);
+        server.pipe(client);
+        if (relay.#cut) {
+          client.pause();
+          server.pause();
+        }
+      };
+      if (relay.#cut) {
+        client.pause();
+        relay.#pending.push(open);
+      } else open();
+    });
+    await new Promise<void>((resolve) => relay.#server!.listen(relay.port, host, () => resolve()));
+    return relay;
+  }
+
+  /** The relay's URL, to give the client instead of etcd's. */
+  get url(): string {
+    return `http://127.0.0.1:${this.port}`;
+  }
+
+  cut(): void {
+    this.#cut = true;
+    for (const [client, server] of this.#pairs) {
+      client.unpipe();
+      server?.unpipe();
+      client.pause();
+      server?.pause();
+    }
+  }
+
+  heal(): void {
+    this.#cut = false;
+    for (const [client, server] of this.#pairs) {
+      if (!server) continue;
+      client.pipe(server);
+      server.pipe(client);
+      client.resume();
+      server.resume();
+    }
+    for (const open of this.#pending.splice(0)) open();
+  }
+
+  async close(): Promise<void> {
+    for (const [client, server] of this.#pairs) {
+      client.destroy();
+      server?.destroy();
+    }
+    await new Promise<void>((resolve) => this.#server?.close(() => resolve()) ?? resolve());
+  }
+}
+
+/** Files of a throwaway certificate authority, a server certificate for 127.0.0.1 and a client certificate. */
+export interface Certs {
+  dir: string;
+  ca: string;
+  serverCert: string;
+  serverKey: string;
+  clientCert: string;
+  clientKey: string;
+  /** Another CA that signed nothing here: the wrong one to trust. */
+  otherCa: string;
+}
+
+/** Makes certificates with openssl in a new temporary directory. */
+export async function makeCerts(): Promise<Certs> {
+  const dir = await Deno.makeTempDir({ prefix: "secretary-certs-" });
+  const run = async (...args: string[]) => {
+    const out = await new Deno.Command("openssl", { args, cwd: dir, stdout: "null", stderr: "piped" }).output();
+    if (!out.success) throw new Error(`openssl ${args.join(" ")}: ${new TextDecoder().decode(out.stderr)}`);
+  };
+  const ca = async (name: string) => {
+    await run(
+      "req",
+      "-x509",
+      "-newkey",
+      "rsa:2048",
+      "-nodes",
+      "-days",
+      "2",
+      "-subj",
+      `/CN=${name}`,
+      "-keyout",
+      `${name}.key`,
+      "-out",
+      `${name}.pem`,
+    );
+  };
+  const leaf = async (name: string, ext: string) => {
+    await Deno.writeTextFile(`${dir}/${name}.ext`, ext);
+    await run(
+      "req",
+      "-newkey",
+      "rsa:2048",
+      "-nodes",
+      "-subj",
+      `/CN=${name}`,
+      "-keyout",
+      `${name}.key`,
+      "-out",
+      `${name}.csr`,
+    );
+    await run(
+      "x509",
+      "-req",
+      "-in",
+      `${name}.csr`,
+      "-CA",
+      "ca.pem",
+      "-CAkey",
+      "ca.key",
+      "-CAcreateserial",
+      "-days",
+      "2",
+      "-extfile",
+      `${name}.ext`,
+      "-out",
+      `${name}.pem`,
+    );
+  };
+  await ca("ca");
+  await ca("other-ca");
+  await leaf("server", "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\n");
+  await leaf("client", "extendedKeyUsage=clientAuth\n");
+  return {
+    dir,
+    ca: `${dir}/ca.pem`,
+    serverCert: `${dir}/server.pem`,
+    serverKey: `${dir}/server.key`,
+    clientCert: `${dir}/client.pem`,
+    clientKey: `${dir}/client.key`,
+    otherCa: `${dir}/other-ca.pem`,
+  };
 }
