@@ -1,19 +1,51 @@
 /**
- * What the benchmarks share: starting a sidekick for a target, watching its
- * key so every event is timed to the millisecond, and summarising trials.
- * Benchmarks print figures; they never assert a speed.
+ * What the benchmarks share: starting our secretary or the article's bash
+ * loop for a target, clocks that time every put and delete of a key to the
+ * millisecond (through an etcd v3 watch, or v2 long polls for the loop),
+ * reading etcd's `/metrics` and a process's memory and CPU from `/proc`, and
+ * summarising trials. Benchmarks print figures; they never assert a speed.
  *
  * @module
  */
+import { existsSync } from "node:fs";
 import { type Etcd, type WatchHandle } from "../lib/etcd.ts";
 import { instanceKey } from "../lib/record.ts";
-import { Script, SOURCE_FLAGS, type Target } from "../lib/testbed.ts";
+import { delay, ROOT, Script, SOURCE_FLAGS, type Target } from "../lib/testbed.ts";
 
 /** Default settings: the product's own defaults. */
 export const DEFAULT_ARGS = ["--interval=2s", "--timeout=1s", "--rise=2", "--fall=2", "--ttl=10s"];
+export const INTERVAL_MS = 2000;
+export const TTL_MS = 10_000;
 
 /** How a sidekick is run: our script from source, or a bundle under deno or node. */
 export type Runtime = "source" | "deno" | "node";
+
+/** Whether `deno task bundle` has built dist/secretary.mjs and dist/registry.mjs. */
+export function bundlesBuilt(): boolean {
+  return existsSync(`${ROOT}dist/secretary.mjs`) && existsSync(`${ROOT}dist/registry.mjs`);
+}
+
+/** The runtime a user would run: the deno bundle when built, else the source. */
+export function mainRuntime(): Runtime {
+  return bundlesBuilt() ? "deno" : "source";
+}
+
+/** The runtimes to compare: both bundles when built, else the source alone. */
+export function runtimes(): Runtime[] {
+  return bundlesBuilt() ? ["deno", "node"] : ["source"];
+}
+
+/** The command line that runs `script` ("secretary" or "registry") under `runtime`. */
+export function commandFor(script: "secretary" | "registry", runtime: Runtime, args: string[]): [string, string[]] {
+  switch (runtime) {
+    case "source":
+      return [Deno.execPath(), ["run", ...SOURCE_FLAGS, `${script}.ts`, ...args]];
+    case "deno":
+      return [Deno.execPath(), ["run", "--allow-net", "--allow-env", `dist/${script}.mjs`, ...args]];
+    case "node":
+      return ["node", [`dist/${script}.mjs`, ...args]];
+  }
+}
 
 /** Starts our secretary for `target` against `endpoints`. */
 export function startSecretary(
@@ -21,21 +53,14 @@ export function startSecretary(
   endpoints: string[],
   options: { runtime?: Runtime; args?: string[] } = {},
 ): Script {
-  const args = [
+  const [command, args] = commandFor("secretary", options.runtime ?? mainRuntime(), [
     String(target.port),
     `--ip=${target.host}`,
     "--hostname=bench",
     `--endpoints=${endpoints.join(",")}`,
     ...(options.args ?? DEFAULT_ARGS),
-  ];
-  switch (options.runtime ?? "source") {
-    case "source":
-      return Script.deno("secretary.ts", args, { flags: SOURCE_FLAGS });
-    case "deno":
-      return Script.deno("dist/secretary.mjs", args, { flags: ["--allow-net", "--allow-env"] });
-    case "node":
-      return new Script("node", ["--enable-source-maps", "dist/secretary.mjs", ...args]);
-  }
+  ]);
+  return new Script(command, args);
 }
 
 /** The key of `target`'s record. */
@@ -43,29 +68,23 @@ export function keyOf(target: Target, service = "apache"): string {
   return instanceKey("/services", service, target.host, target.port);
 }
 
-/** Watches a prefix and records when each key was last put and deleted (ms since epoch). */
-export class KeyClock {
+// ---------------------------------------------------------------------------
+// Clocks: when each key was last put and deleted
+
+/** Records when each key was last put and deleted (ms since epoch), and counts events. */
+export class EventClock {
   readonly puts = new Map<string, number>();
   readonly deletes = new Map<string, number>();
   events = 0;
-  #handle?: WatchHandle;
   #waiters: (() => void)[] = [];
 
-  private constructor(readonly etcd: Etcd) {}
-
-  static async start(etcd: Etcd, prefix = "/services/"): Promise<KeyClock> {
-    const clock = new KeyClock(etcd);
-    const revision = await etcd.revision();
-    clock.#handle = await etcd.watch(prefix, String(BigInt(revision) + 1n), (event) => {
-      const now = performance.timeOrigin + performance.now();
-      clock.events++;
-      (event.type === "put" ? clock.puts : clock.deletes).set(event.key, now);
-      for (const wake of clock.#waiters.splice(0)) wake();
-    });
-    return clock;
+  protected record(kind: "put" | "delete", key: string): void {
+    this.events++;
+    (kind === "put" ? this.puts : this.deletes).set(key, now());
+    for (const wake of this.#waiters.splice(0)) wake();
   }
 
-  /** Waits until `key` is put (or deleted) after `since`; returns the time it happened. */
+  /** Waits until `key` is put (or deleted) at or after `since`; returns the time it happened. */
   async until(kind: "put" | "delete", key: string, since: number, timeoutMs = 60_000): Promise<number> {
     const deadline = Date.now() + timeoutMs;
     const map = kind === "put" ? this.puts : this.deletes;
@@ -83,14 +102,249 @@ export class KeyClock {
     }
   }
 
-  stop(): void {
+  stop(): void {}
+}
+
+/** An EventClock fed by an etcd v3 watch of a prefix. */
+export class KeyClock extends EventClock {
+  #handle?: WatchHandle;
+
+  static async start(etcd: Etcd, prefix = "/services/"): Promise<KeyClock> {
+    const clock = new KeyClock();
+    const revision = await etcd.revision();
+    clock.#handle = await etcd.watch(prefix, String(BigInt(revision) + 1n), (e) => clock.record(e.type, e.key));
+    return clock;
+  }
+
+  override stop(): void {
     this.#handle?.cancel();
   }
 }
 
-/** The wall clock in ms with sub-ms precision, comparable with KeyClock's times. */
+/**
+ * An EventClock fed by etcd v2 long polls (`?wait=true&recursive=true`) of a
+ * directory, as a v2 consumer would watch it: `set` counts as a put,
+ * `delete` and `expire` (the TTL ran out) as deletes.
+ */
+export class V2Clock extends EventClock {
+  #abort = new AbortController();
+
+  static async start(endpoint: string, dir = "/services/apache"): Promise<V2Clock> {
+    const clock = new V2Clock();
+    const res = await fetch(`${endpoint}/v2/keys${dir}?recursive=true`);
+    await res.body?.cancel();
+    let index = Number(res.headers.get("X-Etcd-Index"));
+    void (async () => {
+      while (!clock.#abort.signal.aborted) {
+        try {
+          const url = `${endpoint}/v2/keys${dir}?wait=true&recursive=true&waitIndex=${index + 1}`;
+          const event = await (await fetch(url, { signal: clock.#abort.signal })).json();
+          if (event.errorCode === 401) { // the index fell out of etcd's 1000-event history
+            index = Number(event.index);
+            continue;
+          }
+          if (!event.node) continue; // an empty answer: etcd closed the long poll, poll again
+          index = event.node.modifiedIndex;
+          const gone = ["delete", "expire", "compareAndDelete"].includes(event.action);
+          clock.record(gone ? "delete" : "put", event.node.key);
+        } catch {
+          if (!clock.#abort.signal.aborted) await delay(50);
+        }
+      }
+    })();
+    return clock;
+  }
+
+  override stop(): void {
+    this.#abort.abort();
+  }
+}
+
+// ---------------------------------------------------------------------------
+// The article's loop
+
+/** The article's key: one per IP. */
+export function articleKey(ip: string): string {
+  return `/services/apache/${ip}`;
+}
+
+/**
+ * The article's loop (bench/article-loop.sh) for one target, in its own
+ * process group so that a stop reaches curl, etcdctl and sleep as systemd's
+ * does a unit's control group.
+ */
+export class ArticleLoop {
+  readonly child: Deno.ChildProcess;
+  #exited = false;
+
+  constructor(
+    readonly target: Target,
+    readonly endpoint: string,
+    readonly intervalSeconds: number,
+    readonly ttlSeconds: number,
+    options: { countProcessesIn?: string } = {},
+  ) {
+    const env: Record<string, string> = { ETCDCTL_API: "2", ETCDCTL_ENDPOINTS: endpoint };
+    if (options.countProcessesIn) {
+      env.PATH = `${makeCountingShims(options.countProcessesIn)}:${Deno.env.get("PATH")}`;
+      env.COUNT_FILE = `${options.countProcessesIn}/count`;
+    }
+    // setsid: bash leads its own process group, so one kill reaches it and its children
+    this.child = new Deno.Command("setsid", {
+      args: [
+        "bash",
+        `${ROOT}bench/article-loop.sh`,
+        target.host,
+        String(target.port),
+        "bench",
+        String(intervalSeconds),
+        String(ttlSeconds),
+      ],
+      env,
+      stdin: "null",
+      stdout: "null",
+      stderr: "null",
+    }).spawn();
+    this.child.status.then(() => (this.#exited = true));
+  }
+
+  get pid(): number {
+    return this.child.pid;
+  }
+
+  get key(): string {
+    return articleKey(this.target.host);
+  }
+
+  /** As systemd stops the unit: SIGTERM to the group, then ExecStop (`etcdctl rm`). */
+  async stop(): Promise<void> {
+    this.#signal("SIGTERM");
+    await new Deno.Command("/usr/bin/etcdctl", {
+      args: ["rm", this.key],
+      env: { ETCDCTL_API: "2", ETCDCTL_ENDPOINTS: this.endpoint },
+      stdout: "null",
+      stderr: "null",
+    }).output();
+    await this.child.status;
+  }
+
+  /** SIGKILL to the group: the loop dies with its record left for the TTL. */
+  async kill(): Promise<void> {
+    this.#signal("SIGKILL");
+    await this.child.status;
+  }
+
+  #signal(signal: Deno.Signal): void {
+    if (this.#exited) return; // its group is gone; the number may be another's by now
+    try {
+      Deno.kill(-this.child.pid, signal);
+    } catch { /* already gone */ }
+  }
+}
+
+/** Writes curl, etcdctl and sleep shims that count each start in `dir`/count, then exec the real one. */
+function makeCountingShims(dir: string): string {
+  const bin = `${dir}/bin`;
+  Deno.mkdirSync(bin, { recursive: true });
+  for (const name of ["curl", "etcdctl", "sleep"]) {
+    const real = new TextDecoder().decode(new Deno.Command("which", { args: [name] }).outputSync().stdout).trim();
+    // exec keeps the PID: the shim adds no process of its own
+    Deno.writeTextFileSync(`${bin}/${name}`, `#!/bin/sh\necho ${name} >>"$COUNT_FILE"\nexec ${real} "$@"\n`);
+    Deno.chmodSync(`${bin}/${name}`, 0o755);
+  }
+  return bin;
+}
+
+/** How many processes the counting shims saw start. */
+export function countedProcesses(dir: string): number {
+  try {
+    return Deno.readTextFileSync(`${dir}/count`).split("\n").filter(Boolean).length;
+  } catch {
+    return 0;
+  }
+}
+
+// ---------------------------------------------------------------------------
+// etcd's metrics and /proc
+
+/** etcd's `/metrics` as name (with labels) to value. */
+export async function scrapeMetrics(endpoint: string): Promise<Map<string, number>> {
+  const text = await (await fetch(`${endpoint}/metrics`)).text();
+  const metrics = new Map<string, number>();
+  for (const line of text.split("\n")) {
+    const match = /^([a-z_]+(?:\{[^}]*\})?) (\S+)$/.exec(line);
+    if (match) metrics.set(match[1], Number(match[2]));
+  }
+  return metrics;
+}
+
+/** The counters the cost benchmarks read, as a difference between two scrapes. */
+export function metricsDelta(before: Map<string, number>, after: Map<string, number>) {
+  const d = (name: string) => (after.get(name) ?? 0) - (before.get(name) ?? 0);
+  return {
+    proposals: d("etcd_server_proposals_committed_total"),
+    puts: d("etcd_mvcc_put_total"),
+    deletes: d("etcd_mvcc_delete_total"),
+    v2Sets: d('etcd_debugging_store_writes_total{action="set"}'),
+    v2Deletes: d('etcd_debugging_store_writes_total{action="delete"}'),
+    v2Expires: d("etcd_debugging_store_expires_total"),
+  };
+}
+
+/** Resident memory of a process from /proc/PID/status, in KiB: total, anonymous and file-backed. */
+export function memoryOf(pid: number): { rssKiB: number; anonKiB: number; fileKiB: number } {
+  const status = Deno.readTextFileSync(`/proc/${pid}/status`);
+  const field = (name: string) => Number(new RegExp(`^${name}:\\s+(\\d+) kB`, "m").exec(status)?.[1] ?? NaN);
+  return { rssKiB: field("VmRSS"), anonKiB: field("RssAnon"), fileKiB: field("RssFile") };
+}
+
+/** Proportional resident memory (shared pages divided among their users), in KiB. */
+export function pssOf(pid: number): number {
+  const rollup = Deno.readTextFileSync(`/proc/${pid}/smaps_rollup`);
+  return Number(/^Pss:\s+(\d+) kB/m.exec(rollup)?.[1] ?? NaN);
+}
+
+const CLOCK_TICKS = Number(
+  new TextDecoder().decode(new Deno.Command("getconf", { args: ["CLK_TCK"] }).outputSync().stdout),
+);
+
+/** CPU seconds a process has used; with `children`, also its children that have exited. */
+export function cpuSecondsOf(pid: number, children = false): number {
+  const stat = Deno.readTextFileSync(`/proc/${pid}/stat`);
+  const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ").map(Number);
+  // fields[11..14] are utime, stime, cutime, cstime (stat fields 14 to 17)
+  const ticks = fields[11] + fields[12] + (children ? fields[13] + fields[14] : 0);
+  return ticks / CLOCK_TICKS;
+}
+
+/** The PIDs of a process's children, and their command names. */
+export function childrenOf(pid: number): { pid: number; comm: string }[] {
+  try {
+    const pids = Deno.readTextFileSync(`/proc/${pid}/task/${pid}/children`).split(" ").filter(Boolean).map(Number);
+    return pids.map((p) => {
+      try {
+        return { pid: p, comm: Deno.readTextFileSync(`/proc/${p}/comm`).trim() };
+      } catch {
+        return { pid: p, comm: "" };
+      }
+    });
+  } catch {
+    return [];
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Figures
+
+/** The wall clock in ms with sub-ms precision, comparable with the clocks' times. */
 export function now(): number {
   return performance.timeOrigin + performance.now();
+}
+
+/** The value below which `p` percent of `values` fall (nearest rank). */
+export function percentile(values: number[], p: number): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  return sorted[Math.max(0, Math.ceil((p / 100) * sorted.length) - 1)];
 }
 
 /** Median and worst of a set of times. */
@@ -103,5 +357,42 @@ export function summarize(values: number[]): { n: number; median: number; worst:
 
 /** `1.23 s` or `45 ms`. */
 export function formatMs(ms: number): string {
-  return ms >= 1000 ? `${(ms / 1000).toFixed(2)} s` : `${Math.round(ms)} ms`;
+  if (!Number.isFinite(ms)) return "n/a";
+  return ms >= 1000 ? `${(ms / 1000).toFixed(2)} s` : ms >= 10 ? `${Math.round(ms)} ms` : `${ms.toFixed(1)} ms`;
+}
+
+/** One line of figures: `name  n=20  median 1.23 s  worst 2.34 s`. */
+export function formatTimes(name: string, times: number[]): string {
+  if (times.length === 0) return `${name.padEnd(36)} n=0`;
+  const s = summarize(times);
+  return `${name.padEnd(36)} n=${String(s.n).padEnd(3)} median ${formatMs(s.median).padStart(8)}  worst ${
+    formatMs(s.worst).padStart(8)
+  }`;
+}
+
+/** `12.3 MiB` from KiB. */
+export function formatMiB(kib: number): string {
+  return `${(kib / 1024).toFixed(1)} MiB`;
+}
+
+/**
+ * Runs `cleanup` once on SIGINT or SIGTERM, then exits 130, so a benchmark
+ * stopped early still stops every process it started and removes etcd's data.
+ */
+export function cleanupOnSignal(cleanup: () => Promise<void>): void {
+  let stopping = false;
+  const handler = async () => {
+    if (stopping) return;
+    stopping = true;
+    console.error("stopping: cleaning up");
+    await cleanup().catch(() => {});
+    Deno.exit(130);
+  };
+  Deno.addSignalListener("SIGINT", handler);
+  Deno.addSignalListener("SIGTERM", handler);
+}
+
+/** Writes a benchmark's figures as JSON to `path` (for bench/all.ts), when given. */
+export async function writeFigures(path: string | undefined, figures: unknown): Promise<void> {
+  if (path) await Deno.writeTextFile(path, JSON.stringify(figures, null, 2));
 }
