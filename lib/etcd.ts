@@ -270,6 +270,17 @@ export class Etcd {
     return res.header.revision;
   }
 
+  /** The member's own ID and its cluster's leader ID, as this member sees them. */
+  async status(): Promise<{ member: string; leader: string; revision: string }> {
+    const res = await this.#run("status", (c) => c.maintenance.status());
+    return { member: res.header.member_id, leader: res.leader, revision: res.header.revision };
+  }
+
+  /** Compacts the key history up to `revision` (watchers from an older revision get an error). */
+  async compact(revision: string): Promise<void> {
+    await this.#run("compact", (c) => c.kv.compact({ revision, physical: true }));
+  }
+
   /**
    * Watches every key under `prefix` from `startRevision`. `onEvent` gets each
    * change in order. `done` settles with the reason the watch stopped

@@ -96,7 +96,7 @@ export class EtcdMember {
         "--initial-cluster-state",
         clusterState,
         "--initial-cluster-token",
-        `secretary-test-${this.dataDir}`,
+        `secretary-test-${this.dataDir.slice(0, this.dataDir.lastIndexOf("/"))}`, // one token for the whole cluster
         ...this.extraArgs,
       ],
       stdout: "null",
@@ -190,6 +190,29 @@ export class EtcdCluster {
         100,
       );
     }
+  }
+
+  /** The member that leads the cluster now. */
+  async leader(): Promise<EtcdMember> {
+    for (const m of this.members.filter((m) => m.running)) {
+      const etcd = new Etcd({ ...this.clientOptions, endpoints: [m.clientUrl], callTimeoutMs: 1000 });
+      try {
+        const { member, leader } = await etcd.status();
+        if (member === leader) return m;
+      } catch {
+        /* not answering: not the leader */
+      } finally {
+        etcd.close();
+      }
+    }
+    throw new Error("no member leads the cluster");
+  }
+
+  /** The running members that process `pid` holds an open TCP connection to (read with `ss`). */
+  async connectedMembers(pid: number): Promise<EtcdMember[]> {
+    const out = await new Deno.Command("ss", { args: ["-tnpH", "state", "established"], stdout: "piped" }).output();
+    const lines = new TextDecoder().decode(out.stdout).split("\n").filter((l) => l.includes(`pid=${pid},`));
+    return this.members.filter((m) => m.running && lines.some((l) => l.includes(` ${new URL(m.clientUrl).host} `)));
   }
 
   /** A client for the whole cluster. */
