@@ -1,0 +1,478 @@
+/**
+ * The one-file bundles, built fresh by build.ts into this test's own folder
+ * and copied alone into empty folders: they run under deno with exactly the
+ * unit's permissions and under node, against a real etcd, through no proxy,
+ * with source maps both runtimes use. Each permission in the unit's set is
+ * shown to be needed by dropping it.
+ */
+import assert from "node:assert/strict";
+import { fromJSON } from "@grpc/proto-loader";
+import { embedProto, protoDescriptor } from "../build.ts";
+import { type Etcd } from "../lib/etcd.ts";
+import { decodeEntry, instanceKey } from "../lib/record.ts";
+import { EtcdCluster, ROOT, Target, waitFor } from "../lib/testbed.ts";
+
+/** The variables the registry wrapper install.sh writes lets deno read; the test checks the wrapper says the same. */
+const REGISTRY_ENV = "ETCDCTL_CACERT,ETCDCTL_CERT,ETCDCTL_KEY,ETCDCTL_USER,GRPC_*";
+
+/** Short checks so a test takes seconds; the unit's own flags otherwise. */
+const FAST = ["--interval=500ms", "--timeout=300ms", "--ttl=5s"];
+
+// ---------------------------------------------------------------------------
+// helpers
+
+/** Builds the bundles into a fresh folder of this test module, once. */
+let built: Promise<string> | undefined;
+function bundles(): Promise<string> {
+  built ??= (async () => {
+    const dir = await Deno.makeTempDir({ prefix: "secretary-bundle-" });
+    globalThis.addEventListener("unload", () => Deno.removeSync(dir, { recursive: true }));
+    const out = await new Deno.Command(Deno.execPath(), {
+      args: ["run", "--allow-all", `${ROOT}build.ts`, "--out", dir, "--quiet"],
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    if (!out.success) throw new Error(`build.ts failed:\n${new TextDecoder().decode(out.stderr)}`);
+    return dir;
+  })();
+  return built;
+}
+
+/** An empty folder holding only the named files from the build; removed by the returned function. */
+async function emptyFolderWith(files: string[]): Promise<{ dir: string; remove: () => Promise<void> }> {
+  const from = await bundles();
+  const dir = await Deno.makeTempDir({ prefix: "secretary-alone-" });
+  for (const f of files) await Deno.copyFile(`${from}/${f}`, `${dir}/${f}`);
+  return { dir, remove: () => Deno.remove(dir, { recursive: true }) };
+}
+
+/** The unit's deno permissions (`--allow-*` words of its ExecStart), for one instance and one etcd. */
+async function unitPermissions(ip: string, port: number, etcdHostPort: string): Promise<string[]> {
+  const unit = await Deno.readTextFile(`${ROOT}units/apache-secretary@.service`);
+  const exec = /^ExecStart=(.*)$/m.exec(unit)![1].split(/\s+/);
+  return exec.filter((w) => w.startsWith("--allow-")).map((w) =>
+    w.replaceAll("${COREOS_PUBLIC_IPV4}", ip).replaceAll("%i", String(port)).replaceAll(
+      "${SECRETARY_ETCD}",
+      etcdHostPort,
+    )
+  );
+}
+
+/** Every file under `dir`, as paths relative to it. */
+function* walkFiles(dir: string, prefix = ""): Generator<string> {
+  for (const entry of Deno.readDirSync(dir)) {
+    if (entry.isDirectory) yield* walkFiles(`${dir}/${entry.name}`, `${prefix}${entry.name}/`);
+    else yield `${prefix}${entry.name}`;
+  }
+}
+
+/** A process of a bundle, run from its folder with only the environment given (as systemd gives one). */
+class Proc {
+  stdout = "";
+  stderr = "";
+  readonly child: Deno.ChildProcess;
+  readonly #read: Promise<void>;
+
+  constructor(command: string, args: string[], cwd: string, env: Record<string, string>) {
+    this.child = new Deno.Command(command, {
+      args,
+      cwd,
+      clearEnv: true,
+      env: { PATH: "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin", NO_COLOR: "1", ...env },
+      stdin: "null",
+      stdout: "piped",
+      stderr: "piped",
+    }).spawn();
+    const read = async (stream: ReadableStream<Uint8Array>, into: "stdout" | "stderr") => {
+      const decoder = new TextDecoder();
+      for await (const chunk of stream) this[into] += decoder.decode(chunk, { stream: true });
+    };
+    this.#read = Promise.all([read(this.child.stdout, "stdout"), read(this.child.stderr, "stderr")]).then(() => {});
+  }
+
+  waitForLog(pattern: RegExp, timeoutMs = 10_000): Promise<string> {
+    return waitFor(() => this.stderr.split("\n").find((l) => pattern.test(l)), `${pattern}\n${this.stderr}`, timeoutMs);
+  }
+
+  kill(signal: Deno.Signal): void {
+    try {
+      this.child.kill(signal);
+    } catch { /* exited */ }
+  }
+
+  async finished(timeoutMs = 20_000): Promise<Deno.CommandStatus> {
+    const timer = setTimeout(() => this.kill("SIGKILL"), timeoutMs);
+    const status = await this.child.status;
+    clearTimeout(timer);
+    await this.#read;
+    return status;
+  }
+}
+
+/** Runs a bundle to its end; killed after `timeoutMs`. */
+async function run(
+  command: string,
+  args: string[],
+  cwd: string,
+  env: Record<string, string> = {},
+  timeoutMs = 20_000,
+): Promise<{ code: number; stdout: string; stderr: string }> {
+  const p = new Proc(command, args, cwd, env);
+  const status = await p.finished(timeoutMs);
+  return { code: status.code, stdout: p.stdout, stderr: p.stderr };
+}
+
+interface Bed {
+  cluster: EtcdCluster;
+  etcd: Etcd;
+  /** etcd's client address as host:port, the form --allow-net and --endpoints both take. */
+  etcdHostPort: string;
+  dir: string;
+  procs: Proc[];
+}
+
+/** A one-member etcd and an empty folder with the bundles alone; stops and removes everything after. */
+async function withBed(fn: (bed: Bed) => Promise<void>): Promise<void> {
+  const folder = await emptyFolderWith(["secretary.mjs", "registry.mjs"]);
+  const cluster = await EtcdCluster.create(1);
+  const procs: Proc[] = [];
+  let etcd: Etcd | undefined;
+  try {
+    await cluster.start();
+    etcd = cluster.client();
+    await fn({ cluster, etcd, etcdHostPort: new URL(cluster.endpoints[0]).host, dir: folder.dir, procs });
+  } finally {
+    for (const p of procs) p.kill("SIGKILL");
+    await Promise.all(procs.map((p) => p.finished()));
+    etcd?.close();
+    await cluster.stop();
+    await folder.remove();
+  }
+}
+
+/** Starts a secretary bundle, waits until its record is in etcd, stops it with SIGTERM: record gone, exit 0. */
+async function registerAndDeregister(
+  bed: Bed,
+  target: Target,
+  start: () => Proc,
+): Promise<Proc> {
+  const key = instanceKey("/services", "apache", target.host, target.port);
+  const p = start();
+  bed.procs.push(p);
+  await waitFor(async () => (await bed.etcd.get(key)) !== undefined, `registered\n${p.stderr}`, 10_000);
+  const stored = decodeEntry(key, (await bed.etcd.get(key))!.value);
+  assert.equal(stored.record?.host, "bundle-host");
+  assert.equal(stored.record?.port, target.port);
+  p.kill("SIGTERM");
+  const status = await p.finished();
+  assert.equal(status.code, 0, p.stderr);
+  assert.equal(await bed.etcd.get(key), undefined, "the record outlived the secretary");
+  assert.match(p.stderr, /stopped; record removed /);
+  assert.doesNotMatch(p.stderr, /NotCapable|Requires \w+ access|Warning/);
+  return p;
+}
+
+// ---------------------------------------------------------------------------
+// the build
+
+Deno.test("build: etcd3's loadSync of rpc.proto is replaced by fromJSON of an embedded descriptor, exactly once", async () => {
+  const source = await Deno.readTextFile(`${ROOT}node_modules/etcd3/lib/connection-pool.js`);
+  const descriptor = protoDescriptor();
+  const embedded = embedProto(source, descriptor);
+  assert.doesNotMatch(embedded, /loadSync|rpc\.proto|__dirname/);
+  assert.match(embedded, /\(0, proto_loader_1\.fromJSON\)\(\{"nested":/);
+  // the descriptor serves etcd's services, with etcd3's field names (keepCase)
+  // deno-lint-ignore no-explicit-any
+  const definition = fromJSON(descriptor, { keepCase: true }) as any;
+  assert.ok(definition["etcdserverpb.KV"].Range, "KV.Range");
+  assert.ok(definition["etcdserverpb.Lease"].LeaseKeepAlive.requestStream, "Lease.LeaseKeepAlive streams");
+  assert.ok(
+    definition["etcdserverpb.RangeRequest"].type.field.some((f: { name: string }) => f.name === "range_end"),
+    "snake_case field names",
+  );
+});
+
+Deno.test("build: fails loudly when etcd3's code changes shape", () => {
+  const source = `const packageDefinition = (0, proto_loader_1.loadSync)(\`\${__dirname}/../proto/rpc.proto\`, {
+    keepCase: true,
+    longs: String,
+    enums: String,
+    defaults: true,
+    oneofs: true,
+});`;
+  const descriptor = { nested: {} };
+  assert.doesNotThrow(() => embedProto(source, descriptor));
+  const changed = [
+    source.replace("rpc.proto", "etcd.proto"), // another file
+    source.replace("oneofs: true", "oneofs: false"), // other options
+    source.replace("(0, proto_loader_1.loadSync)", "proto_loader_1.loadSync"), // another compiler output
+    `${source}\n${source}`, // twice
+  ];
+  for (const text of changed) {
+    assert.throws(() => embedProto(text, descriptor), /exactly once in the known form, found [02]/);
+  }
+});
+
+Deno.test("build: self-contained minified ESM bundles with source maps beside them", async () => {
+  const dir = await bundles();
+  for (const name of ["secretary", "registry"]) {
+    const code = await Deno.readTextFile(`${dir}/${name}.mjs`);
+    assert.ok(code.trimEnd().endsWith(`//# sourceMappingURL=${name}.mjs.map`), "a linked source map");
+    assert.ok(!code.startsWith("#!"), "the source's #! line (flags for running from source) is gone");
+    // minified: few, long lines
+    assert.ok(code.split("\n").length < 300, `${name}.mjs has ${code.split("\n").length} lines`);
+    // nothing from outside at run time: every import and require names a node built-in
+    const requireAlias = /var ([\w$]+)=\(\w+=>typeof require<"u"\?require/.exec(code)?.[1];
+    assert.ok(requireAlias, "esbuild's require shim");
+    const specifiers = [
+      ...code.matchAll(/(?:^|;)\s*import\s*\{[^}]*\}\s*from\s*"([^"]+)"/gm),
+      ...code.matchAll(new RegExp(`[^\\w$.]${requireAlias.replace("$", "\\$")}\\("([^"]+)"\\)`, "g")),
+    ].map((m) => m[1]);
+    assert.ok(specifiers.includes("node:module") && specifiers.includes("http2"), specifiers.join(", "));
+    const foreign = specifiers.filter((s) => !/^(node:)?[a-z_0-9]+(\/[a-z_0-9]+)?$/.test(s));
+    assert.deepEqual(foreign, [], `${name}.mjs imports ${foreign.join(", ")}`);
+    assert.doesNotMatch(code, /etcd3\/proto|rpc\.proto/);
+    const map = JSON.parse(await Deno.readTextFile(`${dir}/${name}.mjs.map`));
+    assert.equal(map.version, 3);
+    assert.ok(map.sources.includes(`../${name}.ts`) || map.sources.some((s: string) => s.endsWith(`/${name}.ts`)));
+    assert.equal(map.sourcesContent.length, map.sources.length, "the sources travel inside the map");
+  }
+});
+
+// ---------------------------------------------------------------------------
+// alone in an empty folder
+
+Deno.test("bundles alone in an empty folder: --help exits 0, bad input exits 2 with one line, deno and node", async () => {
+  const folder = await emptyFolderWith(["secretary.mjs", "registry.mjs"]);
+  const denoDir = await Deno.makeTempDir({ prefix: "secretary-denodir-" });
+  try {
+    const secretaryPermissions = await unitPermissions("127.0.0.21", 8080, "127.0.0.1:2379");
+    const registryPermissions = ["--allow-net=127.0.0.1:2379", `--allow-env=${REGISTRY_ENV}`];
+    const env = { DENO_DIR: denoDir };
+    const runtimes: [string, string[], string[]][] = [
+      ["deno", [Deno.execPath(), "run", ...secretaryPermissions], [Deno.execPath(), "run", ...registryPermissions]],
+      ["node", ["node"], ["node"]],
+    ];
+    const cases = runtimes.flatMap(([runtime, secretary, registry]) => [
+      { runtime, cmd: [...secretary, "secretary.mjs", "--help"], code: 0, out: /^Usage: secretary <port>/ },
+      { runtime, cmd: [...registry, "registry.mjs", "--help"], code: 0, out: /^Usage: registry <command>/ },
+      { runtime, cmd: [...secretary, "secretary.mjs", "80a"], code: 2, err: /^secretary: Cannot use port "80a"/ },
+      { runtime, cmd: [...secretary, "secretary.mjs", "8080", "--bogus"], code: 2, err: /^secretary: .*'--bogus'/ },
+      { runtime, cmd: [...registry, "registry.mjs", "list"], code: 2, err: /^registry: Cannot use command "list"/ },
+    ]);
+    const results = await Promise.all(
+      cases.map((c) => run(c.cmd[0], c.cmd.slice(1), folder.dir, env).then((r) => ({ c, r }))),
+    );
+    for (const { c, r } of results) {
+      const what = `${c.runtime}: ${c.cmd.slice(-2).join(" ")}\n${r.stderr}`;
+      assert.equal(r.code, c.code, what);
+      if (c.out) {
+        assert.match(r.stdout, c.out, what);
+        assert.equal(r.stderr, "", what);
+      }
+      if (c.err) {
+        assert.equal(r.stderr.trimEnd().split("\n").length, 1, `one line: ${what}`);
+        assert.match(r.stderr, c.err, what);
+        assert.equal(r.stdout, "", what);
+      }
+    }
+    // nothing fetched for the bundles: deno's cache holds no npm package and no remote module
+    const fetched = [...walkFiles(denoDir)].filter((f) => /^(npm|remote|deps)\//.test(f));
+    assert.deepEqual(fetched, [], "deno fetched modules for a bundle");
+    assert.deepEqual([...Deno.readDirSync(folder.dir)].map((e) => e.name).sort(), ["registry.mjs", "secretary.mjs"]);
+  } finally {
+    await folder.remove();
+    await Deno.remove(denoDir, { recursive: true });
+  }
+});
+
+Deno.test("secretary bundle under deno with exactly the unit's permissions registers, and SIGTERM deregisters", async () => {
+  await withBed(async (bed) => {
+    const target = await Target.start("127.0.0.22");
+    try {
+      const permissions = await unitPermissions(target.host, target.port, bed.etcdHostPort);
+      await registerAndDeregister(bed, target, () =>
+        // as the unit runs it: the IP from the environment (EnvironmentFile), %H as --hostname
+        new Proc(
+          Deno.execPath(),
+          [
+            "run",
+            ...permissions,
+            "secretary.mjs",
+            String(target.port),
+            "--hostname",
+            "bundle-host",
+            "--endpoints",
+            bed.etcdHostPort,
+            ...FAST,
+          ],
+          bed.dir,
+          { COREOS_PUBLIC_IPV4: target.host, JOURNAL_STREAM: "8:4242", INVOCATION_ID: "0123456789abcdef" },
+        ));
+    } finally {
+      await target.close();
+    }
+  });
+});
+
+Deno.test("secretary bundle under node registers, and SIGTERM deregisters", async () => {
+  await withBed(async (bed) => {
+    const target = await Target.start("127.0.0.23");
+    try {
+      await registerAndDeregister(bed, target, () =>
+        new Proc(
+          "node",
+          [
+            "secretary.mjs",
+            String(target.port),
+            "--ip",
+            target.host,
+            "--hostname",
+            "bundle-host",
+            "--endpoints",
+            bed.etcdHostPort,
+            ...FAST,
+          ],
+          bed.dir,
+          {},
+        ));
+    } finally {
+      await target.close();
+    }
+  });
+});
+
+Deno.test("each of the unit's permissions is needed: without it the secretary fails or cannot reach its instance or etcd", async () => {
+  await withBed(async (bed) => {
+    const target = await Target.start("127.0.0.24");
+    try {
+      const permissions = await unitPermissions(target.host, target.port, bed.etcdHostPort);
+      const net = permissions.find((p) => p.startsWith("--allow-net="))!;
+      const env = permissions.find((p) => p.startsWith("--allow-env="))!;
+      assert.deepEqual(permissions, [net, env], "the unit grants network and environment, nothing else");
+      const variables = env.slice("--allow-env=".length).split(",");
+      const [instance, etcd] = net.slice("--allow-net=".length).split(",");
+      assert.equal(instance, `${target.host}:${target.port}`);
+      assert.equal(etcd, bed.etcdHostPort);
+      const start = (allow: string[]) =>
+        new Proc(
+          Deno.execPath(),
+          ["run", ...allow, "secretary.mjs", String(target.port), "--hostname=h", `--endpoints=${etcd}`, ...FAST],
+          bed.dir,
+          { COREOS_PUBLIC_IPV4: target.host },
+        );
+      // each variable it reads: refused, the read fails and the secretary exits 1 naming it
+      const withoutVariable = await Promise.all(variables.map(async (v) => {
+        const allow = [net, `--allow-env=${variables.filter((x) => x !== v).join(",")}`];
+        const p = start(allow);
+        bed.procs.push(p);
+        return { v, status: await p.finished(), stderr: p.stderr };
+      }));
+      for (const { v, status, stderr } of withoutVariable) {
+        assert.equal(status.code, 1, `without ${v}: ${stderr}`);
+        assert.match(stderr, new RegExp(`Requires env access to "${v.replace("*", "[A-Z_]+")}"`), `without ${v}`);
+      }
+      // the instance: every check fails; etcd: every call fails
+      const noInstance = start([`--allow-net=${etcd}`, env]);
+      const noEtcd = start([`--allow-net=${instance}`, env]);
+      bed.procs.push(noInstance, noEtcd);
+      await noInstance.waitForLog(/^check failed reason=.*Requires net access to \\"127\.0\.0\.24:\d+\\"/);
+      await noEtcd.waitForLog(/etcd call failed; retrying .*Requires net access/);
+      assert.deepEqual((await bed.etcd.list("/")).values, [], "registered without its permissions");
+    } finally {
+      await target.close();
+    }
+  });
+});
+
+Deno.test("proxy variables send neither the health check nor etcd traffic through a proxy, deno and node", async () => {
+  // a proxy that counts every connection made to it
+  const proxy = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  let proxied = 0;
+  const accepting = (async () => {
+    for await (const conn of proxy) {
+      proxied++;
+      conn.close();
+    }
+  })();
+  const url = `http://127.0.0.1:${(proxy.addr as Deno.NetAddr).port}`;
+  const proxyEnv = {
+    http_proxy: url,
+    HTTP_PROXY: url,
+    https_proxy: url,
+    HTTPS_PROXY: url,
+    grpc_proxy: url,
+    ALL_PROXY: url,
+    all_proxy: url,
+  };
+  try {
+    await withBed(async (bed) => {
+      const target = await Target.start("127.0.0.25");
+      try {
+        const args = [
+          "secretary.mjs",
+          String(target.port),
+          `--ip=${target.host}`,
+          "--hostname=bundle-host",
+          `--endpoints=${bed.etcdHostPort}`,
+          ...FAST,
+        ];
+        // deno with every variable readable, so a proxy variable would be seen if anything looked
+        const denoNet = `--allow-net=${target.host}:${target.port},${bed.etcdHostPort}`;
+        await registerAndDeregister(
+          bed,
+          target,
+          () => new Proc(Deno.execPath(), ["run", denoNet, "--allow-env", ...args], bed.dir, proxyEnv),
+        );
+        await registerAndDeregister(bed, target, () => new Proc("node", args, bed.dir, proxyEnv));
+        for (const registry of [[Deno.execPath(), "run", denoNet, "--allow-env"], ["node"]]) {
+          const ls = await run(
+            registry[0],
+            [...registry.slice(1), "registry.mjs", "ls", `--endpoints=${bed.etcdHostPort}`],
+            bed.dir,
+            proxyEnv,
+          );
+          assert.equal(ls.code, 0, ls.stderr);
+        }
+        assert.ok(target.requests >= 4, `the checks went straight to the instance: ${target.requests}`);
+        assert.equal(proxied, 0, "a connection went to the proxy");
+      } finally {
+        await target.close();
+      }
+    });
+  } finally {
+    proxy.close();
+    await accepting.catch(() => {});
+  }
+});
+
+Deno.test("source maps: deno and node report the bundle's frames at their TypeScript lines", async () => {
+  const folder = await emptyFolderWith(["secretary.mjs", "secretary.mjs.map"]);
+  const preloadDir = await Deno.makeTempDir({ prefix: "secretary-preload-" });
+  try {
+    // prints a stack trace with each line written to stderr: main() writes the usage error
+    const preload = `${preloadDir}/trace.mjs`;
+    await Deno.writeTextFile(
+      preload,
+      "const write = process.stderr.write.bind(process.stderr);\n" +
+        "process.stderr.write = (chunk, ...rest) => write(`${chunk}${new Error('trace').stack}\\n`, ...rest);\n",
+    );
+    const source = (await Deno.readTextFile(`${ROOT}secretary.ts`)).split("\n");
+    const permissions = await unitPermissions("127.0.0.26", 8080, "127.0.0.1:2379");
+    const runs = await Promise.all([
+      run(Deno.execPath(), ["run", ...permissions, "--preload", preload, "secretary.mjs", "80a"], folder.dir),
+      run("node", ["--enable-source-maps", "--import", preload, "secretary.mjs", "80a"], folder.dir),
+    ]);
+    for (const [i, r] of runs.entries()) {
+      const runtime = i === 0 ? "deno" : "node";
+      assert.equal(r.code, 2, `${runtime}: ${r.stderr}`);
+      const frame = /\bsecretary\.ts:(\d+):\d+/.exec(r.stderr);
+      assert.ok(frame, `${runtime}: no frame in secretary.ts:\n${r.stderr}`);
+      // the frame's line is the TypeScript line that wrote the usage error
+      assert.match(source[Number(frame[1]) - 1], /process\.stderr\.write\(`secretary: /, `${runtime}: ${frame[0]}`);
+    }
+  } finally {
+    await folder.remove();
+    await Deno.remove(preloadDir, { recursive: true });
+  }
+});
