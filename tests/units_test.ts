@@ -1,0 +1,297 @@
+/**
+ * The units, the install script and the Butane config. `install.sh --root`
+ * installs into a scratch root with freshly built bundles, and
+ * `systemd-analyze verify --root` checks the installed templates and the
+ * article's instance links there, offline (systemd need not be PID 1).
+ */
+import assert from "node:assert/strict";
+import { ROOT } from "../lib/testbed.ts";
+
+const SECRETARY_UNIT = "apache-secretary@.service";
+const APACHE_UNIT = "apache@.service";
+const INSTANCES = [8080, 8081];
+
+/** The only warning `verify` may print: the article's KillMode=none, which newer systemd deprecates. */
+const KILLMODE_WARNING = /apache@\.service:\d+: Unit uses KillMode=none\. This is unsafe/;
+
+// ---------------------------------------------------------------------------
+// helpers
+
+async function sh(
+  command: string,
+  args: string[],
+  options: { cwd?: string } = {},
+): Promise<{ code: number; stdout: string; stderr: string }> {
+  const out = await new Deno.Command(command, { args, cwd: options.cwd, stdout: "piped", stderr: "piped" }).output();
+  const decoder = new TextDecoder();
+  return { code: out.code, stdout: decoder.decode(out.stdout), stderr: decoder.decode(out.stderr) };
+}
+
+/** Bundles built fresh into a folder of this test module, once. */
+let built: Promise<string> | undefined;
+function bundles(): Promise<string> {
+  built ??= (async () => {
+    const dir = await Deno.makeTempDir({ prefix: "secretary-units-bundle-" });
+    globalThis.addEventListener("unload", () => Deno.removeSync(dir, { recursive: true }));
+    const out = await sh(Deno.execPath(), ["run", "--allow-all", `${ROOT}build.ts`, "--out", dir, "--quiet"]);
+    if (out.code !== 0) throw new Error(`build.ts failed:\n${out.stderr}`);
+    return dir;
+  })();
+  return built;
+}
+
+/**
+ * A scratch root as install.sh leaves it (deno, bundles, units, the 8080 and
+ * 8081 instance links), plus what `verify` needs of a host that the test
+ * machine lacks: the units must not be weakened to pass.
+ */
+let installed: Promise<string> | undefined;
+function scratchRoot(): Promise<string> {
+  installed ??= (async () => {
+    const root = await Deno.makeTempDir({ prefix: "secretary-root-" });
+    globalThis.addEventListener("unload", () => Deno.removeSync(root, { recursive: true }));
+    const args = ["--root", root, "--from", await bundles(), ...INSTANCES.flatMap((p) => ["--instance", String(p)])];
+    const out = await sh(`${ROOT}install.sh`, args);
+    if (out.code !== 0) throw new Error(`install.sh failed:\n${out.stderr}`);
+    // the host's own units (sysinit.target, basic.target, …): every service depends on them by default
+    await Deno.mkdir(`${root}/usr/lib/systemd`, { recursive: true });
+    const copy = await sh("cp", ["-a", "/usr/lib/systemd/system", `${root}/usr/lib/systemd/`]);
+    if (copy.code !== 0) throw new Error(`copying the host's units failed: ${copy.stderr}`);
+    // docker and etcd are not on a test machine: stand-ins, so verify checks everything else
+    await Deno.mkdir(`${root}/usr/bin`, { recursive: true });
+    await Deno.writeTextFile(`${root}/usr/bin/docker`, "#!/bin/sh\n# a stand-in for verify: never run\nexit 0\n");
+    await Deno.chmod(`${root}/usr/bin/docker`, 0o755);
+    for (const name of ["etcd", "docker"]) {
+      await Deno.writeTextFile(
+        `${root}/etc/systemd/system/${name}.service`,
+        `# a stand-in for verify: the host's own ${name}.service\n[Unit]\nDescription=${name} stand-in\n\n` +
+          "[Service]\nExecStart=/usr/bin/docker\n",
+      );
+    }
+    return root;
+  })();
+  return installed;
+}
+
+/** A unit file's settings: section → key → values in order (repeated keys accumulate). */
+function parseUnit(text: string): Map<string, Map<string, string[]>> {
+  const sections = new Map<string, Map<string, string[]>>();
+  let current: Map<string, string[]> | undefined;
+  for (const raw of text.split("\n")) {
+    const line = raw.trim();
+    if (line === "" || line.startsWith("#") || line.startsWith(";")) continue;
+    assert.ok(!line.endsWith("\\"), `no line continuations: ${line}`);
+    const section = /^\[(.+)\]$/.exec(line);
+    if (section) {
+      current = new Map();
+      sections.set(section[1], current);
+      continue;
+    }
+    const eq = line.indexOf("=");
+    assert.ok(current && eq > 0, `not a setting: ${line}`);
+    const key = line.slice(0, eq).trim();
+    current.set(key, [...(current.get(key) ?? []), line.slice(eq + 1).trim()]);
+  }
+  return sections;
+}
+
+function setting(unit: Map<string, Map<string, string[]>>, section: string, key: string): string[] {
+  return unit.get(section)?.get(key) ?? [];
+}
+
+// ---------------------------------------------------------------------------
+// install.sh and the instance links
+
+Deno.test("install.sh --root puts deno, the bundles, the registry command and the units in a scratch root", async () => {
+  const root = await scratchRoot();
+  const bin = `${root}/opt/bin`;
+  const mode = (path: string) => Deno.statSync(path).mode! & 0o777;
+  assert.equal(mode(`${bin}/deno`), 0o755);
+  const version = await sh(`${bin}/deno`, ["--version"]);
+  assert.match(version.stdout, /^deno \d+\.\d+\.\d+/, "the deno binary itself, not the npm launcher");
+  for (const name of ["secretary.mjs", "secretary.mjs.map", "registry.mjs", "registry.mjs.map"]) {
+    assert.equal(mode(`${bin}/${name}`), 0o644, name);
+    assert.deepEqual(await Deno.readFile(`${bin}/${name}`), await Deno.readFile(`${await bundles()}/${name}`), name);
+  }
+  assert.equal(mode(`${bin}/registry`), 0o755);
+  const wrapper = await Deno.readTextFile(`${bin}/registry`);
+  assert.match(wrapper, /--allow-net="\$etcd"/);
+  assert.match(wrapper, /--allow-env=ETCDCTL_CACERT,ETCDCTL_CERT,ETCDCTL_KEY,ETCDCTL_USER,GRPC_\* /);
+  for (const unit of [APACHE_UNIT, SECRETARY_UNIT]) {
+    assert.equal(
+      await Deno.readTextFile(`${root}/etc/systemd/system/${unit}`),
+      await Deno.readTextFile(`${ROOT}units/${unit}`),
+      unit,
+    );
+  }
+  for (const port of INSTANCES) {
+    for (const unit of [APACHE_UNIT, SECRETARY_UNIT]) {
+      const link = `${root}/etc/systemd/system/${unit.replace("@", `@${port}`)}`;
+      assert.equal(Deno.readLinkSync(link), unit, `${link} links to its template beside it`);
+    }
+  }
+
+  const help = await sh(`${ROOT}install.sh`, ["--help"]);
+  assert.equal(help.code, 0);
+  assert.match(help.stdout, /--root DIR/);
+  const bad = await sh(`${ROOT}install.sh`, ["--rooot", "/tmp/x"]);
+  assert.equal(bad.code, 2);
+  assert.match(bad.stderr, /^install: Cannot use argument "--rooot"/);
+  const empty = await Deno.makeTempDir({ prefix: "secretary-nobundle-" });
+  try {
+    const missing = await sh(`${ROOT}install.sh`, ["--root", `${empty}/root`, "--from", empty]);
+    assert.equal(missing.code, 1);
+    assert.match(missing.stderr, /secretary\.mjs is missing: build the bundles first/);
+    assert.deepEqual([...Deno.readDirSync(empty)], [], "installed something without bundles");
+  } finally {
+    await Deno.remove(empty, { recursive: true });
+  }
+});
+
+Deno.test("units/instances.sh makes the article's instance links; units/instances holds those of 8080 and 8081", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "secretary-instances-" });
+  try {
+    const made = await sh(`${ROOT}units/instances.sh`, [`${dir}/instances`, "8082", "8083"]);
+    assert.equal(made.code, 0, made.stderr);
+    const links = [...Deno.readDirSync(`${dir}/instances`)].map((e) => e.name).sort();
+    assert.deepEqual(links, [
+      "apache-secretary@8082.service",
+      "apache-secretary@8083.service",
+      "apache@8082.service",
+      "apache@8083.service",
+    ]);
+    for (const link of links) {
+      const target = await Deno.realPath(`${dir}/instances/${link}`);
+      assert.equal(target, await Deno.realPath(`${ROOT}units/${link.replace(/@\d+/, "@")}`));
+    }
+    const bad = await sh(`${ROOT}units/instances.sh`, [`${dir}/instances`, "80a"]);
+    assert.equal(bad.code, 2);
+    assert.match(bad.stderr, /^instances: Cannot use port "80a"/);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+  const committed = [...Deno.readDirSync(`${ROOT}units/instances`)].map((e) => e.name).sort();
+  assert.deepEqual(committed, [
+    "apache-secretary@8080.service",
+    "apache-secretary@8081.service",
+    "apache@8080.service",
+    "apache@8081.service",
+  ]);
+  for (const link of committed) {
+    assert.equal(Deno.readLinkSync(`${ROOT}units/instances/${link}`), `../${link.replace(/@\d+/, "@")}`);
+  }
+});
+
+// ---------------------------------------------------------------------------
+// systemd-analyze verify
+
+Deno.test("systemd-analyze verify passes on the installed templates and the 8080 and 8081 instance links", async () => {
+  const root = await scratchRoot();
+  const units = `${root}/etc/systemd/system`;
+  const paths = [
+    `${units}/${APACHE_UNIT}`,
+    `${units}/${SECRETARY_UNIT}`,
+    ...INSTANCES.flatMap((p) => [`${units}/apache@${p}.service`, `${units}/apache-secretary@${p}.service`]),
+  ];
+  const verify = (path: string) => sh("systemd-analyze", ["verify", `--root=${root}`, path]);
+  for (const path of paths) {
+    const out = await verify(path);
+    const complaints = `${out.stdout}${out.stderr}`.split("\n").filter((l) => l.trim() && !KILLMODE_WARNING.test(l));
+    assert.equal(out.code, 0, `${path}:\n${out.stderr}`);
+    assert.deepEqual(complaints, [], `${path}: verify complained`);
+  }
+
+  // the control: verify does look inside the root, at the secretary's ExecStart binary
+  await Deno.rename(`${root}/opt/bin/deno`, `${root}/opt/bin/deno.away`);
+  try {
+    const out = await verify(`${units}/apache-secretary@8080.service`);
+    assert.notEqual(out.code, 0);
+    assert.match(out.stderr, /Command \/opt\/bin\/deno is not executable/);
+  } finally {
+    await Deno.rename(`${root}/opt/bin/deno.away`, `${root}/opt/bin/deno`);
+  }
+});
+
+// ---------------------------------------------------------------------------
+// what the units say
+
+Deno.test("apache@.service is the article's template with its fix: it requires its secretary and starts before it", async () => {
+  const unit = parseUnit(await Deno.readTextFile(`${ROOT}units/${APACHE_UNIT}`));
+  assert.deepEqual(setting(unit, "Unit", "Requires"), [
+    "etcd.service",
+    "docker.service",
+    "apache-secretary@%i.service",
+  ]);
+  assert.deepEqual(setting(unit, "Unit", "After"), ["etcd.service", "docker.service"]);
+  assert.deepEqual(setting(unit, "Unit", "Before"), ["apache-secretary@%i.service"]);
+  assert.deepEqual(setting(unit, "Service", "TimeoutStartSec"), ["0"]);
+  assert.deepEqual(setting(unit, "Service", "KillMode"), ["none"]);
+  assert.deepEqual(setting(unit, "Service", "EnvironmentFile"), ["/etc/environment"]);
+  assert.deepEqual(setting(unit, "Service", "ExecStartPre"), [
+    "-/usr/bin/docker kill apache.%i",
+    "-/usr/bin/docker rm apache.%i",
+    "/usr/bin/docker pull eboraas/apache",
+  ]);
+  assert.deepEqual(setting(unit, "Service", "ExecStart"), [
+    "/usr/bin/docker run --name apache.%i -p ${COREOS_PUBLIC_IPV4}:%i:80 eboraas/apache",
+  ]);
+  assert.deepEqual(setting(unit, "Service", "ExecStop"), ["/usr/bin/docker stop apache.%i"]);
+  assert.deepEqual(setting(unit, "X-Fleet", "Conflicts"), ["apache@*.service"]);
+});
+
+Deno.test("apache-secretary@.service is bound to its Apache and stops before it, restarts on failure but not on exit 2", async () => {
+  const unit = parseUnit(await Deno.readTextFile(`${ROOT}units/${SECRETARY_UNIT}`));
+  assert.deepEqual(setting(unit, "Unit", "BindsTo"), ["apache@%i.service"]);
+  // After= on start means before on stop: systemd stops the secretary (its record goes) before Apache
+  assert.ok(setting(unit, "Unit", "After").includes("apache@%i.service"));
+  assert.ok(setting(unit, "Unit", "Requires").includes("etcd.service"));
+  assert.deepEqual(setting(unit, "Service", "EnvironmentFile"), ["/etc/environment"]);
+  assert.deepEqual(setting(unit, "Service", "Restart"), ["on-failure"]);
+  assert.deepEqual(setting(unit, "Service", "RestartPreventExitStatus"), ["2"]);
+  assert.deepEqual(setting(unit, "Service", "SyslogIdentifier"), ["apache-secretary@%i"]);
+  assert.deepEqual(setting(unit, "Service", "ExecStop"), [], "SIGTERM removes the record; no ExecStop");
+  assert.deepEqual(setting(unit, "Service", "KillMode"), [], "the default: SIGTERM to the secretary");
+  assert.deepEqual(setting(unit, "X-Fleet", "MachineOf"), ["apache@%i.service"]);
+  // the etcd address has a default that /etc/environment overrides (EnvironmentFile= wins over Environment=)
+  assert.deepEqual(setting(unit, "Service", "Environment"), ["SECRETARY_ETCD=127.0.0.1:2379"]);
+
+  const [exec] = setting(unit, "Service", "ExecStart");
+  const words = exec.split(/\s+/);
+  assert.deepEqual(words.slice(0, 2), ["/opt/bin/deno", "run"]);
+  const permissions = words.filter((w) => w.startsWith("--allow") || w.startsWith("-A") || w === "--unstable");
+  assert.deepEqual(permissions, [
+    "--allow-net=${COREOS_PUBLIC_IPV4}:%i,${SECRETARY_ETCD}",
+    "--allow-env=COREOS_PUBLIC_IPV4,ETCDCTL_CACERT,ETCDCTL_CERT,ETCDCTL_KEY,ETCDCTL_USER,JOURNAL_STREAM,GRPC_*",
+  ]);
+  assert.deepEqual(words.slice(2 + permissions.length), [
+    "/opt/bin/secretary.mjs",
+    "%i",
+    "--hostname",
+    "%H",
+    "--endpoints",
+    "${SECRETARY_ETCD}",
+  ]);
+});
+
+// ---------------------------------------------------------------------------
+// Butane
+
+Deno.test("butane/secretary.bu embeds only files that install.sh puts in the staging root", async () => {
+  const root = await scratchRoot();
+  const text = await Deno.readTextFile(`${ROOT}butane/secretary.bu`);
+  assert.match(text, /^variant: flatcar\nversion: 1\.1\.0$/m);
+  const locals = [...text.matchAll(/^\s*(?:local|contents_local): (\S+)$/gm)].map((m) => m[1]);
+  assert.deepEqual(locals.sort(), [
+    "etc/systemd/system/apache-secretary@.service",
+    "etc/systemd/system/apache@.service",
+    "opt/bin/registry",
+    "opt/bin/registry.mjs",
+    "opt/bin/secretary.mjs",
+  ]);
+  for (const path of locals) assert.ok(Deno.statSync(`${root}/${path}`).isFile, `${path} is not in the staging root`);
+  // the paths the units expect
+  for (const path of ["/opt/bin/deno", "/opt/bin/secretary.mjs", "/etc/environment"]) {
+    assert.match(text, new RegExp(`^\\s*- path: ${path.replaceAll(".", "\\.")}$`, "m"), path);
+  }
+  assert.match(text, /^\s*- name: apache@8080\.service\n\s*enabled: true$/m);
+});
