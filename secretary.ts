@@ -31,7 +31,7 @@ import {
   UsageError,
   usageFrom,
 } from "./lib/cli.ts";
-import { describeError, Etcd, type EtcdOptions } from "./lib/etcd.ts";
+import { describeError, Etcd, type EtcdOptions, isNetworkError } from "./lib/etcd.ts";
 import {
   checkIpv4,
   checkPort,
@@ -542,7 +542,9 @@ export class EtcdRegistrar implements Registrar {
         reason: describeError(err),
       });
     }
-    const capMs = Math.min(1000, 100 * 2 ** Math.min(this.#failures, 10));
+    // etcd back from an outage is found within a second; a refusal (a wrong password: each try costs etcd a
+    // bcrypt) is retried more slowly
+    const capMs = Math.min(isNetworkError(err) ? 1000 : 15_000, 100 * 2 ** Math.min(this.#failures, 10));
     return capMs * (0.5 + random() / 2);
   }
 }

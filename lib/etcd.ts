@@ -10,6 +10,8 @@
  * @module
  */
 import { readFileSync } from "node:fs";
+import { isIP } from "node:net";
+import tls from "node:tls";
 import {
   Etcd3,
   EtcdLeaseInvalidError,
@@ -64,6 +66,30 @@ export class DeadlineError extends Error {
 
 const DEFAULT_CALL_TIMEOUT_MS = 1500;
 
+/**
+ * grpc-js always sends the endpoint's host as the TLS server name; for an IP
+ * address Node only warns, but Deno's node:tls refuses to connect. So for an
+ * https endpoint given by IP we hand grpc-js a stand-in name ending in this
+ * suffix, and check the server's certificate against the real IP ourselves.
+ */
+const STAND_IN_SUFFIX = ".ip.secretary.invalid";
+
+/** The stand-in TLS server name for an IP address, or undefined for a host name. */
+export function standInServerName(host: string): string | undefined {
+  const bare = host.replace(/^\[|\]$/g, "");
+  if (!isIP(bare)) return undefined;
+  return `${bare.replaceAll(".", "-").replaceAll(":", "_")}${STAND_IN_SUFFIX}`;
+}
+
+function realHost(name: string): string {
+  return name.slice(0, -STAND_IN_SUFFIX.length).replaceAll("-", ".").replaceAll("_", ":");
+}
+
+// node:tls checks a stand-in name's certificate against the IP it stands for (grpc-js calls this check)
+const checkServerIdentity = tls.checkServerIdentity;
+tls.checkServerIdentity = (hostname, cert) =>
+  checkServerIdentity(hostname.endsWith(STAND_IN_SUFFIX) ? realHost(hostname) : hostname, cert);
+
 /** The end of the key range that holds every key starting with `prefix`. */
 export function prefixRangeEnd(prefix: string): Buffer {
   const end = Buffer.from(prefix);
@@ -88,8 +114,17 @@ export function withDeadline<T>(promise: Promise<T>, ms: number, what: string): 
 /** A short, one-line reason for an etcd failure, for logs and error lines. */
 export function describeError(err: unknown): string {
   if (!(err instanceof Error)) return String(err);
-  const message = err.message.split("\n")[0].replace(/^\d+ [A-Z_]+: /, "").replace(/\.? *Resolution note:.*$/, "");
-  return err instanceof DeadlineError ? `deadline exceeded: ${message}` : message;
+  const reason = err.message.split("\n")[0]
+    .replace(/^\d+ [A-Z_]+: /, "") // grpc's status code
+    .replace(/^No connection established\. Last error: (Error: )?/, "")
+    .replace(/\.? *Resolution note:.*$/, "")
+    .replace(/ \(\d{4}-\d\d-\d\dT[\d:.]+Z\)$/, "")
+    .trim();
+  if (/certificate|self.signed/i.test(reason)) return `${reason} (check --cacert)`;
+  if (/^(write EPIPE|socket hang up|Client network socket disconnected)/.test(reason)) {
+    return `${reason} (does etcd want a client certificate, --cert and --key?)`;
+  }
+  return reason || err.name;
 }
 
 /**
@@ -122,12 +157,16 @@ export class Etcd {
 
   #connect(): Etcd3 {
     const options = this.#options;
+    const endpoint = new URL(options.endpoints[this.#member]);
+    // grpc-js would otherwise honour http_proxy and friends: etcd is never behind one
+    const grpcOptions: Record<string, string | number> = { "grpc.enable_http_proxy": 0 };
+    const standIn = endpoint.protocol === "https:" ? standInServerName(endpoint.hostname) : undefined;
+    if (standIn) grpcOptions["grpc.ssl_target_name_override"] = standIn;
     return new Etcd3({
       hosts: [options.endpoints[this.#member]],
       credentials: this.#credentials,
       auth: options.user && { username: options.user.name, password: options.user.password },
-      // grpc-js would otherwise honour http_proxy and friends: etcd is never behind one
-      grpcOptions: { "grpc.enable_http_proxy": 0 },
+      grpcOptions,
       defaultCallOptions: (context) => context.isStream ? {} : { deadline: Date.now() + this.#callTimeoutMs },
       // retries and failover are ours (#run); etcd3's circuit breaker would refuse calls for 5 s after etcd is back
       faultHandling: { host: () => noPolicy, global: noPolicy },
@@ -160,7 +199,7 @@ export class Etcd {
       try {
         return await withDeadline(call(this.#client), this.#callTimeoutMs + 250, `${what} at ${this.endpoint}`);
       } catch (err) {
-        const retry = err instanceof DeadlineError || (err instanceof Error && isRecoverable(err));
+        const retry = isNetworkError(err);
         if (retry) this.failover();
         if (!retry || attempt >= this.#options.endpoints.length) throw err;
       }
@@ -373,6 +412,14 @@ const noPolicy = {
   },
   // deno-lint-ignore no-explicit-any
 } as any;
+
+/**
+ * Whether a failure is the network's (etcd unreachable, slow, restarting), as
+ * opposed to etcd refusing the request (a wrong password, no permission).
+ */
+export function isNetworkError(err: unknown): boolean {
+  return err instanceof DeadlineError || (err instanceof Error && isRecoverable(err));
+}
 
 function isRecoverable(err: Error): boolean {
   // a member past its deadline is as good as down: try the next one

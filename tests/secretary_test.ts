@@ -255,3 +255,35 @@ Deno.test("etcd down for longer than the TTL: the lease is lost, and the record 
     await s.waitForLog(/lease lost/);
   });
 });
+
+Deno.test("two secretaries for one instance by mistake: neither deletes the record the other holds; the log says so", async () => {
+  await withBed(async (bed) => {
+    const t = await target(bed, "127.0.0.12");
+    const key = bed.key(t);
+    const a = bed.secretary(t);
+    const leaseA = (await waitFor(() => bed.etcd.get(key), "the first registered", 5000)).lease;
+    const b = bed.secretary(t);
+    await b.waitForLog(/^not registered: another lease holds the record/, 5000);
+    b.kill("SIGTERM");
+    assert.equal((await b.finished()).code, 0);
+    assert.equal((await bed.etcd.get(key))?.lease, leaseA, "the second secretary's stop removed the first's record");
+
+    const c = bed.secretary(t);
+    await c.waitForLog(/^not registered: another lease holds the record/, 5000);
+    await delay(1500);
+    assert.equal((await bed.etcd.get(key))?.lease, leaseA, "the record changed hands while both ran");
+    a.kill("SIGTERM");
+    await a.finished();
+    // the one left takes the record over within about an interval
+    const taken = await waitFor(
+      async () => {
+        const stored = await bed.etcd.get(key);
+        return stored && stored.lease !== leaseA ? stored : undefined;
+      },
+      "the other secretary to register",
+      3000,
+    );
+    assert.notEqual(taken.lease, leaseA);
+    await c.waitForLog(/^registered /);
+  });
+});
