@@ -1,0 +1,407 @@
+/**
+ * The article's scenario end to end, on the real Apache httpd from Debian:
+ * two "hosts", 127.0.0.2 with apache@8080 and 127.0.0.3 with apache@8081,
+ * each with its secretary started exactly as the installed unit's ExecStart
+ * starts it (the unit file read, its specifiers and variables expanded as
+ * systemd expands them, the environment systemd gives a service), the
+ * bundles installed by install.sh into a scratch root.
+ *
+ * Then, as in the article: `registry ls apache` lists both; apache@8080 is
+ * stopped as systemd stops it (the secretary first, then Apache), after which
+ * `ls` lists only 8081 and `get` of 8080 says `Key not found`; and Apache on
+ * the other host is killed outright, its record gone within the check bound.
+ */
+import assert from "node:assert/strict";
+import { type Etcd } from "../lib/etcd.ts";
+import { decodeEntry, instanceKey } from "../lib/record.ts";
+import { EtcdCluster, ROOT, waitFor } from "../lib/testbed.ts";
+
+const APACHE = "/usr/sbin/apache2";
+const MODULES = "/usr/lib/apache2/modules";
+
+/** The secretary's defaults, which the unit keeps: how long until a dead instance's record must be gone. */
+const INTERVAL_MS = 2000;
+const TIMEOUT_MS = 1000;
+const FALL = 2;
+/** One interval to the next check, `fall` failed checks each up to the timeout, and a margin for the delete. */
+const REMOVAL_BOUND_MS = INTERVAL_MS + FALL * TIMEOUT_MS + 2000;
+
+/** What systemd puts in every service's environment besides Environment= and EnvironmentFile=. */
+const SYSTEMD_ENV = {
+  PATH: "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin",
+  LANG: "C.UTF-8",
+  INVOCATION_ID: "5f0c3b1e2d4a4c6e8f0a1b2c3d4e5f60",
+  JOURNAL_STREAM: "8:40017",
+};
+
+// ---------------------------------------------------------------------------
+// systemd, as far as these units need it
+
+/** A unit file's settings: section → key → values in order. */
+function parseUnit(text: string): Map<string, Map<string, string[]>> {
+  const sections = new Map<string, Map<string, string[]>>();
+  let current = new Map<string, string[]>();
+  for (const raw of text.split("\n")) {
+    const line = raw.trim();
+    if (line === "" || line.startsWith("#") || line.startsWith(";")) continue;
+    const section = /^\[(.+)\]$/.exec(line);
+    if (section) sections.set(section[1], current = new Map());
+    else {
+      const eq = line.indexOf("=");
+      current.set(line.slice(0, eq), [...(current.get(line.slice(0, eq)) ?? []), line.slice(eq + 1)]);
+    }
+  }
+  return sections;
+}
+
+/** `KEY=value` lines of an environment file (comments, blank lines and quotes as systemd reads them). */
+function parseEnvironmentFile(text: string): Record<string, string> {
+  const env: Record<string, string> = {};
+  for (const line of text.split("\n")) {
+    const match = /^\s*([A-Za-z_][A-Za-z0-9_]*)=(.*?)\s*$/.exec(line);
+    if (match) env[match[1]] = match[2].replace(/^(["'])(.*)\1$/, "$2");
+  }
+  return env;
+}
+
+/**
+ * The command line and environment systemd would run for a unit's ExecStart=:
+ * specifiers (`%i`, `%H`, `%%`), then Environment=, then EnvironmentFile=
+ * (later files win), then `${VAR}` in the command. Anything else (quotes,
+ * `$VAR` word splitting, unknown specifiers) throws rather than guess.
+ */
+async function execStart(
+  unitText: string,
+  specifiers: { i: string; H: string },
+  files: (path: string) => string,
+): Promise<{ argv: string[]; env: Record<string, string> }> {
+  const unit = parseUnit(unitText);
+  const service = unit.get("Service")!;
+  const expand = (text: string) =>
+    text.replace(/%(.)/g, (_, c: string) => {
+      if (c === "%") return "%";
+      if (c === "i" || c === "H") return specifiers[c];
+      throw new Error(`specifier %${c} is not known to this test`);
+    });
+  const env: Record<string, string> = { ...SYSTEMD_ENV };
+  for (const assignment of service.get("Environment") ?? []) {
+    const [key, ...value] = expand(assignment).split("=");
+    env[key] = value.join("=");
+  }
+  for (const path of service.get("EnvironmentFile") ?? []) {
+    const optional = path.startsWith("-");
+    const file = files(expand(path.replace(/^-/, "")));
+    try {
+      Object.assign(env, parseEnvironmentFile(await Deno.readTextFile(file)));
+    } catch (err) {
+      if (!optional) throw err;
+    }
+  }
+  const [line, ...more] = service.get("ExecStart") ?? [];
+  assert.ok(line && more.length === 0, "one ExecStart=");
+  if (/["'\\]|\$[A-Za-z_]/.test(line)) throw new Error(`ExecStart= uses syntax this test does not expand: ${line}`);
+  const argv = expand(line).trim().split(/\s+/).map((word) =>
+    word.replace(/\$\{([A-Za-z_][A-Za-z0-9_]*)\}/g, (_, name: string) => env[name] ?? "")
+  );
+  return { argv, env };
+}
+
+// ---------------------------------------------------------------------------
+// processes
+
+/** A process whose output is collected; started with exactly the environment given. */
+class Proc {
+  stdout = "";
+  stderr = "";
+  readonly child: Deno.ChildProcess;
+  readonly #read: Promise<void>;
+  #exited = false;
+
+  constructor(argv: string[], env: Record<string, string>, cwd = "/") {
+    this.child = new Deno.Command(argv[0], {
+      args: argv.slice(1),
+      env,
+      clearEnv: true,
+      cwd,
+      stdin: "null",
+      stdout: "piped",
+      stderr: "piped",
+    }).spawn();
+    this.child.status.then(() => (this.#exited = true));
+    const read = async (stream: ReadableStream<Uint8Array>, into: "stdout" | "stderr") => {
+      const decoder = new TextDecoder();
+      for await (const chunk of stream) this[into] += decoder.decode(chunk, { stream: true });
+    };
+    this.#read = Promise.all([read(this.child.stdout, "stdout"), read(this.child.stderr, "stderr")]).then(() => {});
+  }
+
+  get running(): boolean {
+    return !this.#exited;
+  }
+
+  kill(signal: Deno.Signal): void {
+    try {
+      this.child.kill(signal);
+    } catch { /* exited */ }
+  }
+
+  /** Waits for the exit; SIGKILL after `timeoutMs`. */
+  async finished(timeoutMs = 15_000): Promise<Deno.CommandStatus> {
+    const timer = setTimeout(() => this.kill("SIGKILL"), timeoutMs);
+    const status = await this.child.status;
+    clearTimeout(timer);
+    await this.#read;
+    return status;
+  }
+}
+
+/** Sends a GET and returns the status code, or undefined when nothing answers. */
+async function httpStatus(ip: string, port: number): Promise<number | undefined> {
+  let conn: Deno.TcpConn | undefined;
+  const timer = setTimeout(() => conn?.close(), 1000);
+  try {
+    conn = await Deno.connect({ hostname: ip, port });
+    await conn.write(new TextEncoder().encode(`GET / HTTP/1.0\r\nHost: ${ip}\r\n\r\n`));
+    const buf = new Uint8Array(64);
+    const n = await conn.read(buf);
+    const status = /^HTTP\/1\.\d (\d{3})/.exec(new TextDecoder().decode(buf.subarray(0, n ?? 0)));
+    return status ? Number(status[1]) : undefined;
+  } catch {
+    return undefined;
+  } finally {
+    clearTimeout(timer);
+    try {
+      conn?.close();
+    } catch { /* closed by the timer */ }
+  }
+}
+
+/** One of the article's hosts: its address, its /etc/environment, its Apache and its secretary. */
+class Host {
+  apache?: Proc;
+  secretary?: Proc;
+
+  constructor(
+    readonly name: string,
+    readonly ip: string,
+    readonly port: number,
+    readonly dir: string,
+  ) {}
+
+  get key(): string {
+    return instanceKey("/services", "apache", this.ip, this.port);
+  }
+
+  /** The host's /etc/environment, as CoreOS writes it, plus where etcd is. */
+  async writeEnvironment(etcdHostPort: string): Promise<void> {
+    await Deno.writeTextFile(
+      `${this.dir}/environment`,
+      `COREOS_PUBLIC_IPV4=${this.ip}\nCOREOS_PRIVATE_IPV4=${this.ip}\nSECRETARY_ETCD=${etcdHostPort}\n`,
+    );
+  }
+
+  /**
+   * Apache in the foreground with a minimal config of this test's own, in
+   * its own process group, so "killed outright" can kill the whole of it as
+   * `docker kill` kills a container.
+   */
+  async startApache(): Promise<void> {
+    const conf = `${this.dir}/httpd.conf`;
+    await Deno.mkdir(`${this.dir}/htdocs`, { recursive: true });
+    await Deno.writeTextFile(`${this.dir}/htdocs/index.html`, `<h1>apache@${this.port} on ${this.name}</h1>\n`);
+    await Deno.writeTextFile(
+      conf,
+      [
+        `ServerRoot "${this.dir}"`,
+        `ServerName ${this.name}`,
+        `Listen ${this.ip}:${this.port}`,
+        `PidFile "${this.dir}/httpd.pid"`,
+        `DefaultRuntimeDir "${this.dir}"`,
+        `Mutex file:${this.dir} default`,
+        `LoadModule mpm_event_module ${MODULES}/mod_mpm_event.so`,
+        `LoadModule authz_core_module ${MODULES}/mod_authz_core.so`,
+        `LoadModule dir_module ${MODULES}/mod_dir.so`,
+        "User nobody",
+        "Group nogroup",
+        "ErrorLog /dev/stderr",
+        "LogLevel notice",
+        `DocumentRoot "${this.dir}/htdocs"`,
+        "DirectoryIndex index.html",
+        `<Directory "${this.dir}/htdocs">`,
+        "  Require all granted",
+        "</Directory>",
+        "",
+      ].join("\n"),
+    );
+    // the workers run as nobody: they must be able to reach and read the document root
+    for (const path of [`${this.dir}/..`, this.dir, `${this.dir}/htdocs`]) await Deno.chmod(path, 0o755);
+    await Deno.chmod(`${this.dir}/htdocs/index.html`, 0o644);
+    this.apache = new Proc(["setsid", APACHE, "-f", conf, "-D", "FOREGROUND"], { PATH: SYSTEMD_ENV.PATH });
+    let last: number | undefined;
+    await waitFor(
+      async () => (last = await httpStatus(this.ip, this.port)) === 200 || (!this.apache!.running && "exited"),
+      `Apache on ${this.ip}:${this.port}`,
+      15_000,
+    ).catch((err) => {
+      throw new Error(`${err.message}: last status ${last}\n${this.apache!.stderr}`);
+    });
+    assert.ok(this.apache.running, `Apache on ${this.name} exited:\n${this.apache.stderr}`);
+    // setsid made it a process group leader (setsid execs in place: same PID)
+    const stat = await Deno.readTextFile(`/proc/${this.apache.child.pid}/stat`);
+    const pgid = Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[2]);
+    assert.equal(pgid, this.apache.child.pid, "Apache leads its own process group");
+  }
+
+  /** The secretary, as apache-secretary@<port>.service's ExecStart starts it on this host. */
+  async startSecretary(scratchRoot: string): Promise<void> {
+    const unit = await Deno.readTextFile(`${scratchRoot}/etc/systemd/system/apache-secretary@.service`);
+    const { argv, env } = await execStart(
+      unit,
+      { i: String(this.port), H: this.name },
+      (path) => path === "/etc/environment" ? `${this.dir}/environment` : `${scratchRoot}${path}`,
+    );
+    // the unit's binaries are the ones install.sh put in the scratch root
+    const inRoot = argv.map((word) => word.startsWith("/opt/bin/") ? `${scratchRoot}${word}` : word);
+    this.secretary = new Proc(inRoot, env);
+  }
+
+  /** Kills whatever still runs, by PID (Apache by its process group); for cleanup. */
+  async stopAll(): Promise<void> {
+    if (this.secretary?.running) this.secretary.kill("SIGKILL");
+    if (this.apache?.running) {
+      try {
+        Deno.kill(-this.apache.child.pid, "SIGKILL");
+      } catch { /* gone */ }
+    }
+    await Promise.all([this.secretary?.finished(), this.apache?.finished()]);
+  }
+}
+
+/** Runs the installed `registry` command, as a person on any host would. */
+async function registry(scratchRoot: string, etcdHostPort: string, args: string[]) {
+  const out = await new Deno.Command(`${scratchRoot}/opt/bin/registry`, {
+    args,
+    env: { PATH: SYSTEMD_ENV.PATH, SECRETARY_ETCD: etcdHostPort, NO_COLOR: "1" },
+    clearEnv: true,
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const decoder = new TextDecoder();
+  return { code: out.code, stdout: decoder.decode(out.stdout), stderr: decoder.decode(out.stderr) };
+}
+
+/** The ADDRESS column of `registry ls apache`. */
+async function listed(scratchRoot: string, etcdHostPort: string): Promise<string[]> {
+  const ls = await registry(scratchRoot, etcdHostPort, ["ls", "apache"]);
+  assert.equal(ls.code, 0, ls.stderr);
+  return ls.stdout.trimEnd().split("\n").slice(1).map((row) => row.split(/\s+/)[1]);
+}
+
+function portTaken(ip: string, port: number): boolean {
+  try {
+    Deno.listen({ hostname: ip, port }).close();
+    return false;
+  } catch {
+    return true;
+  }
+}
+
+// ---------------------------------------------------------------------------
+
+Deno.test({
+  name:
+    "the article on real Apache: two hosts listed; one stopped as systemd stops it, then gone; the other killed, gone within the bound",
+  fn: async () => {
+    const dir = await Deno.makeTempDir({ prefix: "secretary-apache-" });
+    const hostA = new Host("host-a", "127.0.0.2", 8080, `${dir}/host-a`);
+    const hostB = new Host("host-b", "127.0.0.3", 8081, `${dir}/host-b`);
+    const hosts = [hostA, hostB];
+    let cluster: EtcdCluster | undefined;
+    let etcd: Etcd | undefined;
+    try {
+      for (const h of hosts) {
+        assert.ok(!portTaken(h.ip, h.port), `${h.ip}:${h.port} is taken: the article's ports are needed`);
+        await Deno.mkdir(h.dir, { recursive: true });
+      }
+      // the host install: fresh bundles, then install.sh into a scratch root
+      const root = `${dir}/root`;
+      const build = await new Deno.Command(Deno.execPath(), {
+        args: ["run", "--allow-all", `${ROOT}build.ts`, "--out", `${dir}/dist`, "--quiet"],
+        stdout: "piped",
+        stderr: "piped",
+      }).output();
+      assert.ok(build.success, new TextDecoder().decode(build.stderr));
+      const install = await new Deno.Command(`${ROOT}install.sh`, {
+        args: ["--root", root, "--from", `${dir}/dist`],
+        stdout: "piped",
+        stderr: "piped",
+      }).output();
+      assert.ok(install.success, new TextDecoder().decode(install.stderr));
+
+      cluster = await EtcdCluster.create(1);
+      await cluster.start();
+      etcd = cluster.client();
+      const etcdHostPort = new URL(cluster.endpoints[0]).host;
+
+      // systemctl start apache@8080 / apache@8081: Apache, then (Before=) its secretary
+      for (const h of hosts) {
+        await h.writeEnvironment(etcdHostPort);
+        await h.startApache();
+        await h.startSecretary(root);
+      }
+      const both = [`${hostA.ip}:${hostA.port}`, `${hostB.ip}:${hostB.port}`];
+      await waitFor(
+        async () => JSON.stringify(await listed(root, etcdHostPort)) === JSON.stringify(both),
+        `registry ls apache listing both\n${hostA.secretary!.stderr}\n${hostB.secretary!.stderr}`,
+        15_000,
+        200,
+      );
+      for (const h of hosts) {
+        const value: string = (await etcd.get(h.key))!.value;
+        const record = decodeEntry(h.key, value).record!;
+        assert.deepEqual([record.host, record.ipv4_addr, record.port], [h.name, h.ip, h.port]);
+        // under systemd (JOURNAL_STREAM set) the log lines carry journald priorities
+        assert.match(h.secretary!.stderr, /^<5>registered key=\/services\/apache\/127\.0\.0\.\d:808\d /m);
+      }
+
+      // systemctl stop apache@8080: the secretary first (it is ordered After= Apache), then Apache
+      hostA.secretary!.kill("SIGTERM");
+      assert.equal((await hostA.secretary!.finished()).code, 0, hostA.secretary!.stderr);
+      assert.equal(await etcd.get(hostA.key), undefined, "the record outlived the secretary");
+      assert.equal(await httpStatus(hostA.ip, hostA.port), 200, "Apache still answers: the record went first");
+      hostA.apache!.kill("SIGTERM"); // docker stop
+      assert.equal((await hostA.apache!.finished()).success, true, hostA.apache!.stderr);
+
+      assert.deepEqual(await listed(root, etcdHostPort), [`${hostB.ip}:${hostB.port}`]);
+      const get = await registry(root, etcdHostPort, ["get", "apache", `${hostA.ip}:${hostA.port}`]);
+      assert.equal(get.code, 1);
+      assert.equal(get.stderr, `registry: Key not found (${hostA.key})\n`);
+      const getB = await registry(root, etcdHostPort, ["get", "apache", `${hostB.ip}:${hostB.port}`]);
+      assert.equal(getB.code, 0, getB.stderr);
+      assert.equal(JSON.parse(getB.stdout).host, "host-b");
+
+      // Apache on host-b killed outright, the whole process group (docker kill): no goodbye
+      Deno.kill(-hostB.apache!.child.pid, "SIGKILL");
+      const killedAt = Date.now();
+      await hostB.apache!.finished();
+      await waitFor(
+        async () => (await etcd!.get(hostB.key)) === undefined,
+        `host-b's record gone within ${REMOVAL_BOUND_MS} ms\n${hostB.secretary!.stderr}`,
+        REMOVAL_BOUND_MS - (Date.now() - killedAt),
+        50,
+      );
+      assert.match(
+        hostB.secretary!.stderr,
+        /^<5>deregistered key=\/services\/apache\/127\.0\.0\.3:8081 reason=ECONNREFUSED/m,
+      );
+      assert.ok(hostB.secretary!.running, "the secretary stays, to register Apache again when it is back");
+      assert.deepEqual(await listed(root, etcdHostPort), []);
+      for (const h of hosts) assert.doesNotMatch(h.secretary!.stderr, /NotCapable|Requires \w+ access|<3>/);
+    } finally {
+      await Promise.all(hosts.map((h) => h.stopAll()));
+      etcd?.close();
+      await cluster?.stop();
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
