@@ -317,6 +317,12 @@ export function cpuSecondsOf(pid: number, children = false): number {
   return ticks / CLOCK_TICKS;
 }
 
+/** When a process started, in seconds since boot. */
+export function startSecondsOf(pid: number): number {
+  const stat = Deno.readTextFileSync(`/proc/${pid}/stat`);
+  return Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[19]) / CLOCK_TICKS; // stat field 22
+}
+
 /** The PIDs of a process's children, and their command names. */
 export function childrenOf(pid: number): { pid: number; comm: string }[] {
   try {
