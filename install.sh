@@ -3,11 +3,12 @@
 # /opt/bin, a `registry` command beside them, and the units in
 # /etc/systemd/system. Build the bundles first (node_modules/.bin/deno task bundle).
 #
-#   ./install.sh [--root DIR] [--from DIR] [--deno PATH] [--instance PORT]...
+#   ./install.sh [--root DIR] [--from DIR] [--deno PATH] [--tls] [--instance PORT]...
 #
 #   --root DIR       install under DIR instead of / (tests, images); no daemon-reload
 #   --from DIR       where the bundles are (default: dist)
 #   --deno PATH      the deno binary to copy (default: node_modules/deno/deno, else deno on PATH)
+#   --tls            also install the drop-in for etcd over TLS (units/apache-secretary-tls.conf)
 #   --instance PORT  also link apache@PORT.service and apache-secretary@PORT.service
 #                    to the templates (the article's instances); repeatable
 #
@@ -18,6 +19,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 root=/
 from=""
 deno=""
+tls=no
 instances=()
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -27,10 +29,11 @@ while [ $# -gt 0 ]; do
   --from=*) from="${1#--from=}"; shift ;;
   --deno) deno="${2:?--deno needs a path}"; shift 2 ;;
   --deno=*) deno="${1#--deno=}"; shift ;;
+  --tls) tls=yes; shift ;;
   --instance) instances+=("${2:?--instance needs a port}"); shift 2 ;;
   --instance=*) instances+=("${1#--instance=}"); shift ;;
-  -h | --help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
-  *) echo "install: Cannot use argument \"$1\": expected --root DIR, --from DIR, --deno PATH or --instance PORT" >&2; exit 2 ;;
+  -h | --help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+  *) echo "install: Cannot use argument \"$1\": expected --root DIR, --from DIR, --deno PATH, --tls or --instance PORT" >&2; exit 2 ;;
   esac
 done
 
@@ -84,6 +87,9 @@ chmod 0755 "$bin/registry.tmp"
 mv -f "$bin/registry.tmp" "$bin/registry"
 
 install -m 0644 units/apache@.service units/apache-secretary@.service "$units/"
+if [ "$tls" = yes ]; then
+  install -D -m 0644 units/apache-secretary-tls.conf "$units/apache-secretary@.service.d/tls.conf"
+fi
 if [ ${#instances[@]} -gt 0 ]; then
   units/instances.sh "$units" "${instances[@]}"
 fi

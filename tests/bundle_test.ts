@@ -10,7 +10,7 @@ import { fromJSON } from "@grpc/proto-loader";
 import { embedProto, protoDescriptor } from "../build.ts";
 import { type Etcd } from "../lib/etcd.ts";
 import { decodeEntry, instanceKey } from "../lib/record.ts";
-import { EtcdCluster, ROOT, Target, waitFor } from "../lib/testbed.ts";
+import { EtcdCluster, makeCerts, ROOT, Target, waitFor } from "../lib/testbed.ts";
 
 /** The variables the registry wrapper install.sh writes lets deno read; the test checks the wrapper says the same. */
 const REGISTRY_ENV = "ETCDCTL_CACERT,ETCDCTL_CERT,ETCDCTL_KEY,ETCDCTL_USER,GRPC_*";
@@ -46,16 +46,31 @@ async function emptyFolderWith(files: string[]): Promise<{ dir: string; remove: 
   return { dir, remove: () => Deno.remove(dir, { recursive: true }) };
 }
 
+/**
+ * The words of a unit file's ExecStart= (the last one: a drop-in resets it
+ * with an empty one first), with `%i`, `%H` and `${VAR}` expanded from `vars`,
+ * and the bundle's /opt/bin path pointed at `dir`.
+ */
+async function execStart(file: string, vars: Record<string, string>, dir = "/opt/bin"): Promise<string[]> {
+  const text = await Deno.readTextFile(`${ROOT}units/${file}`);
+  const line = [...text.matchAll(/^ExecStart=(.*)$/gm)].map((m) => m[1]).filter((l) => l !== "").at(-1)!;
+  return line.split(/\s+/).map((word) =>
+    word
+      .replace(/%([iH])/g, (_, c: string) => vars[`%${c}`])
+      .replace(/\$\{(\w+)\}/g, (_, name: string) => vars[name] ?? "")
+      .replace(/^\/opt\/bin\/deno$/, Deno.execPath())
+      .replace(/^\/opt\/bin\//, `${dir}/`)
+  );
+}
+
 /** The unit's deno permissions (`--allow-*` words of its ExecStart), for one instance and one etcd. */
 async function unitPermissions(ip: string, port: number, etcdHostPort: string): Promise<string[]> {
-  const unit = await Deno.readTextFile(`${ROOT}units/apache-secretary@.service`);
-  const exec = /^ExecStart=(.*)$/m.exec(unit)![1].split(/\s+/);
-  return exec.filter((w) => w.startsWith("--allow-")).map((w) =>
-    w.replaceAll("${COREOS_PUBLIC_IPV4}", ip).replaceAll("%i", String(port)).replaceAll(
-      "${SECRETARY_ETCD}",
-      etcdHostPort,
-    )
-  );
+  const words = await execStart("apache-secretary@.service", {
+    COREOS_PUBLIC_IPV4: ip,
+    "%i": String(port),
+    SECRETARY_ETCD: etcdHostPort,
+  });
+  return words.filter((w) => w.startsWith("--allow-"));
 }
 
 /** Every file under `dir`, as paths relative to it. */
@@ -132,9 +147,12 @@ interface Bed {
 }
 
 /** A one-member etcd and an empty folder with the bundles alone; stops and removes everything after. */
-async function withBed(fn: (bed: Bed) => Promise<void>): Promise<void> {
+async function withBed(
+  fn: (bed: Bed) => Promise<void>,
+  etcdOptions: Parameters<typeof EtcdCluster.create>[1] = {},
+): Promise<void> {
   const folder = await emptyFolderWith(["secretary.mjs", "registry.mjs"]);
-  const cluster = await EtcdCluster.create(1);
+  const cluster = await EtcdCluster.create(1, etcdOptions);
   const procs: Proc[] = [];
   let etcd: Etcd | undefined;
   try {
@@ -286,33 +304,61 @@ Deno.test("bundles alone in an empty folder: --help exits 0, bad input exits 2 w
   }
 });
 
-Deno.test("secretary bundle under deno with exactly the unit's permissions registers, and SIGTERM deregisters", async () => {
+Deno.test("secretary bundle under deno, started exactly as the unit's ExecStart starts it, registers; SIGTERM deregisters", async () => {
   await withBed(async (bed) => {
     const target = await Target.start("127.0.0.22");
     try {
-      const permissions = await unitPermissions(target.host, target.port, bed.etcdHostPort);
+      // as systemd runs it: the IP from the environment (EnvironmentFile=), %H as --hostname
+      const environment = { COREOS_PUBLIC_IPV4: target.host, SECRETARY_ETCD: bed.etcdHostPort };
+      const vars = { ...environment, "%i": String(target.port), "%H": "bundle-host" };
+      const argv = await execStart("apache-secretary@.service", vars, bed.dir);
       await registerAndDeregister(bed, target, () =>
-        // as the unit runs it: the IP from the environment (EnvironmentFile), %H as --hostname
-        new Proc(
-          Deno.execPath(),
-          [
-            "run",
-            ...permissions,
-            "secretary.mjs",
-            String(target.port),
-            "--hostname",
-            "bundle-host",
-            "--endpoints",
-            bed.etcdHostPort,
-            ...FAST,
-          ],
-          bed.dir,
-          { COREOS_PUBLIC_IPV4: target.host, JOURNAL_STREAM: "8:4242", INVOCATION_ID: "0123456789abcdef" },
-        ));
+        new Proc(argv[0], [...argv.slice(1), ...FAST], bed.dir, {
+          ...environment,
+          JOURNAL_STREAM: "8:4242",
+          INVOCATION_ID: "0123456789abcdef",
+        }));
     } finally {
       await target.close();
     }
   });
+});
+
+Deno.test("over TLS, the drop-in's permissions (the unit's, and reading the three certificate files) are enough", async () => {
+  const certs = await makeCerts();
+  const tls = { cacert: certs.ca, cert: certs.clientCert, key: certs.clientKey };
+  const serverTls = ["--cert-file", certs.serverCert, "--key-file", certs.serverKey, "--trusted-ca-file", certs.ca];
+  try {
+    await withBed(async (bed) => {
+      const target = await Target.start("127.0.0.27");
+      try {
+        // what /etc/environment holds on such a host
+        const environment = {
+          COREOS_PUBLIC_IPV4: target.host,
+          SECRETARY_ETCD: bed.etcdHostPort,
+          ETCDCTL_ENDPOINTS: bed.cluster.endpoints[0],
+          ETCDCTL_CACERT: certs.ca,
+          ETCDCTL_CERT: certs.clientCert,
+          ETCDCTL_KEY: certs.clientKey,
+        };
+        assert.match(environment.ETCDCTL_ENDPOINTS, /^https:/);
+        const vars = { ...environment, "%i": String(target.port), "%H": "bundle-host" };
+        const argv = await execStart("apache-secretary-tls.conf", vars, bed.dir);
+        assert.deepEqual(argv.filter((w) => w.startsWith("--allow-read")), [
+          `--allow-read=${certs.ca},${certs.clientCert},${certs.clientKey}`,
+        ]);
+        await registerAndDeregister(
+          bed,
+          target,
+          () => new Proc(argv[0], [...argv.slice(1), ...FAST], bed.dir, environment),
+        );
+      } finally {
+        await target.close();
+      }
+    }, { scheme: "https", extraArgs: [...serverTls, "--client-cert-auth"], clientOptions: tls });
+  } finally {
+    await Deno.remove(certs.dir, { recursive: true });
+  }
 });
 
 Deno.test("secretary bundle under node registers, and SIGTERM deregisters", async () => {

@@ -50,7 +50,8 @@ function scratchRoot(): Promise<string> {
   installed ??= (async () => {
     const root = await Deno.makeTempDir({ prefix: "secretary-root-" });
     globalThis.addEventListener("unload", () => Deno.removeSync(root, { recursive: true }));
-    const args = ["--root", root, "--from", await bundles(), ...INSTANCES.flatMap((p) => ["--instance", String(p)])];
+    const instances = INSTANCES.flatMap((p) => ["--instance", String(p)]);
+    const args = ["--root", root, "--from", await bundles(), "--tls", ...instances];
     const out = await sh(`${ROOT}install.sh`, args);
     if (out.code !== 0) throw new Error(`install.sh failed:\n${out.stderr}`);
     // the host's own units (sysinit.target, basic.target, …): every service depends on them by default
@@ -124,6 +125,11 @@ Deno.test("install.sh --root puts deno, the bundles, the registry command and th
       unit,
     );
   }
+  assert.equal(
+    await Deno.readTextFile(`${root}/etc/systemd/system/${SECRETARY_UNIT}.d/tls.conf`),
+    await Deno.readTextFile(`${ROOT}units/apache-secretary-tls.conf`),
+    "--tls installs the TLS drop-in",
+  );
   for (const port of INSTANCES) {
     for (const unit of [APACHE_UNIT, SECRETARY_UNIT]) {
       const link = `${root}/etc/systemd/system/${unit.replace("@", `@${port}`)}`;
@@ -194,11 +200,21 @@ Deno.test("systemd-analyze verify passes on the installed templates and the 8080
     ...INSTANCES.flatMap((p) => [`${units}/apache@${p}.service`, `${units}/apache-secretary@${p}.service`]),
   ];
   const verify = (path: string) => sh("systemd-analyze", ["verify", `--root=${root}`, path]);
-  for (const path of paths) {
-    const out = await verify(path);
-    const complaints = `${out.stdout}${out.stderr}`.split("\n").filter((l) => l.trim() && !KILLMODE_WARNING.test(l));
-    assert.equal(out.code, 0, `${path}:\n${out.stderr}`);
-    assert.deepEqual(complaints, [], `${path}: verify complained`);
+  const verifyAll = async (what: string) => {
+    for (const path of paths) {
+      const out = await verify(path);
+      const complaints = `${out.stdout}${out.stderr}`.split("\n").filter((l) => l.trim() && !KILLMODE_WARNING.test(l));
+      assert.equal(out.code, 0, `${what}: ${path}:\n${out.stderr}`);
+      assert.deepEqual(complaints, [], `${what}: ${path}: verify complained`);
+    }
+  };
+  await verifyAll("with the TLS drop-in");
+  const dropIns = `${units}/${SECRETARY_UNIT}.d`;
+  await Deno.rename(dropIns, `${dropIns}.away`);
+  try {
+    await verifyAll("the units alone");
+  } finally {
+    await Deno.rename(`${dropIns}.away`, dropIns);
   }
 
   // the control: verify does look inside the root, at the secretary's ExecStart binary
