@@ -1,0 +1,255 @@
+/**
+ * How registry reads scale: `registry ls` over 1,000 and 10,000 records
+ * beside `etcdctl get --prefix` of the same keys in the same run (the wall
+ * time of each whole process, median of `--reps`, and their ratio; an empty
+ * prefix first shows what starting the process costs), and `registry watch`
+ * latency: from just before a put or delete to its line on the watcher's
+ * stdout, p50 and p99 over `--changes` changes made one after another.
+ *
+ * ```sh
+ * node_modules/.bin/deno run -A bench/reads.ts [--sizes 1000,10000] [--reps 5] [--changes 1000]
+ * node_modules/.bin/deno run -A bench/reads.ts --quick     # 2 reps, 200 changes, for development
+ * ```
+ *
+ * @module
+ */
+import { parseArgs } from "node:util";
+import type { Etcd } from "../lib/etcd.ts";
+import { encodeRecord, instanceKey } from "../lib/record.ts";
+import { delay, EtcdCluster, ROOT } from "../lib/testbed.ts";
+import {
+  cleanupOnSignal,
+  commandFor,
+  formatMs,
+  mainRuntime,
+  now,
+  percentile,
+  type Runtime,
+  runtimes,
+  summarize,
+  writeFigures,
+} from "./lib.ts";
+
+/** Wall times in ms of one listing size. */
+export interface ListingFigures {
+  records: number;
+  etcdctl: number[];
+  registry: Record<string, number[]>;
+}
+
+export interface ReadsFigures {
+  listings: ListingFigures[];
+  watch: { runtime: string; changes: number; latencies: number[]; p50: number; p99: number; worst: number };
+}
+
+const SERVICES = 10;
+
+/** The n-th test record: ten services, addresses spread over 10.x.y.z. */
+function testRecord(n: number): { key: string; value: string } {
+  const service = `svc${n % SERVICES}`;
+  const ip = `10.${(n >> 16) & 255}.${(n >> 8) & 255}.${n & 255}`;
+  const port = 8000 + (n % 1000);
+  return {
+    key: instanceKey("/services", service, ip, port),
+    value: encodeRecord({
+      host: `host-${n % 500}`,
+      ipv4_addr: ip,
+      port,
+      service,
+      registered_at: new Date().toISOString(),
+      meta: { zone: `z${n % 3}` },
+    }),
+  };
+}
+
+/** Puts records `from` to `to` - 1 (no lease), many at a time. */
+async function populate(etcd: Etcd, from: number, to: number): Promise<void> {
+  let next = from;
+  const worker = async () => {
+    while (next < to) {
+      const { key, value } = testRecord(next++);
+      await etcd.putIfAbsent(key, value, "0");
+    }
+  };
+  await Promise.all(Array.from({ length: 32 }, worker));
+}
+
+/** Runs a command to its end; returns its wall time in ms and its stdout's line count. */
+async function timeCommand(command: string, args: string[], env: Record<string, string> = {}) {
+  const at = now();
+  const out = await new Deno.Command(command, { args, env, cwd: ROOT, stdout: "piped", stderr: "piped" }).output();
+  const ms = now() - at;
+  if (!out.success) throw new Error(`${command} ${args.join(" ")} failed: ${new TextDecoder().decode(out.stderr)}`);
+  const text = new TextDecoder().decode(out.stdout);
+  return { ms, lines: text.split("\n").filter(Boolean).length };
+}
+
+async function listings(endpoint: string, etcd: Etcd, sizes: number[], reps: number): Promise<ListingFigures[]> {
+  const all: ListingFigures[] = [];
+  let populated = 0;
+  for (const size of [0, ...sizes]) {
+    await populate(etcd, populated, size);
+    populated = size;
+    const figures: ListingFigures = { records: size, etcdctl: [], registry: {} };
+    const etcdctl = () =>
+      timeCommand("etcdctl", [`--endpoints=${endpoint}`, "get", "--prefix", "/services/"], { ETCDCTL_API: "3" });
+    const registry = (runtime: Runtime) =>
+      timeCommand(...commandFor("registry", runtime, ["ls", `--endpoints=${endpoint}`]));
+    // one untimed run of each first: file caches, deno's module cache
+    await etcdctl();
+    for (const r of runtimes()) {
+      const { lines } = await registry(r);
+      if (lines !== size + 1) console.log(`  warning: registry ls (${r}) printed ${lines} lines, expected ${size + 1}`);
+      figures.registry[r] = [];
+    }
+    for (let i = 0; i < reps; i++) {
+      figures.etcdctl.push((await etcdctl()).ms);
+      for (const r of runtimes()) figures.registry[r].push((await registry(r)).ms);
+    }
+    const base = summarize(figures.etcdctl).median;
+    console.log(`${String(size).padStart(6)} records: etcdctl get --prefix ${formatMs(base)}`);
+    for (const r of runtimes()) {
+      const median = summarize(figures.registry[r]).median;
+      console.log(`${"".padStart(15)} registry ls (${r}) ${formatMs(median)}  ${(median / base).toFixed(2)}x etcdctl`);
+    }
+    all.push(figures);
+  }
+  return all;
+}
+
+/** A child's stdout as lines, each stamped with when it arrived. */
+class Lines {
+  #queue: { line: string; at: number }[] = [];
+  #wake: () => void = () => {};
+
+  constructor(stream: ReadableStream<Uint8Array>) {
+    void (async () => {
+      const decoder = new TextDecoder();
+      let partial = "";
+      for await (const chunk of stream) {
+        const at = now();
+        const lines = (partial + decoder.decode(chunk, { stream: true })).split("\n");
+        partial = lines.pop()!;
+        for (const line of lines) this.#queue.push({ line, at });
+        this.#wake();
+      }
+    })();
+  }
+
+  async next(timeoutMs = 5000): Promise<{ line: string; at: number }> {
+    const deadline = Date.now() + timeoutMs;
+    while (this.#queue.length === 0) {
+      if (Date.now() > deadline) throw new Error(`no line within ${timeoutMs} ms`);
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, 50);
+        this.#wake = () => {
+          clearTimeout(timer);
+          resolve();
+        };
+      });
+    }
+    return this.#queue.shift()!;
+  }
+}
+
+async function watchLatency(endpoint: string, etcd: Etcd, changes: number): Promise<ReadsFigures["watch"]> {
+  const runtime = mainRuntime();
+  const [command, args] = commandFor("registry", runtime, ["watch", "latency", `--endpoints=${endpoint}`]);
+  const child = new Deno.Command(command, { args, cwd: ROOT, stdout: "piped", stderr: "null", stdin: "null" })
+    .spawn();
+  try {
+    const lines = new Lines(child.stdout);
+    const key = (i: number) => instanceKey("/services", "latency", `127.3.${(i >> 8) & 255}.${i & 255}`, 8080);
+    const value = (i: number) =>
+      encodeRecord({
+        host: "bench",
+        ipv4_addr: `127.3.${(i >> 8) & 255}.${i & 255}`,
+        port: 8080,
+        service: "latency",
+        registered_at: new Date().toISOString(),
+        meta: {},
+      });
+    // ready once a put shows up: the watcher has listed and is watching
+    const ready = key(65535);
+    for (let attempt = 0;; attempt++) {
+      await etcd.putIfAbsent(ready, value(65535), "0");
+      try {
+        await lines.next(1000);
+        break;
+      } catch (err) {
+        if (attempt > 30) throw err;
+      }
+    }
+    await etcd.deleteIfLease(ready, "0");
+    await lines.next();
+    const latencies: number[] = [];
+    for (let i = 0; i < changes; i++) {
+      const n = i >> 1; // each instance is put, then deleted
+      const at = now();
+      if (i % 2 === 0) await etcd.putIfAbsent(key(n), value(n), "0");
+      else await etcd.deleteIfLease(key(n), "0");
+      const { line, at: seen } = await lines.next();
+      const expected = `${i % 2 === 0 ? "+" : "-"} latency ${key(n).split("/").pop()}`;
+      if (!line.startsWith(expected)) throw new Error(`watch printed "${line}", expected "${expected}"`);
+      latencies.push(seen - at);
+      await delay(2 + Math.random() * 3);
+    }
+    const figures = {
+      runtime,
+      changes,
+      latencies,
+      p50: percentile(latencies, 50),
+      p99: percentile(latencies, 99),
+      worst: Math.max(...latencies),
+    };
+    console.log(
+      `registry watch (${runtime}), ${changes} changes: p50 ${formatMs(figures.p50)}  p99 ${
+        formatMs(figures.p99)
+      }  worst ${formatMs(figures.worst)}`,
+    );
+    return figures;
+  } finally {
+    try {
+      child.kill("SIGTERM");
+    } catch { /* already gone */ }
+    await child.status;
+  }
+}
+
+async function main(): Promise<void> {
+  const { values } = parseArgs({
+    args: Deno.args,
+    options: {
+      sizes: { type: "string", default: "1000,10000" },
+      reps: { type: "string" },
+      changes: { type: "string" },
+      quick: { type: "boolean", default: false },
+      json: { type: "string" },
+    },
+  });
+  const cluster = await EtcdCluster.create(1);
+  const etcd = cluster.client(5000);
+  const cleanup = async () => {
+    etcd.close();
+    await cluster.stop();
+  };
+  cleanupOnSignal(cleanup);
+  try {
+    await cluster.start();
+    const endpoint = cluster.endpoints[0];
+    const figures: ReadsFigures = {
+      listings: await listings(
+        endpoint,
+        etcd,
+        values.sizes.split(",").map(Number),
+        Number(values.reps ?? (values.quick ? 2 : 5)),
+      ),
+      watch: await watchLatency(endpoint, etcd, Number(values.changes ?? (values.quick ? 200 : 1000))),
+    };
+    await writeFigures(values.json, figures);
+  } finally {
+    await cleanup();
+  }
+}
+
+if (import.meta.main) await main();
