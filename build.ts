@@ -21,7 +21,8 @@
  *
  * @module
  */
-import { relative, resolve } from "node:path";
+import { isBuiltin } from "node:module";
+import { basename, relative, resolve } from "node:path";
 import { parseArgs } from "node:util";
 import { gzipSync } from "node:zlib";
 import * as esbuild from "esbuild";
@@ -140,7 +141,7 @@ function options(
     define: { "import.meta.main": "true" },
     metafile: true,
     logLevel: "warning",
-    write: minify,
+    write: false, // written only once the checks pass: a bad build never lands in the output folder
     plugins: [protoPlugin(descriptor, hits)],
   };
 }
@@ -163,36 +164,6 @@ function checkBundle(result: esbuild.BuildResult & { metafile: esbuild.Metafile 
   }
 }
 
-function isBuiltin(name: string): boolean {
-  return BUILTINS.has(name.replace(/^node:/, "").split("/")[0]);
-}
-
-const BUILTINS = new Set([
-  "assert",
-  "async_hooks",
-  "buffer",
-  "child_process",
-  "crypto",
-  "dns",
-  "events",
-  "fs",
-  "http",
-  "http2",
-  "https",
-  "module",
-  "net",
-  "os",
-  "path",
-  "perf_hooks",
-  "process",
-  "stream",
-  "string_decoder",
-  "tls",
-  "url",
-  "util",
-  "zlib",
-]);
-
 /** Builds both bundles and their source maps into `outDir`; returns their sizes. */
 export async function build(outDir = OUT_DIR): Promise<BundleSize[]> {
   const descriptor = protoDescriptor();
@@ -208,16 +179,25 @@ export async function build(outDir = OUT_DIR): Promise<BundleSize[]> {
       metafile: esbuild.Metafile;
     };
     checkBundle(plain, plainHits);
-    const plainBytes = new Map((plain.outputFiles ?? []).map((f) => [f.path.replace(/.*\//, ""), f.contents.length]));
+    const plainBytes = new Map((plain.outputFiles ?? []).map((f) => [basename(f.path), f.contents.length]));
+    await Deno.mkdir(outDir, { recursive: true });
     const sizes: BundleSize[] = [];
-    for (const name of ENTRIES) {
-      const bytes = await replaceHashbang(`${outDir}/${name}.mjs`, name);
-      sizes.push({
-        name: `${name}.mjs`,
-        plain: plainBytes.get(`${name}.mjs`) ?? 0,
-        minified: bytes.length,
-        gzip: gzipSync(bytes, { level: 9 }).length,
-      });
+    for (const file of minified.outputFiles ?? []) {
+      const name = basename(file.path);
+      const entry = ENTRIES.find((e) => name === `${e}.mjs`);
+      const bytes = entry ? new TextEncoder().encode(replaceHashbang(file.text, entry)) : file.contents;
+      // a new file renamed into place: a host copying the old one never reads half of the new one
+      await Deno.writeFile(`${file.path}.tmp`, bytes);
+      await Deno.chmod(`${file.path}.tmp`, 0o644);
+      await Deno.rename(`${file.path}.tmp`, file.path);
+      if (entry) {
+        sizes.push({
+          name,
+          plain: plainBytes.get(name) ?? 0,
+          minified: bytes.length,
+          gzip: gzipSync(bytes, { level: 9 }).length,
+        });
+      }
     }
     return sizes;
   } finally {
@@ -230,16 +210,11 @@ export async function build(outDir = OUT_DIR): Promise<BundleSize[]> {
  * source. The bundle is run as `deno run <flags> FILE` or `node FILE`, so that
  * line becomes a comment; one line for one, so the source map stays true.
  */
-async function replaceHashbang(path: string, name: string): Promise<Uint8Array> {
-  const text = await Deno.readTextFile(path);
-  const eol = text.indexOf("\n");
-  const fixed = text.startsWith("#!")
-    ? `// ${name}: run with \`deno run <permissions> ${name}.mjs\` or \`node ${name}.mjs\` (docs/install.md)` +
-      text.slice(eol)
-    : text;
-  await Deno.writeTextFile(path, fixed);
-  await Deno.chmod(path, 0o644);
-  return new TextEncoder().encode(fixed);
+function replaceHashbang(text: string, name: string): string {
+  if (!text.startsWith("#!")) return text;
+  const comment =
+    `// ${name}: run with \`deno run <permissions> ${name}.mjs\` or \`node ${name}.mjs\` (docs/install.md)`;
+  return comment + text.slice(text.indexOf("\n"));
 }
 
 function kib(bytes: number): string {
