@@ -350,6 +350,7 @@ export class EtcdRegistrar implements Registrar {
   #failures = 0;
   #lastFailureLog = 0;
   #wake: () => void = () => {};
+  #stopping = false;
 
   constructor(
     readonly config: Config,
@@ -387,6 +388,7 @@ export class EtcdRegistrar implements Registrar {
 
   /** Revokes every lease this process made, so its record goes now. Bounded in time. */
   async stop(): Promise<boolean> {
+    this.#stopping = true;
     const leases = [...this.#staleLeases, ...(this.#lease ? [this.#lease] : [])];
     this.#lease = undefined;
     try {
@@ -414,7 +416,13 @@ export class EtcdRegistrar implements Registrar {
     }
     try {
       if (!this.#lease) {
-        this.#lease = await this.client.grantLease(this.config.ttlSeconds);
+        const lease = await this.client.grantLease(this.config.ttlSeconds);
+        if (this.#stopping) {
+          // granted while stopping: it must hold nothing, and go now
+          await this.client.revokeLease(lease).catch(() => {});
+          return 0;
+        }
+        this.#lease = lease;
         this.#lastKeepAliveOk = this.#lastKeepAliveSent = now();
         log("info", "lease granted", { lease: this.#lease, ttl: this.config.ttlSeconds });
         await this.#revokeStale();
@@ -450,12 +458,13 @@ export class EtcdRegistrar implements Registrar {
     // a record held by another lease is read every interval, so ours follows soon after it goes
     const verifyEveryMs = this.#holding === "other" ? this.config.intervalMs : ttlMs;
     if (this.#desired) waitMs = Math.min(waitMs, verifyEveryMs - (now() - this.#lastVerified));
-    return Math.max(0, waitMs);
+    return Math.max(0, Math.ceil(waitMs));
   }
 
   async #register(key: string): Promise<void> {
     const { log, now } = this.effects;
-    const lease = this.#lease!;
+    const lease = this.#lease;
+    if (!lease || this.#stopping) return;
     const record: ServiceRecord = {
       host: this.config.hostname,
       ipv4_addr: this.config.ip,

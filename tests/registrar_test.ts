@@ -1,0 +1,183 @@
+/**
+ * EtcdRegistrar's decisions against an in-memory etcd (a fake is fine here:
+ * this is the registrar's logic; the behaviour tests use a real etcd).
+ */
+import assert from "node:assert/strict";
+import { type Config, type EtcdClient, EtcdRegistrar } from "../secretary.ts";
+import type { StoredValue } from "../lib/etcd.ts";
+
+/** An etcd of one map, counting writes; `down` makes every call fail as a network error would. */
+class FakeEtcd implements EtcdClient {
+  keys = new Map<string, StoredValue>();
+  leases = new Set<string>();
+  writes: string[] = [];
+  down = false;
+  #next = 1;
+
+  #check() {
+    if (this.down) return Promise.reject(new Error("14 UNAVAILABLE: connect ECONNREFUSED"));
+  }
+  async grantLease() {
+    await this.#check();
+    const id = String(this.#next++);
+    this.leases.add(id);
+    this.writes.push(`grant ${id}`);
+    return id;
+  }
+  async keepAlive(lease: string) {
+    await this.#check();
+    return this.leases.has(lease) ? 10 : 0;
+  }
+  async revokeLease(lease: string) {
+    await this.#check();
+    this.leases.delete(lease);
+    for (const [k, v] of this.keys) if (v.lease === lease) this.keys.delete(k);
+    this.writes.push(`revoke ${lease}`);
+  }
+  async putIfAbsent(key: string, value: string, lease: string) {
+    await this.#check();
+    const existing = this.keys.get(key);
+    if (existing) return existing;
+    if (!this.leases.has(lease)) throw new Error("requested lease not found");
+    const stored = { key, value, lease, modRevision: "1" };
+    this.keys.set(key, stored);
+    this.writes.push(`put ${lease}`);
+    return stored;
+  }
+  async putIfLease(key: string, value: string, lease: string, previous: string) {
+    await this.#check();
+    if (this.keys.get(key)?.lease !== previous) return false;
+    this.keys.set(key, { key, value, lease, modRevision: "2" });
+    this.writes.push(`move ${previous}->${lease}`);
+    return true;
+  }
+  async deleteIfLease(key: string, lease: string) {
+    await this.#check();
+    if (this.keys.get(key)?.lease !== lease) return false;
+    this.keys.delete(key);
+    this.writes.push(`delete ${lease}`);
+    return true;
+  }
+  async get(key: string) {
+    await this.#check();
+    return this.keys.get(key);
+  }
+  close() {}
+}
+
+const config = {
+  port: 8080,
+  service: "apache",
+  ip: "10.0.0.5",
+  hostname: "h",
+  prefix: "/services",
+  intervalMs: 2000,
+  ttlSeconds: 10,
+  meta: {},
+} as Config;
+const KEY = "/services/apache/10.0.0.5:8080";
+
+function setup() {
+  const etcd = new FakeEtcd();
+  let clock = 1_000_000;
+  const logs: string[] = [];
+  const registrar = new EtcdRegistrar(config, etcd, {
+    now: () => clock,
+    random: () => 0.5,
+    log: (_level, event) => logs.push(event),
+  });
+  return { etcd, registrar, logs, advance: (ms: number) => (clock += ms) };
+}
+
+Deno.test("registrar grants one lease at start and puts the record only when wanted", async () => {
+  const { etcd, registrar } = setup();
+  await registrar.reconcile();
+  assert.deepEqual(etcd.writes, ["grant 1"]);
+  registrar.want(true, "2 checks passed");
+  await registrar.reconcile();
+  assert.deepEqual(etcd.writes, ["grant 1", "put 1"]);
+  assert.equal(JSON.parse(etcd.keys.get(KEY)!.value).ipv4_addr, "10.0.0.5");
+});
+
+Deno.test("registrar writes nothing while nothing changes: keep-alives and reads only", async () => {
+  const { etcd, registrar, advance } = setup();
+  registrar.want(true, "up");
+  await registrar.reconcile();
+  const writes = etcd.writes.length;
+  for (let i = 0; i < 100; i++) {
+    advance(await registrar.reconcile());
+  }
+  assert.equal(etcd.writes.length, writes);
+});
+
+Deno.test("registrar deletes only its own record, and keeps its lease", async () => {
+  const { etcd, registrar } = setup();
+  registrar.want(true, "up");
+  await registrar.reconcile();
+  registrar.want(false, "ECONNREFUSED");
+  await registrar.reconcile();
+  assert.deepEqual(etcd.writes, ["grant 1", "put 1", "delete 1"]);
+  assert.ok(etcd.leases.has("1"));
+});
+
+Deno.test("registrar leaves a record held by another lease alone and takes over once it goes", async () => {
+  const { etcd, registrar, logs, advance } = setup();
+  etcd.leases.add("99");
+  etcd.keys.set(KEY, { key: KEY, value: "{}", lease: "99", modRevision: "1" });
+  registrar.want(true, "up");
+  await registrar.reconcile();
+  assert.equal(etcd.keys.get(KEY)?.lease, "99");
+  assert.ok(logs.some((l) => l.startsWith("not registered: another lease holds the record")));
+  registrar.want(false, "down");
+  await registrar.reconcile();
+  assert.equal(etcd.keys.get(KEY)?.lease, "99", "deleted another's record");
+  registrar.want(true, "up");
+  etcd.keys.delete(KEY);
+  advance(config.intervalMs);
+  await registrar.reconcile();
+  assert.equal(etcd.keys.get(KEY)?.lease, "1");
+});
+
+Deno.test("registrar replaces a lease lost in an outage and moves the record over from its old lease in one write", async () => {
+  const { etcd, registrar, logs, advance } = setup();
+  registrar.want(true, "up");
+  await registrar.reconcile();
+  etcd.down = true;
+  for (let waited = 0; waited <= 11_000;) {
+    const wait = await registrar.reconcile();
+    advance(wait);
+    waited += wait;
+  }
+  assert.ok(logs.includes("lease lost"));
+  etcd.down = false; // etcd came back and kept lease 1 alive, as it does across a restart
+  await registrar.reconcile();
+  assert.deepEqual(etcd.writes.slice(2), ["grant 2", "move 1->2", "revoke 1"]);
+  assert.equal(etcd.keys.get(KEY)?.lease, "2");
+  assert.ok(logs.includes("registered again"));
+});
+
+Deno.test("registrar restores a record deleted by hand about once a TTL", async () => {
+  const { etcd, registrar, logs, advance } = setup();
+  registrar.want(true, "up");
+  await registrar.reconcile();
+  etcd.keys.delete(KEY);
+  let waited = 0;
+  while (!etcd.keys.has(KEY) && waited < 20_000) {
+    const wait = await registrar.reconcile();
+    advance(wait);
+    waited += wait;
+  }
+  assert.ok(etcd.keys.has(KEY));
+  assert.ok(waited <= config.ttlSeconds * 1000, `restored after ${waited} ms`);
+  assert.ok(logs.includes("record missing; restoring"));
+});
+
+Deno.test("registrar revokes its lease on stop, and grants nothing after", async () => {
+  const { etcd, registrar } = setup();
+  registrar.want(true, "up");
+  await registrar.reconcile();
+  assert.equal(await registrar.stop(), true);
+  assert.equal(etcd.keys.size, 0);
+  await registrar.reconcile();
+  assert.equal(etcd.keys.size, 0);
+});
