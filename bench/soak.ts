@@ -143,7 +143,7 @@ async function chaosTargets(until: number): Promise<void> {
 async function chaosMembers(until: number, log: (line: string) => void): Promise<void> {
   while (!stopping && now() + restartEveryMs < until) {
     await delay(restartEveryMs);
-    if (stopping) return;
+    if (stopping || now() > until) return;
     const member = cluster.members[Math.floor(Math.random() * cluster.members.length)];
     const signal = Math.random() < 0.5 ? "SIGKILL" : "SIGTERM";
     const restart = { member: member.name, signal, stoppedAt: now(), answeredAt: Infinity };

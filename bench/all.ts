@@ -1,0 +1,458 @@
+/**
+ * The whole benchmark suite in one run: `deno task bench`. Builds the bundles
+ * if dist/ lacks them, runs every benchmark (ours and the article's loop in
+ * the same run), prints their output as it comes, and writes the figures
+ * beside their targets to bench/README.md with the date, the machine and the
+ * command. It never asserts a speed.
+ *
+ * Phases that do not disturb each other's figures run together: the removal
+ * trials (ours, and the article's loop at 20 s, which mostly sleeps) beside
+ * the idle cost window; then the article's loop at 2 s; then the reads; then
+ * 100 sidekicks, alone, as they load the host. About 10 minutes on 2 cores.
+ *
+ * ```sh
+ * node_modules/.bin/deno task bench                 # the full suite
+ * node_modules/.bin/deno run -A bench/all.ts --quick  # few trials, short windows (about 5 min), for development
+ * ```
+ *
+ * @module
+ */
+import { parseArgs } from "node:util";
+import { ROOT } from "../lib/testbed.ts";
+import type { CostFigures, HostCost } from "./cost.ts";
+import { bundlesBuilt, formatMiB, formatMs, summarize } from "./lib.ts";
+import type { ReadsFigures } from "./reads.ts";
+import type { RemovalFigures } from "./removal.ts";
+import type { ScaleFigures } from "./scale.ts";
+
+/** One benchmark run as a child process: its name, script, arguments and time limit. */
+interface Phase {
+  name: string;
+  script: string;
+  args: string[];
+  limitMinutes: number;
+}
+
+interface PhaseResult {
+  name: string;
+  output: string;
+  seconds: number;
+  figures?: unknown;
+  error?: string;
+}
+
+const { values } = parseArgs({
+  args: Deno.args,
+  options: {
+    quick: { type: "boolean", default: false },
+    out: { type: "string", default: `${ROOT}bench/README.md` },
+  },
+});
+const quick = values.quick;
+const q = quick ? ["--quick"] : [];
+
+/** Runs one benchmark to its end (or its time limit), echoing its lines with its name. */
+async function run(phase: Phase, dir: string): Promise<PhaseResult> {
+  const json = `${dir}/${phase.name}.json`;
+  const began = Date.now();
+  const child = new Deno.Command(Deno.execPath(), {
+    args: ["run", "--allow-all", `bench/${phase.script}`, ...phase.args, "--json", json],
+    cwd: ROOT,
+    stdout: "piped",
+    stderr: "piped",
+    stdin: "null",
+  }).spawn();
+  // over its limit: SIGTERM lets it stop what it started; SIGKILL if it does not
+  const limitMs = phase.limitMinutes * 60_000;
+  const term = setTimeout(() => child.kill("SIGTERM"), limitMs);
+  const kill = setTimeout(() => child.kill("SIGKILL"), limitMs + 30_000);
+  let output = "";
+  const pump = async (stream: ReadableStream<Uint8Array>) => {
+    let partial = "";
+    const decoder = new TextDecoder();
+    for await (const chunk of stream) {
+      const lines = (partial + decoder.decode(chunk, { stream: true })).split("\n");
+      partial = lines.pop()!;
+      for (const line of lines) {
+        output += `${line}\n`;
+        console.log(`[${phase.name}] ${line}`);
+      }
+    }
+    if (partial) output += `${partial}\n`;
+  };
+  await Promise.all([pump(child.stdout), pump(child.stderr)]);
+  const status = await child.status;
+  clearTimeout(term);
+  clearTimeout(kill);
+  const seconds = (Date.now() - began) / 1000;
+  if (!status.success) {
+    return { name: phase.name, output, seconds, error: `exited ${status.code} after ${seconds.toFixed(0)} s` };
+  }
+  return { name: phase.name, output, seconds, figures: JSON.parse(await Deno.readTextFile(json)) };
+}
+
+function text(args: string[]): string {
+  try {
+    const out = new Deno.Command(args[0], { args: args.slice(1), stdout: "piped", stderr: "null" }).outputSync();
+    return new TextDecoder().decode(out.stdout).trim();
+  } catch {
+    return "unknown";
+  }
+}
+
+function machine(): string {
+  const cpu = /^model name\s*:\s*(.*)$/m.exec(Deno.readTextFileSync("/proc/cpuinfo"))?.[1] ?? "unknown";
+  const memKiB = Number(/^MemTotal:\s+(\d+)/m.exec(Deno.readTextFileSync("/proc/meminfo"))?.[1] ?? 0);
+  const etcd = /etcd Version: (\S+)/.exec(text(["etcd", "--version"]))?.[1] ?? "unknown";
+  return `${text(["nproc"])} cores (${cpu}), ${(memKiB / 1024 / 1024).toFixed(0)} GiB, ` +
+    `${text(["uname", "-sr"])}; etcd ${etcd}, deno ${Deno.version.deno}, node ${text(["node", "--version"])}`;
+}
+
+// ---------------------------------------------------------------------------
+// The table
+
+/** `median 1.02 s, worst 2.31 s` of some times; `n/a` when there are none. */
+function mw(times: number[] | undefined): string {
+  if (!times?.length) return "n/a";
+  const s = summarize(times);
+  return `median ${formatMs(s.median)}, worst ${formatMs(s.worst)}`;
+}
+
+function worst(times: number[] | undefined): number {
+  return times?.length ? Math.max(...times) : Infinity;
+}
+
+function rate(x: number | undefined): string {
+  if (x === undefined || !Number.isFinite(x)) return "n/a";
+  return x === 0 ? "0" : x.toFixed(Math.abs(x) < 10 ? 1 : 0);
+}
+
+function back(r: RemovalFigures | undefined): string {
+  if (!r) return "n/a";
+  const times = r.back.filter((b): b is number => b !== null);
+  const never = r.back.length - times.length;
+  if (never === 0) return mw(times);
+  if (times.length === 0) return `never: ${never} of ${never} not back within ${r.backBoundMs / 1000} s`;
+  return `${mw(times)}; ${never} of ${r.back.length} not back within ${r.backBoundMs / 1000} s`;
+}
+
+function perRuntime(r: RemovalFigures | undefined, key: "start" | "sigterm"): string {
+  if (!r) return "n/a";
+  return Object.entries(r[key]).map(([runtime, times]) => `${runtime}: ${mw(times)}`).join("; ");
+}
+
+function hostOf(c: CostFigures | undefined, prefix: string): HostCost[] {
+  return c?.host.filter((h) => h.label.startsWith(prefix)) ?? [];
+}
+
+function medianOf(hosts: HostCost[], field: keyof Omit<HostCost, "label">): number {
+  return hosts.length ? summarize(hosts.map((h) => h[field])).median : NaN;
+}
+
+function memory(hosts: HostCost[]): string {
+  return hosts.length ? formatMiB(medianOf(hosts, "rssKiB")) : "n/a";
+}
+
+function table(results: Map<string, PhaseResult>): string {
+  const fig = <T>(name: string) => results.get(name)?.figures as T | undefined;
+  const ours = fig<RemovalFigures>("removal-ours");
+  const a20 = fig<RemovalFigures>("removal-article-20s");
+  const a2 = fig<RemovalFigures>("removal-article-2s");
+  const cost = fig<CostFigures>("cost");
+  const reads = fig<ReadsFigures>("reads");
+  const scale = fig<ScaleFigures>("scale");
+  const etcdOf = (label: string) => cost?.etcd.find((e) => e.label.startsWith(label));
+  const [e, e20, e2] = [etcdOf("ours"), etcdOf("article's loop, 20"), etcdOf("article's loop, 2 ")];
+  const cluster = (x: typeof e) =>
+    x ? `${rate(x.proposals)}, plus ${rate(x.clusterProposalsPerMinute)} a minute cluster-wide` : "n/a";
+  const oursDeno = hostOf(cost, "ours, deno");
+  const oursNode = hostOf(cost, "ours, node");
+  const floor = (label: string) => memory(hostOf(cost, label));
+  const loop20 = hostOf(cost, "article's loop, 20");
+  const loop2 = hostOf(cost, "article's loop, 2 ");
+  const met = (ok: boolean | undefined) => ok === undefined ? "" : ok ? "yes" : "**no**";
+  const all = (r: RemovalFigures | undefined, key: "start" | "sigterm", bound: number) =>
+    r ? Object.values(r[key]).every((t) => worst(t) <= bound) : undefined;
+  const listing = (n: number) => reads?.listings.find((l) => l.records === n);
+  const ls = (n: number) => {
+    const l = listing(n);
+    if (!l) return "n/a";
+    const base = summarize(l.etcdctl).median;
+    return Object.entries(l.registry).map(([r, t]) => {
+      const m = summarize(t).median;
+      return `${r}: ${formatMs(m)} (${(m / base).toFixed(1)}x)`;
+    }).join("; ") + `; etcdctl ${formatMs(base)}`;
+  };
+  const lsRatio = (n: number) => {
+    const l = listing(n);
+    if (!l) return undefined;
+    const first = Object.values(l.registry)[0];
+    return summarize(first).median <= 2 * summarize(l.etcdctl).median;
+  };
+  const scaleKilled = scale
+    ? `${scale.killedGone} of ${scale.killed.length} gone, ${scale.killedWithinBound} within 2.5 s (${
+      mw(scale.killed.filter(Number.isFinite))
+    }); other records lost: ${scale.othersLost}`
+    : "n/a";
+  const rows: string[][] = [
+    [
+      "killed target to gone",
+      "worst 2.5 s",
+      mw(ours?.killed),
+      mw(a20?.killed),
+      mw(a2?.killed),
+      met(ours && worst(ours.killed) <= 2500),
+    ],
+    [
+      "hung target to gone",
+      "worst 4.5 s",
+      mw(ours?.hung),
+      mw(a20?.hung),
+      mw(a2?.hung),
+      met(ours && worst(ours.hung) <= 4500),
+    ],
+    [
+      "hung target answering again to back",
+      "within 3 s",
+      back(ours),
+      back(a20),
+      back(a2),
+      met(ours && ours.back.every((b) => b !== null && b <= 3000)),
+    ],
+    [
+      "SIGKILL of the sidekick to gone",
+      "within TTL + 0.5 s (10.5 s)",
+      mw(ours?.sigkill),
+      mw(a20?.sigkill),
+      mw(a2?.sigkill),
+      met(ours && worst(ours.sigkill) <= 10_500),
+    ],
+    [
+      "SIGTERM to gone",
+      "50 ms",
+      perRuntime(ours, "sigterm"),
+      perRuntime(a20, "sigterm"),
+      perRuntime(a2, "sigterm"),
+      met(all(ours, "sigterm", 50)),
+    ],
+    [
+      "start to registered",
+      "1 s",
+      perRuntime(ours, "start"),
+      perRuntime(a20, "start"),
+      perRuntime(a2, "start"),
+      met(all(ours, "start", 1000)),
+    ],
+    [
+      "raft proposals per healthy instance-minute",
+      "0",
+      rate(e?.proposals),
+      cluster(e20),
+      cluster(e2),
+      met(e && e.proposals === 0),
+    ],
+    [
+      "writes (v3 puts, v2 sets) per healthy instance-minute",
+      "0",
+      rate(e?.writes),
+      rate(e20?.writes),
+      rate(e2?.writes),
+      met(e && e.writes === 0),
+    ],
+    [
+      "revision (v2: index) growth per healthy instance-minute",
+      "0",
+      rate(e?.revisions),
+      rate(e20?.revisions),
+      rate(e2?.revisions),
+      met(e && e.revisions === 0),
+    ],
+    [
+      "watch events per healthy instance-minute",
+      "0",
+      rate(e?.watchEvents),
+      rate(e20?.watchEvents),
+      rate(e2?.watchEvents),
+      met(e && e.watchEvents === 0),
+    ],
+    [
+      "processes started per minute",
+      "0",
+      rate(medianOf([...oursDeno, ...oursNode], "processesPerMinute")),
+      rate(medianOf(loop20, "processesPerMinute")),
+      rate(medianOf(loop2, "processesPerMinute")),
+      met(cost && [...oursDeno, ...oursNode].every((h) => h.processesPerMinute === 0)),
+    ],
+    [
+      "resident memory after an idle minute, deno",
+      "48 MiB",
+      `${memory(oursDeno)} (an empty script: ${floor("empty script, deno")})`,
+      `${memory(loop20)} (bash + sleep)`,
+      `${memory(loop2)} (bash + sleep)`,
+      met(oursDeno.length ? medianOf(oursDeno, "rssKiB") <= 48 * 1024 : undefined),
+    ],
+    [
+      "resident memory after an idle minute, node",
+      "",
+      `${memory(oursNode)} (an empty script: ${floor("empty script, node")})`,
+      "",
+      "",
+      "",
+    ],
+    [
+      "CPU seconds per hour, one sidekick",
+      "",
+      [["deno", oursDeno], ["node", oursNode]].filter(([, h]) => (h as HostCost[]).length)
+        .map(([r, h]) => `${r}: ${rate(medianOf(h as HostCost[], "cpuSecondsPerHour"))}`).join("; ") || "n/a",
+      rate(medianOf(loop20, "cpuSecondsPerHour")),
+      rate(medianOf(loop2, "cpuSecondsPerHour")),
+      "",
+    ],
+    ["`registry ls` of 1,000 (x etcdctl)", "", ls(1000), "n/a", "n/a", ""],
+    ["`registry ls` of 10,000 (x etcdctl)", "at most 2x etcdctl", ls(10_000), "n/a", "n/a", met(lsRatio(10_000))],
+    [
+      `\`registry watch\` latency, ${reads?.watch.changes ?? "n/a"} changes`,
+      "p99 50 ms",
+      reads
+        ? `p50 ${formatMs(reads.watch.p50)}, p99 ${formatMs(reads.watch.p99)}, worst ${formatMs(reads.watch.worst)}`
+        : "n/a",
+      "n/a",
+      "n/a",
+      met(reads && reads.watch.p99 <= 50),
+    ],
+    [
+      `${scale?.instances ?? "n/a"} sidekicks: first start to all registered`,
+      "",
+      scale ? `${formatMs(scale.allRegisteredMs)} (each: ${mw(scale.startToRegistered)})` : "n/a",
+      "n/a",
+      "n/a",
+      "",
+    ],
+    [
+      `${scale?.instances ?? "n/a"} sidekicks: ${scale?.killed.length ?? "n/a"} targets killed`,
+      "exactly those gone, each within 2.5 s",
+      scaleKilled,
+      "n/a",
+      "n/a",
+      met(
+        scale && scale.killedWithinBound === scale.killed.length && scale.killedGone === scale.killed.length &&
+          scale.othersLost === 0,
+      ),
+    ],
+    [
+      `${scale?.instances ?? "n/a"} sidekicks: steady proposals per minute`,
+      "0",
+      scale
+        ? `${rate(scale.proposalsPerMinute)} (memory: ${formatMiB(summarize(scale.rssKiB).median)} RSS each, ${
+          formatMiB(scale.pssTotalKiB)
+        } PSS for all)`
+        : "n/a",
+      "n/a",
+      "n/a",
+      met(scale && scale.proposalsPerMinute === 0),
+    ],
+  ];
+  const header = [
+    "figure",
+    "target",
+    "ours",
+    "the article's loop, 20 s / TTL 30 s",
+    "the article's loop, 2 s / TTL 10 s",
+    "met",
+  ];
+  const line = (cells: string[]) => `| ${cells.join(" | ")} |`;
+  return [line(header), line(header.map(() => "---")), ...rows.map(line)].join("\n");
+}
+
+function readme(results: Map<string, PhaseResult>, began: Date, minutes: number, note: string): string {
+  const command = quick ? "node_modules/.bin/deno run -A bench/all.ts --quick" : "node_modules/.bin/deno task bench";
+  const details = [...results.values()].map((r) =>
+    `### ${r.name} (${r.seconds.toFixed(0)} s${
+      r.error ? `, failed: ${r.error}` : ""
+    })\n\n\`\`\`\n${r.output.trim()}\n\`\`\``
+  ).join("\n\n");
+  return `# Benchmarks
+
+${
+    quick
+      ? "**A quick run (`--quick`): few trials and short windows, so the figures are noisy. Run `deno task bench` for the figures of record.**\n\n"
+      : ""
+  }\
+- Date: ${began.toISOString()}, ${minutes.toFixed(1)} minutes
+- Machine: ${machine()}
+- Command: \`${command}\`${note ? `\n- ${note}` : ""}
+
+Our secretary at its defaults (interval 2 s, timeout 1 s, rise 2, fall 2, TTL 10 s; the deno bundle unless a
+runtime is named) beside the 2015 article's bash loop ([article-loop.sh](article-loop.sh)) on etcd's v2 API, at the
+article's 20 s / TTL 30 s and at our 2 s / TTL 10 s. Times run from the event to the record's watch event (etcd v3
+watch for ours, v2 long polls for the loop).
+
+${table(results)}
+
+How each figure is taken:
+
+- Removal ([removal.ts](removal.ts)): each trial waits a random part of the check interval first; trials run in
+  parallel lanes, each with its own target and key. "Killed": the target stops listening; "hung": it accepts and never
+  answers. The article's SIGTERM is systemd's stop: SIGTERM to the unit's processes, then its ExecStop
+  (\`etcdctl rm\`), timed from the SIGTERM.
+- Cost ([cost.ts](cost.ts)): an idle window after every instance registered, each set on its own etcd; counters from
+  etcd's \`/metrics\`. The loop's v2 TTL keys make the leader commit an expiry sweep every 500 ms, shown as
+  cluster-wide proposals. Memory is VmRSS at the end of the window; CPU is utime + stime over the window (the loop's
+  with its exited children, over whole passes); the loop's processes are counted by shims on its PATH.
+- Reads ([reads.ts](reads.ts)): wall time of each whole process, median of several runs, against the same etcd in the
+  same run. Watch latency: from just before each put or delete to its line on \`registry watch\`'s stdout.
+- Scale ([scale.ts](scale.ts)): sidekicks started 10 a second, each with its own target.
+- The soak ([soak.ts](soak.ts)) is not part of this suite: it runs for 30 minutes or more.
+
+## Output of each benchmark
+
+${details}
+`;
+}
+
+async function main(): Promise<void> {
+  const began = new Date();
+  let note = "";
+  if (!bundlesBuilt()) {
+    console.log("[all] dist/ lacks the bundles: node_modules/.bin/deno task bundle");
+    const built = await new Deno.Command(`${ROOT}node_modules/.bin/deno`, { args: ["task", "bundle"], cwd: ROOT })
+      .output();
+    if (!built.success || !bundlesBuilt()) {
+      note = "The bundles could not be built: ours ran from source (deno), no node figures.";
+    }
+  }
+  const dir = await Deno.makeTempDir({ prefix: "secretary-bench-" });
+  const results = new Map<string, PhaseResult>();
+  const stage = async (phases: Phase[]) => {
+    for (const r of await Promise.all(phases.map((p) => run(p, dir)))) results.set(r.name, r);
+  };
+  try {
+    await stage([
+      { name: "removal-ours", script: "removal.ts", args: ["--impl", "ours", ...q], limitMinutes: 8 },
+      {
+        name: "removal-article-20s",
+        script: "removal.ts",
+        args: ["--impl", "article", "--interval", "20", "--ttl", "30", ...q],
+        limitMinutes: 8,
+      },
+      { name: "cost", script: "cost.ts", args: q, limitMinutes: 6 },
+    ]);
+    await stage([{
+      name: "removal-article-2s",
+      script: "removal.ts",
+      args: ["--impl", "article", "--interval", "2", "--ttl", "10", ...q],
+      limitMinutes: 5,
+    }]);
+    await stage([{ name: "reads", script: "reads.ts", args: q, limitMinutes: 5 }]);
+    await stage([{ name: "scale", script: "scale.ts", args: q, limitMinutes: 8 }]);
+  } finally {
+    await Deno.remove(dir, { recursive: true }).catch(() => {});
+  }
+  const minutes = (Date.now() - began.getTime()) / 60_000;
+  const failed = [...results.values()].filter((r) => r.error);
+  await Deno.writeTextFile(values.out, readme(results, began, minutes, note));
+  console.log(`[all] ${minutes.toFixed(1)} minutes; wrote ${values.out}`);
+  for (const r of failed) console.log(`[all] ${r.name} failed: ${r.error}`);
+}
+
+if (import.meta.main) await main();
