@@ -192,7 +192,7 @@ function table(results: Map<string, PhaseResult>): string {
   const scaleKilled = scale
     ? `${scale.killedGone} of ${scale.killed.length} gone, ${scale.killedWithinBound} within 2.5 s (${
       mw(scale.killed.filter(Number.isFinite))
-    }); other records lost: ${scale.othersLost}`
+    }); other records lost: ${scale.othersLost}; deregistered while starting them all: ${scale.flapsDuringStart}`
     : "n/a";
   const rows: string[][] = [
     [

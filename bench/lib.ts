@@ -288,6 +288,8 @@ export function metricsDelta(before: Map<string, number>, after: Map<string, num
     v2Sets: d('etcd_debugging_store_writes_total{action="set"}'),
     v2Deletes: d('etcd_debugging_store_writes_total{action="delete"}'),
     v2Expires: d("etcd_debugging_store_expires_total"),
+    leasesGranted: d("etcd_debugging_lease_granted_total"),
+    leasesRevoked: d("etcd_debugging_lease_revoked_total"),
   };
 }
 

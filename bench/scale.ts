@@ -1,13 +1,14 @@
 /**
  * Many sidekicks on this host against one etcd (100 by default, each with
- * its own target on 127.1.x.y, started `--rate` a second): the time until all
+ * its own target on 127.1.x.y, started `--rate` a second, about what two
+ * cores start without falling behind): the time until all
  * are registered; etcd's proposals, puts and watch events over a steady
  * `--minutes` window, and the sidekicks' memory and CPU; then `--kill`
  * targets killed at once: were exactly those gone, each within the bound
  * (2.5 s, the target for one), and every other record left alone?
  *
  * ```sh
- * node_modules/.bin/deno run -A bench/scale.ts [--instances 100] [--kill 10] [--minutes 1] [--rate 10]
+ * node_modules/.bin/deno run -A bench/scale.ts [--instances 100] [--kill 10] [--minutes 1] [--rate 4]
  * node_modules/.bin/deno run -A bench/scale.ts --quick     # 20 instances, 4 killed, a 15 s window
  * ```
  *
@@ -53,7 +54,9 @@ export interface ScaleFigures {
   killed: number[];
   killedGone: number;
   killedWithinBound: number;
-  /** Records of healthy instances deleted at any time, or missing at the end: should be 0. */
+  /** Healthy instances' records deregistered while the host was busy starting them all. */
+  flapsDuringStart: number;
+  /** Records of healthy instances deleted after the start, or missing at the end: should be 0. */
   othersLost: number;
 }
 
@@ -63,7 +66,7 @@ const { values } = parseArgs({
     instances: { type: "string" },
     kill: { type: "string" },
     minutes: { type: "string" },
-    rate: { type: "string", default: "10" },
+    rate: { type: "string", default: "4" },
     quick: { type: "boolean", default: false },
     json: { type: "string" },
   },
@@ -98,6 +101,7 @@ async function main(): Promise<ScaleFigures> {
   console.log(formatTimes("start to registered, each", startToRegistered));
 
   await delay(5000); // let the starts settle
+  const flaps = clock.deletes.size; // records deregistered while the host was busy starting them all
   const endpoint = cluster.endpoints[0];
   const before = { at: now(), metrics: await scrapeMetrics(endpoint), events: clock.events };
   const cpuBefore = scripts.map((s) => cpuSecondsOf(s.pid));
@@ -109,11 +113,14 @@ async function main(): Promise<ScaleFigures> {
   const rssKiB = scripts.map((s) => memoryOf(s.pid).rssKiB);
   const pssTotalKiB = scripts.reduce((sum, s) => sum + pssOf(s.pid), 0);
   const cpuSecondsPerHour = cpuAfter.map((c, i) => (c - cpuBefore[i]) / (minutes * 60) * 3600);
+  const perMinute = (n: number) => (n / minutes).toFixed(1);
   console.log(
-    `steady, ${count} healthy, ${(minutes * 60).toFixed(0)} s: proposals ${d.proposals / minutes}/min, puts ${
-      d.puts / minutes
-    }/min, watch events ${(after.events - before.events) / minutes}/min`,
+    `steady, ${count} healthy, ${(minutes * 60).toFixed(0)} s: proposals ${perMinute(d.proposals)}/min ` +
+      `(leases granted ${perMinute(d.leasesGranted)}/min, revoked ${perMinute(d.leasesRevoked)}/min), ` +
+      `puts ${perMinute(d.puts)}/min, deletes ${perMinute(d.deletes)}/min, ` +
+      `watch events ${perMinute(after.events - before.events)}/min`,
   );
+  console.log(`  records deregistered (and registered again) during the start: ${flaps}`);
   console.log(
     `memory: RSS median ${formatMiB(summarize(rssKiB).median)} each; PSS ${formatMiB(pssTotalKiB)} for all ${count}`,
   );
@@ -134,7 +141,23 @@ async function main(): Promise<ScaleFigures> {
   const listed = new Set((await etcd.list("/services/")).values.map((v) => v.key));
   const victimKeys = new Set(victims.map((t) => keyOf(t)));
   const others = targets.filter((t) => !victimKeys.has(keyOf(t)));
-  const othersLost = others.filter((t) => !listed.has(keyOf(t)) || clock!.deletes.has(keyOf(t))).length;
+  const othersLost = others.filter((t) => !listed.has(keyOf(t)) || (clock!.deletes.get(keyOf(t)) ?? 0) > before.at)
+    .length;
+  // why: what the secretaries of lost records logged
+  const reasons = new Map<string, number>();
+  for (const [i, t] of targets.entries()) {
+    if (victimKeys.has(keyOf(t))) continue;
+    for (const line of scripts[i].stderr.split("\n")) {
+      const event =
+        /^(?:<\d>)?(deregistered|lease lost|etcd call failed|registered again|check failed)\b.*?(?:reason=(.*))?$/
+          .exec(line);
+      if (event) {
+        const reason = `${event[1]}${event[2] ? `: ${event[2].replace(/\d+/g, "N")}` : ""}`;
+        reasons.set(reason, (reasons.get(reason) ?? 0) + 1);
+      }
+    }
+  }
+  for (const [reason, n] of reasons) console.log(`  healthy instances' secretaries logged ${n}x: ${reason}`);
   const killedGone = victims.filter((t) => !listed.has(keyOf(t))).length;
   const killedWithinBound = killed.filter((ms) => ms <= KILLED_BOUND_MS).length;
   console.log(formatTimes(`${killCount} targets killed at once, each to gone`, killed.filter(Number.isFinite)));
@@ -157,6 +180,7 @@ async function main(): Promise<ScaleFigures> {
     killed,
     killedGone,
     killedWithinBound,
+    flapsDuringStart: flaps,
     othersLost,
   };
 }
