@@ -16,7 +16,16 @@
  * @module
  */
 import { parseArgs } from "node:util";
-import { CONNECTION_HELP, CONNECTION_OPTIONS, type Env, parseConnection, UsageError, usageFrom } from "./lib/cli.ts";
+import {
+  asUsage,
+  CONNECTION_HELP,
+  CONNECTION_OPTIONS,
+  type Env,
+  parseConnection,
+  sleep,
+  UsageError,
+  usageFrom,
+} from "./lib/cli.ts";
 import { describeError, Etcd, type EtcdOptions, type StoredValue, type WatchHandle } from "./lib/etcd.ts";
 import {
   addressOfKey,
@@ -63,39 +72,31 @@ export function parseCli(args: readonly string[], env: Env): Command {
   const [command, ...rest] = positionals;
   const common = () => ({
     json: values.json,
-    prefix: usage(() => normalizePrefix(values.prefix ?? DEFAULT_PREFIX)),
+    prefix: asUsage(() => normalizePrefix(values.prefix ?? DEFAULT_PREFIX)),
     etcd: parseConnection(values, env),
   });
   switch (command) {
     case "ls":
     case "watch": {
       if (rest.length > 1) throw new UsageError(`Cannot use arguments "${rest.join(" ")}": expected at most SERVICE`);
-      const service = rest[0] === undefined ? undefined : usage(() => checkService(rest[0]));
+      const service = rest[0] === undefined ? undefined : asUsage(() => checkService(rest[0]));
       return { command, service, ...common() };
     }
     case "get": {
       if (rest.length !== 2) {
         throw new UsageError(`Cannot use arguments "${rest.join(" ")}": expected SERVICE IP:PORT`);
       }
-      const service = usage(() => checkService(rest[0]));
+      const service = asUsage(() => checkService(rest[0]));
       const match = /^([^:]+):(\d{1,5})$/.exec(rest[1]);
       if (!match) throw new UsageError(`Cannot use address "${rest[1]}": expected IP:PORT such as 10.0.0.5:8080`);
-      const ip = usage(() => checkIpv4(match[1]));
-      const port = usage(() => checkPort(Number(match[2])));
+      const ip = asUsage(() => checkIpv4(match[1]));
+      const port = asUsage(() => checkPort(Number(match[2])));
       return { command, service, ip, port, ...common() };
     }
     case undefined:
       throw new UsageError("Missing command: expected ls, get or watch (see registry --help)");
     default:
       throw new UsageError(`Cannot use command "${command}": expected ls, get or watch`);
-  }
-}
-
-function usage<T>(fn: () => T): T {
-  try {
-    return fn();
-  } catch (err) {
-    throw err instanceof RangeError ? new UsageError(err.message) : err;
   }
 }
 
@@ -285,18 +286,6 @@ async function untilBroken(handle: WatchHandle, signal: AbortSignal): Promise<Er
     }
   }
   return undefined;
-}
-
-function sleep(ms: number, signal: AbortSignal): Promise<void> {
-  return new Promise((resolve) => {
-    const timer = setTimeout(done, ms);
-    function done() {
-      clearTimeout(timer);
-      signal.removeEventListener("abort", done);
-      resolve();
-    }
-    signal.addEventListener("abort", done);
-  });
 }
 
 async function main(args: string[]): Promise<number> {

@@ -20,6 +20,7 @@ import { connect as tcpConnect } from "node:net";
 import { hostname as osHostname } from "node:os";
 import { parseArgs } from "node:util";
 import {
+  asUsage,
   CONNECTION_HELP,
   CONNECTION_OPTIONS,
   createLog,
@@ -28,6 +29,7 @@ import {
   parseConnection,
   parseCount,
   parseDuration,
+  sleep,
   UsageError,
   usageFrom,
 } from "./lib/cli.ts";
@@ -136,8 +138,8 @@ export function parseCli(
     );
   }
   const port = parsePort(positionals[0]);
-  const service = usage(() => checkService(values.service));
-  const prefix = usage(() => normalizePrefix(values.prefix ?? DEFAULT_PREFIX));
+  const service = asUsage(() => checkService(values.service));
+  const prefix = asUsage(() => normalizePrefix(values.prefix ?? DEFAULT_PREFIX));
   if (values.check !== "http" && values.check !== "tcp") {
     throw new UsageError(`Cannot use --check "${values.check}": expected http or tcp`);
   }
@@ -179,7 +181,7 @@ export function parseCli(
   return {
     port,
     service,
-    ip: usage(() => checkIpv4(ip)),
+    ip: asUsage(() => checkIpv4(ip)),
     hostname,
     etcd,
     prefix,
@@ -211,14 +213,6 @@ export function readVariable(text: string | undefined, name: string): string | u
     if (match?.[1] === name) return match[2].replace(/^(["'])(.*)\1$/, "$2");
   }
   return undefined;
-}
-
-function usage<T>(fn: () => T): T {
-  try {
-    return fn();
-  } catch (err) {
-    throw err instanceof RangeError ? new UsageError(err.message) : err;
-  }
 }
 
 // ---------------------------------------------------------------------------
@@ -372,17 +366,9 @@ export class EtcdRegistrar implements Registrar {
   async run(signal: AbortSignal): Promise<void> {
     while (!signal.aborted) {
       const waitMs = await this.reconcile();
-      await new Promise<void>((resolve) => {
-        const timer = setTimeout(done, waitMs);
-        function done() {
-          clearTimeout(timer);
-          signal.removeEventListener("abort", done);
-          resolve();
-        }
-        this.#wake = done;
-        signal.addEventListener("abort", done);
-      });
-      this.#wake = () => {};
+      const wake = new AbortController();
+      this.#wake = () => wake.abort();
+      await sleep(waitMs, AbortSignal.any([signal, wake.signal]));
     }
   }
 
@@ -587,18 +573,6 @@ export async function runChecks(
     const elapsed = effects.now() - started;
     await effects.sleep(Math.max(0, nextCheckDelayMs(health, config.intervalMs) - elapsed), signal);
   }
-}
-
-function sleep(ms: number, signal: AbortSignal): Promise<void> {
-  return new Promise((resolve) => {
-    const timer = setTimeout(done, ms);
-    function done() {
-      clearTimeout(timer);
-      signal.removeEventListener("abort", done);
-      resolve();
-    }
-    signal.addEventListener("abort", done);
-  });
 }
 
 async function main(args: string[]): Promise<number> {

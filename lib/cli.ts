@@ -114,6 +114,28 @@ export function parseConnection(
   return options;
 }
 
+/** Runs `fn`, turning a RangeError (a value out of its contract, from lib/record.ts) into a UsageError. */
+export function asUsage<T>(fn: () => T): T {
+  try {
+    return fn();
+  } catch (err) {
+    throw err instanceof RangeError ? new UsageError(err.message) : err;
+  }
+}
+
+/** Resolves after `ms`, or as soon as `signal` aborts. */
+export function sleep(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    const timer = setTimeout(done, ms);
+    function done() {
+      clearTimeout(timer);
+      signal.removeEventListener("abort", done);
+      resolve();
+    }
+    signal.addEventListener("abort", done);
+  });
+}
+
 /** Turns parseArgs' own errors (unknown flag, missing value) into one-line usage errors. */
 export function usageFrom(err: unknown, program: string): unknown {
   if (err instanceof TypeError && "code" in err && String(err.code).startsWith("ERR_PARSE_ARGS")) {
