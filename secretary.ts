@@ -352,6 +352,11 @@ export class EtcdRegistrar implements Registrar {
     readonly effects: Effects,
   ) {}
 
+  /** Whether this process has held the record at some point. */
+  get everRegistered(): boolean {
+    return this.#everRegistered;
+  }
+
   get key(): string {
     return instanceKey(this.config.prefix, this.config.service, this.config.ip, this.config.port);
   }
@@ -625,7 +630,8 @@ async function main(args: string[]): Promise<number> {
   await new Promise<void>((resolve) => stop.signal.addEventListener("abort", () => resolve()));
   // revoke at once, without waiting for a check or an etcd call in flight
   const revoked = await registrar.stop();
-  log("notice", revoked ? "stopped; record removed" : "stopped", { key: registrar.key, signal: stop.signal.reason });
+  const removed = revoked && registrar.everRegistered;
+  log("notice", removed ? "stopped; record removed" : "stopped", { key: registrar.key, signal: stop.signal.reason });
   void checks;
   void reconciling;
   return 0;

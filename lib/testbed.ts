@@ -287,15 +287,23 @@ export class Script {
   readonly child: Deno.ChildProcess;
   readonly status: Promise<Deno.CommandStatus>;
   #done: Promise<void>;
+  #exited = false;
 
-  constructor(command: string, args: string[], env: Record<string, string> = {}) {
+  /** Starts `command`; `clearEnv` gives it only `env` (as systemd would), `cwd` defaults to the repository. */
+  constructor(
+    command: string,
+    args: string[],
+    env: Record<string, string> = {},
+    options: { cwd?: string; clearEnv?: boolean } = {},
+  ) {
     this.child = new Deno.Command(command, {
       args,
       env: { NO_COLOR: "1", ...env },
+      clearEnv: options.clearEnv,
       stdin: "null",
       stdout: "piped",
       stderr: "piped",
-      cwd: ROOT,
+      cwd: options.cwd ?? ROOT,
     }).spawn();
     const decoder = () => new TextDecoder();
     const read = async (stream: ReadableStream<Uint8Array>, into: "stdout" | "stderr") => {
@@ -304,6 +312,7 @@ export class Script {
     };
     this.#done = Promise.all([read(this.child.stdout, "stdout"), read(this.child.stderr, "stderr")]).then(() => {});
     this.status = this.child.status;
+    this.status.then(() => (this.#exited = true));
   }
 
   /** Runs `deno run <flags> <script> <args>` from the repository root. */
@@ -321,9 +330,16 @@ export class Script {
     } catch { /* already exited */ }
   }
 
-  /** Waits for the process to exit and its output to be read. */
-  async finished(): Promise<Deno.CommandStatus> {
+  /** Whether the process has not exited yet. */
+  get running(): boolean {
+    return !this.#exited;
+  }
+
+  /** Waits for the process to exit and its output to be read; SIGKILL after `timeoutMs`. */
+  async finished(timeoutMs = 20_000): Promise<Deno.CommandStatus> {
+    const timer = setTimeout(() => this.kill("SIGKILL"), timeoutMs);
     const status = await this.status;
+    clearTimeout(timer);
     await this.#done;
     return status;
   }

@@ -10,7 +10,7 @@ import { fromJSON } from "@grpc/proto-loader";
 import { embedProto, protoDescriptor } from "../build.ts";
 import { type Etcd } from "../lib/etcd.ts";
 import { decodeEntry, instanceKey } from "../lib/record.ts";
-import { EtcdCluster, makeCerts, ROOT, Target, waitFor } from "../lib/testbed.ts";
+import { EtcdCluster, makeCerts, ROOT, Script, Target, waitFor } from "../lib/testbed.ts";
 
 /** The variables the registry wrapper install.sh writes lets deno read; the test checks the wrapper says the same. */
 const REGISTRY_ENV = "ETCDCTL_CACERT,ETCDCTL_CERT,ETCDCTL_KEY,ETCDCTL_USER,GRPC_*";
@@ -81,47 +81,12 @@ function* walkFiles(dir: string, prefix = ""): Generator<string> {
   }
 }
 
-/** A process of a bundle, run from its folder with only the environment given (as systemd gives one). */
-class Proc {
-  stdout = "";
-  stderr = "";
-  readonly child: Deno.ChildProcess;
-  readonly #read: Promise<void>;
-
-  constructor(command: string, args: string[], cwd: string, env: Record<string, string>) {
-    this.child = new Deno.Command(command, {
-      args,
-      cwd,
-      clearEnv: true,
-      env: { PATH: "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin", NO_COLOR: "1", ...env },
-      stdin: "null",
-      stdout: "piped",
-      stderr: "piped",
-    }).spawn();
-    const read = async (stream: ReadableStream<Uint8Array>, into: "stdout" | "stderr") => {
-      const decoder = new TextDecoder();
-      for await (const chunk of stream) this[into] += decoder.decode(chunk, { stream: true });
-    };
-    this.#read = Promise.all([read(this.child.stdout, "stdout"), read(this.child.stderr, "stderr")]).then(() => {});
-  }
-
-  waitForLog(pattern: RegExp, timeoutMs = 10_000): Promise<string> {
-    return waitFor(() => this.stderr.split("\n").find((l) => pattern.test(l)), `${pattern}\n${this.stderr}`, timeoutMs);
-  }
-
-  kill(signal: Deno.Signal): void {
-    try {
-      this.child.kill(signal);
-    } catch { /* exited */ }
-  }
-
-  async finished(timeoutMs = 20_000): Promise<Deno.CommandStatus> {
-    const timer = setTimeout(() => this.kill("SIGKILL"), timeoutMs);
-    const status = await this.child.status;
-    clearTimeout(timer);
-    await this.#read;
-    return status;
-  }
+/** A bundle run as a host runs it: in `cwd`, with only the environment given. */
+function proc(command: string, args: string[], cwd: string, env: Record<string, string>): Script {
+  return new Script(command, args, { PATH: "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin", ...env }, {
+    cwd,
+    clearEnv: true,
+  });
 }
 
 /** Runs a bundle to its end; killed after `timeoutMs`. */
@@ -132,7 +97,7 @@ async function run(
   env: Record<string, string> = {},
   timeoutMs = 20_000,
 ): Promise<{ code: number; stdout: string; stderr: string }> {
-  const p = new Proc(command, args, cwd, env);
+  const p = proc(command, args, cwd, env);
   const status = await p.finished(timeoutMs);
   return { code: status.code, stdout: p.stdout, stderr: p.stderr };
 }
@@ -143,7 +108,7 @@ interface Bed {
   /** etcd's client address as host:port, the form --allow-net and --endpoints both take. */
   etcdHostPort: string;
   dir: string;
-  procs: Proc[];
+  procs: Script[];
 }
 
 /** A one-member etcd and an empty folder with the bundles alone; stops and removes everything after. */
@@ -153,7 +118,7 @@ async function withBed(
 ): Promise<void> {
   const folder = await emptyFolderWith(["secretary.mjs", "registry.mjs"]);
   const cluster = await EtcdCluster.create(1, etcdOptions);
-  const procs: Proc[] = [];
+  const procs: Script[] = [];
   let etcd: Etcd | undefined;
   try {
     await cluster.start();
@@ -172,8 +137,8 @@ async function withBed(
 async function registerAndDeregister(
   bed: Bed,
   target: Target,
-  start: () => Proc,
-): Promise<Proc> {
+  start: () => Script,
+): Promise<Script> {
   const key = instanceKey("/services", "apache", target.host, target.port);
   const p = start();
   bed.procs.push(p);
@@ -313,7 +278,7 @@ Deno.test("secretary bundle under deno, started exactly as the unit's ExecStart 
       const vars = { ...environment, "%i": String(target.port), "%H": "bundle-host" };
       const argv = await execStart("apache-secretary@.service", vars, bed.dir);
       await registerAndDeregister(bed, target, () =>
-        new Proc(argv[0], [...argv.slice(1), ...FAST], bed.dir, {
+        proc(argv[0], [...argv.slice(1), ...FAST], bed.dir, {
           ...environment,
           JOURNAL_STREAM: "8:4242",
           INVOCATION_ID: "0123456789abcdef",
@@ -350,7 +315,7 @@ Deno.test("over TLS, the drop-in's permissions (the unit's, and reading the thre
         await registerAndDeregister(
           bed,
           target,
-          () => new Proc(argv[0], [...argv.slice(1), ...FAST], bed.dir, environment),
+          () => proc(argv[0], [...argv.slice(1), ...FAST], bed.dir, environment),
         );
       } finally {
         await target.close();
@@ -366,7 +331,7 @@ Deno.test("secretary bundle under node registers, and SIGTERM deregisters", asyn
     const target = await Target.start("127.0.0.23");
     try {
       await registerAndDeregister(bed, target, () =>
-        new Proc(
+        proc(
           "node",
           [
             "secretary.mjs",
@@ -401,7 +366,7 @@ Deno.test("each of the unit's permissions is needed: without it the secretary fa
       assert.equal(instance, `${target.host}:${target.port}`);
       assert.equal(etcd, bed.etcdHostPort);
       const start = (allow: string[]) =>
-        new Proc(
+        proc(
           Deno.execPath(),
           ["run", ...allow, "secretary.mjs", String(target.port), "--hostname=h", `--endpoints=${etcd}`, ...FAST],
           bed.dir,
@@ -468,9 +433,9 @@ Deno.test("proxy variables send neither the health check nor etcd traffic throug
         await registerAndDeregister(
           bed,
           target,
-          () => new Proc(Deno.execPath(), ["run", denoNet, "--allow-env", ...args], bed.dir, proxyEnv),
+          () => proc(Deno.execPath(), ["run", denoNet, "--allow-env", ...args], bed.dir, proxyEnv),
         );
-        await registerAndDeregister(bed, target, () => new Proc("node", args, bed.dir, proxyEnv));
+        await registerAndDeregister(bed, target, () => proc("node", args, bed.dir, proxyEnv));
         for (const registry of [[Deno.execPath(), "run", denoNet, "--allow-env"], ["node"]]) {
           const ls = await run(
             registry[0],

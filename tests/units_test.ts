@@ -233,11 +233,9 @@ Deno.test("systemd-analyze verify passes on the installed templates and the 8080
 
 Deno.test("apache@.service is the article's template with its fix: it requires its secretary and starts before it", async () => {
   const unit = parseUnit(await Deno.readTextFile(`${ROOT}units/${APACHE_UNIT}`));
-  assert.deepEqual(setting(unit, "Unit", "Requires"), [
-    "etcd.service",
-    "docker.service",
-    "apache-secretary@%i.service",
-  ]);
+  assert.deepEqual(setting(unit, "Unit", "Requires"), ["docker.service", "apache-secretary@%i.service"]);
+  // an etcd restart must not restart Apache: wanted, not required
+  assert.deepEqual(setting(unit, "Unit", "Wants"), ["etcd.service"]);
   assert.deepEqual(setting(unit, "Unit", "After"), ["etcd.service", "docker.service"]);
   assert.deepEqual(setting(unit, "Unit", "Before"), ["apache-secretary@%i.service"]);
   assert.deepEqual(setting(unit, "Service", "TimeoutStartSec"), ["0"]);
@@ -260,7 +258,9 @@ Deno.test("apache-secretary@.service is bound to its Apache and stops before it,
   assert.deepEqual(setting(unit, "Unit", "BindsTo"), ["apache@%i.service"]);
   // After= on start means before on stop: systemd stops the secretary (its record goes) before Apache
   assert.ok(setting(unit, "Unit", "After").includes("apache@%i.service"));
-  assert.ok(setting(unit, "Unit", "Requires").includes("etcd.service"));
+  // an etcd restart must not stop the secretary (nor, through Apache's Requires=, Apache)
+  assert.deepEqual(setting(unit, "Unit", "Wants"), ["etcd.service"]);
+  assert.deepEqual(setting(unit, "Unit", "Requires"), ["apache@%i.service"]);
   assert.deepEqual(setting(unit, "Service", "EnvironmentFile"), ["/etc/environment"]);
   assert.deepEqual(setting(unit, "Service", "Restart"), ["on-failure"]);
   assert.deepEqual(setting(unit, "Service", "RestartPreventExitStatus"), ["2"]);
