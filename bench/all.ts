@@ -398,10 +398,12 @@ How each figure is taken:
 - Cost ([cost.ts](cost.ts)): an idle window after every instance registered, each set on its own etcd; counters from
   etcd's \`/metrics\`. The loop's v2 TTL keys make the leader commit an expiry sweep every 500 ms, shown as
   cluster-wide proposals. Memory is VmRSS at the end of the window; CPU is utime + stime over the window (the loop's
-  with its exited children, over whole passes); the loop's processes are counted by shims on its PATH.
+  with its exited children, over whole passes); the loop's processes are counted by shims on its PATH, ours by
+  looking for children every 500 ms (there are none: one long-lived process).
 - Reads ([reads.ts](reads.ts)): wall time of each whole process, median of several runs, against the same etcd in the
   same run. Watch latency: from just before each put or delete to its line on \`registry watch\`'s stdout.
-- Scale ([scale.ts](scale.ts)): sidekicks started 10 a second, each with its own target.
+- Scale ([scale.ts](scale.ts)): sidekicks started 4 a second (about what two cores start without falling behind),
+  each with its own target, all served by the benchmark's one process.
 - The soak ([soak.ts](soak.ts)) is not part of this suite: it runs for 30 minutes or more.
 
 ## Output of each benchmark
