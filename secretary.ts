@@ -430,14 +430,16 @@ export class EtcdRegistrar implements Registrar {
       const verifyEveryMs = this.#holding === "other" ? this.config.intervalMs : ttlMs;
       if (this.#desired && this.#holding === "none") await this.#register(key);
       else if (this.#desired && now() - this.#lastVerified >= verifyEveryMs) await this.#verify(key);
-      else if (!this.#desired && this.#holding !== "none") {
-        // deletes only while the record is ours: a record under another lease is left alone
+      else if (!this.#desired && this.#holding === "ours") {
+        // a transaction: deletes only while the record is still ours
         const deleted = await this.client.deleteIfLease(key, this.#lease);
         this.#holding = "none";
-        log("notice", deleted ? "deregistered" : "deregistered; the record was not ours", {
+        log("notice", deleted ? "deregistered" : "deregistered; the record was already gone or another's", {
           key,
           reason: this.#reason,
         });
+      } else if (!this.#desired && this.#holding === "other") {
+        this.#holding = "none"; // another secretary's record: not ours to delete
       }
       if (this.#failures > 0) log("notice", "etcd answered again", { failures: this.#failures });
       this.#failures = 0;
@@ -532,6 +534,7 @@ export class EtcdRegistrar implements Registrar {
 
   #failed(err: unknown): number {
     const { log, now, random } = this.effects;
+    if (this.#stopping) return 0; // the client was closed under a call in flight: nothing to report
     // the client has already dropped a connection that failed or hung, and moved to the next member
     this.#failures++;
     if (this.#failures === 1 || now() - this.#lastFailureLog >= 10_000) {
