@@ -63,6 +63,8 @@ interface Instance {
   downs: number;
   episodes: Episode[];
   exited: boolean;
+  /** How long its log was at each sample, to date its lines (they carry no time: journald adds it). */
+  logMarks: { at: number; length: number }[];
 }
 
 const { values } = parseArgs({
@@ -104,6 +106,8 @@ function close(inst: Instance, end: number): void {
 /** Records one listing, taken at `at`. */
 function observe(listed: Set<string>, at: number): void {
   for (const inst of instances) {
+    const length = inst.script.stderr.length;
+    if (length !== inst.logMarks.at(-1)?.length) inst.logMarks.push({ at, length });
     if (listed.has(inst.key) === inst.up) {
       close(inst, at);
       inst.lastAgreed = at;
@@ -182,6 +186,13 @@ async function sample(until: number): Promise<{ samples: number; failed: number 
   return { samples, failed };
 }
 
+/** The secretary's log lines written between two times, as far as the samples date them. */
+function logBetween(inst: Instance, from: number, to: number): string {
+  const start = inst.logMarks.findLast((m) => m.at <= from)?.length ?? 0;
+  const end = inst.logMarks.find((m) => m.at >= to)?.length ?? inst.script.stderr.length;
+  return inst.script.stderr.slice(start, end).trim().split("\n").filter(Boolean).map((l) => `  ${l}`).join("\n");
+}
+
 function longest(inst: Instance, kind: Episode["kind"]): number {
   return Math.max(0, ...inst.episodes.filter((e) => e.kind === kind).map((e) => e.ms));
 }
@@ -211,6 +222,7 @@ async function main() {
       downs: 0,
       episodes: [],
       exited: false,
+      logMarks: [],
     };
     script.status.then((status) => {
       inst.exited = true;
@@ -289,6 +301,12 @@ function report(sampled: { samples: number; failed: number }, minutes: number) {
     } s after it hangs ("up"/"down": times the target was started/stopped)`,
   );
   for (const row of rows) console.log(row.map((cell, i) => cell.padEnd(widths[i])).join("  "));
+  for (const inst of instances) {
+    for (const e of inst.episodes.filter((e) => e.ms > e.boundMs)) {
+      console.log(`\n${inst.key}: ${e.kind} for ${formatMs(e.ms)} (bound ${formatMs(e.boundMs)}); its log then:`);
+      console.log(logBetween(inst, e.start - 1000, e.start + e.ms + 500) || "  (nothing)");
+    }
+  }
   for (const inst of instances.filter((i) => i.exited)) {
     console.log(`\nthe secretary of ${inst.key} exited; its last lines:`);
     console.log(inst.script.stderr.trim().split("\n").slice(-8).map((l) => `  ${l}`).join("\n"));
