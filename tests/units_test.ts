@@ -273,13 +273,13 @@ Deno.test("apache-secretary@.service is bound to its Apache and stops before it,
 
   const [exec] = setting(unit, "Service", "ExecStart");
   const words = exec.split(/\s+/);
-  assert.deepEqual(words.slice(0, 2), ["/opt/bin/deno", "run"]);
+  assert.deepEqual(words.slice(0, 3), ["/opt/bin/deno", "run", "--v8-flags=--lite-mode"]);
   const permissions = words.filter((w) => w.startsWith("--allow") || w.startsWith("-A") || w === "--unstable");
   assert.deepEqual(permissions, [
     "--allow-net=${COREOS_PUBLIC_IPV4}:%i,${SECRETARY_ETCD}",
     "--allow-env=COREOS_PUBLIC_IPV4,ETCDCTL_CACERT,ETCDCTL_CERT,ETCDCTL_KEY,ETCDCTL_USER,JOURNAL_STREAM,GRPC_*",
   ]);
-  assert.deepEqual(words.slice(2 + permissions.length), [
+  assert.deepEqual(words.slice(3 + permissions.length), [
     "/opt/bin/secretary.mjs",
     "%i",
     "--hostname",
