@@ -3,8 +3,8 @@
  * for `--minutes`, with a member restarted (SIGKILL or SIGTERM, down a few
  * seconds, started again on its data) every `--restart-every` seconds, and
  * each target stopped (no longer listening, or hung) and started again at
- * random. A sampler lists the prefix every 150 ms through a client given all
- * three members and compares the registry with the truth.
+ * random. A sampler lists the prefix every 150 ms (through etcd's JSON gateway,
+ * any member that answers) and compares the registry with the truth.
  *
  * A disagreement runs from the target's change (or the last sample that
  * agreed, if later) to the first sample that agrees. Per instance it reports
@@ -28,8 +28,7 @@
  * @module
  */
 import { parseArgs } from "node:util";
-import type { Etcd } from "../lib/etcd.ts";
-import { delay, EtcdCluster, type Script, Target } from "../lib/testbed.ts";
+import { delay, EtcdCluster, type Script, Target, waitFor } from "../lib/testbed.ts";
 import { cleanupOnSignal, formatMs, keyOf, mainRuntime, now, startSecretary, writeFigures } from "./lib.ts";
 
 export const MISSING_BOUND_MS = 3000;
@@ -156,7 +155,18 @@ async function chaosMembers(until: number, log: (line: string) => void): Promise
     await delay(2000 + Math.random() * 8000);
     member.start();
     try {
-      await cluster.waitReady(60_000);
+      // its /health over plain HTTP: no gRPC client in this process (see listKeys)
+      await waitFor(
+        async () => {
+          const res = await fetch(`${member.clientUrl}/health`, { signal: AbortSignal.timeout(1000) }).catch(() =>
+            null
+          );
+          return res?.ok && (await res.json()).health === "true";
+        },
+        `${member.name} healthy`,
+        60_000,
+        100,
+      );
     } catch (err) {
       log(`${member.name} did not answer within 60 s after its restart: ${err}`);
     }
@@ -165,24 +175,47 @@ async function chaosMembers(until: number, log: (line: string) => void): Promise
   }
 }
 
+/**
+ * Lists the keys under `prefix` through etcd's JSON gateway, trying each
+ * member in turn. Plain fetch, not the gRPC client: under Deno, grpc-js's
+ * HTTP/2 can abort the whole process when a member goes away (nghttp2's
+ * `find_stream_on_goaway_func` assertion), and the sampler must outlive
+ * what it watches.
+ */
+async function listKeys(prefix: string): Promise<Set<string>> {
+  const body = JSON.stringify({ key: btoa(prefix), range_end: btoa(prefixEnd(prefix)), keys_only: true });
+  let lastError: unknown;
+  for (const endpoint of [...cluster.endpoints].sort(() => Math.random() - 0.5)) {
+    try {
+      const res = await fetch(`${endpoint}/v3/kv/range`, { method: "POST", body, signal: AbortSignal.timeout(1000) });
+      if (!res.ok) throw new Error(`${endpoint}: ${res.status} ${await res.text()}`);
+      const { kvs = [] } = await res.json() as { kvs?: { key: string }[] };
+      return new Set(kvs.map((kv) => atob(kv.key)));
+    } catch (err) {
+      lastError = err;
+    }
+  }
+  throw lastError;
+}
+
+/** The end of the key range of `prefix` (its last byte plus one). */
+function prefixEnd(prefix: string): string {
+  return prefix.slice(0, -1) + String.fromCharCode(prefix.charCodeAt(prefix.length - 1) + 1);
+}
+
 async function sample(until: number): Promise<{ samples: number; failed: number }> {
-  let client: Etcd = cluster.client(1000);
   let samples = 0;
   let failed = 0;
   while (!stopping && now() < until) {
     const next = now() + SAMPLE_EVERY_MS;
     try {
-      const { values } = await client.list("/services/");
-      observe(new Set(values.map((v) => v.key)), now());
+      observe(await listKeys("/services/"), now());
       samples++;
     } catch {
       failed++;
-      client.close(); // a new client each time, as the sidekick does
-      client = cluster.client(1000);
     }
     await delay(Math.max(0, next - now()));
   }
-  client.close();
   return { samples, failed };
 }
 
@@ -231,13 +264,10 @@ async function main() {
     instances.push(inst);
   }
   // the first registrations are the start, not the soak: wait for them
-  const check = cluster.client();
   for (let i = 0; i < 100; i++) {
-    const { values } = await check.list("/services/");
-    if (values.length === count) break;
+    if ((await listKeys("/services/").catch(() => new Set())).size === count) break;
     await delay(200);
   }
-  check.close();
   const start = now();
   for (const inst of instances) inst.changedAt = inst.lastAgreed = start;
   const until = start + runMs;
