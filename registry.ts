@@ -21,6 +21,7 @@ import {
   CONNECTION_HELP,
   CONNECTION_OPTIONS,
   type Env,
+  exitWhenFlushed,
   parseConnection,
   sleep,
   UsageError,
@@ -326,10 +327,10 @@ async function main(args: string[]): Promise<number> {
 
 if (import.meta.main) {
   main(process.argv.slice(2)).then(
-    (code) => process.exit(code),
+    exitWhenFlushed,
     (err) => {
       process.stderr.write(`registry: ${err instanceof Error ? err.message : String(err)}\n`);
-      process.exit(1);
+      exitWhenFlushed(1);
     },
   );
 }

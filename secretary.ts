@@ -25,6 +25,7 @@ import {
   CONNECTION_OPTIONS,
   createLog,
   type Env,
+  exitWhenFlushed,
   type Log,
   parseConnection,
   parseCount,
@@ -650,10 +651,10 @@ function readOptional(path: string): string | undefined {
 
 if (import.meta.main) {
   main(process.argv.slice(2)).then(
-    (code) => process.exit(code),
+    exitWhenFlushed,
     (err) => {
       process.stderr.write(`secretary: ${err instanceof Error ? err.message : String(err)}\n`);
-      process.exit(1);
+      exitWhenFlushed(1);
     },
   );
 }

@@ -136,6 +136,14 @@ export function sleep(ms: number, signal: AbortSignal): Promise<void> {
   });
 }
 
+/** Exits with `code` once stdout and stderr have taken all that was written (node queues writes to a full pipe). */
+export function exitWhenFlushed(code: number): void {
+  let pending = 2;
+  const done = () => --pending === 0 && process.exit(code);
+  process.stdout.write("", done);
+  process.stderr.write("", done);
+}
+
 /** Turns parseArgs' own errors (unknown flag, missing value) into one-line usage errors. */
 export function usageFrom(err: unknown, program: string): unknown {
   if (err instanceof TypeError && "code" in err && String(err.code).startsWith("ERR_PARSE_ARGS")) {

@@ -9,7 +9,7 @@ import assert from "node:assert/strict";
 import { fromJSON } from "@grpc/proto-loader";
 import { embedProto, protoDescriptor } from "../build.ts";
 import { type Etcd } from "../lib/etcd.ts";
-import { decodeEntry, instanceKey } from "../lib/record.ts";
+import { decodeEntry, encodeRecord, instanceKey } from "../lib/record.ts";
 import { EtcdCluster, makeCerts, ROOT, Script, Target, waitFor } from "../lib/testbed.ts";
 
 /** The variables the registry wrapper install.sh writes lets deno read; the test checks the wrapper says the same. */
@@ -349,6 +349,31 @@ Deno.test("secretary bundle under node registers, and SIGTERM deregisters", asyn
         ));
     } finally {
       await target.close();
+    }
+  });
+});
+
+Deno.test("registry bundle under deno and node prints every line of a listing larger than a pipe holds", async () => {
+  await withBed(async (bed) => {
+    const lease = await bed.etcd.grantLease(60);
+    const count = 3000; // about 140 KB of table: more than a 64 KB pipe takes at once
+    for (let i = 0; i < count; i += 100) {
+      await Promise.all(Array.from({ length: 100 }, (_, j) => {
+        const ip = `10.1.${(i + j) >> 8}.${(i + j) & 255}`;
+        const record = { host: "h", ipv4_addr: ip, port: 80, service: "web", registered_at: "", meta: {} };
+        return bed.etcd.putIfAbsent(instanceKey("/services", "web", ip, 80), encodeRecord(record), lease);
+      }));
+    }
+    const args = ["ls", "--endpoints", bed.etcdHostPort];
+    for (
+      const [command, argv] of [
+        ["node", ["registry.mjs", ...args]],
+        [Deno.execPath(), ["run", `--allow-net=${bed.etcdHostPort}`, "--allow-env", "registry.mjs", ...args]],
+      ] as const
+    ) {
+      const result = await run(command, [...argv], bed.dir, {});
+      assert.equal(result.code, 0, result.stderr);
+      assert.equal(result.stdout.trimEnd().split("\n").length, count + 1, `${command}: a cut listing`);
     }
   });
 });
