@@ -41,7 +41,18 @@ export function commandFor(script: "secretary" | "registry", runtime: Runtime, a
     case "source":
       return [Deno.execPath(), ["run", ...SOURCE_FLAGS, `${script}.ts`, ...args]];
     case "deno":
-      return [Deno.execPath(), ["run", "--allow-net", "--allow-env", `dist/${script}.mjs`, ...args]];
+      // the secretary as its unit runs it (V8's lite mode); permissions wide, as they cost nothing to measure
+      return [
+        Deno.execPath(),
+        [
+          "run",
+          ...(script === "secretary" ? ["--v8-flags=--lite-mode"] : []),
+          "--allow-net",
+          "--allow-env",
+          `dist/${script}.mjs`,
+          ...args,
+        ],
+      ];
     case "node":
       return ["node", [`dist/${script}.mjs`, ...args]];
   }
