@@ -313,8 +313,26 @@ export interface Registrar {
 /** The etcd operations the registrar uses (lib/etcd.ts's Etcd has them all). */
 export type EtcdClient = Pick<
   Etcd,
-  "grantLease" | "keepAlive" | "revokeLease" | "putIfAbsent" | "putIfLease" | "deleteIfLease" | "get" | "close"
+  | "grantLease"
+  | "keepAlive"
+  | "leaseTimeToLive"
+  | "revokeLease"
+  | "putIfAbsent"
+  | "putIfLease"
+  | "deleteIfLease"
+  | "get"
+  | "close"
 >;
+
+/**
+ * Whether nobody keeps a lease alive: a holder keeps it alive every third of
+ * its TTL, so a lease kept alive never has much less than two thirds left.
+ * Such a record is a crashed secretary's (this one's predecessor, restarted
+ * by systemd), not a running duplicate's.
+ */
+export function isOrphaned(lease: { ttlSeconds: number; grantedSeconds: number } | undefined): boolean {
+  return lease === undefined || lease.ttlSeconds < (lease.grantedSeconds * 2) / 3 - 1;
+}
 
 /** Clock, sleep and randomness, passed in so tests can drive them. */
 export interface Effects {
@@ -469,9 +487,15 @@ export class EtcdRegistrar implements Registrar {
     };
     const value = encodeRecord(record);
     let stored = await this.client.putIfAbsent(key, value, lease);
-    if (stored.lease !== lease && this.#staleLeases.includes(stored.lease)) {
-      // our own earlier lease, kept alive by etcd across a leader change: move the record over in one write
+    const orphan = stored.lease !== lease && stored.lease !== "0" && !this.#staleLeases.includes(stored.lease) &&
+      isOrphaned(await this.client.leaseTimeToLive(stored.lease));
+    if (orphan || (stored.lease !== lease && this.#staleLeases.includes(stored.lease))) {
+      // our own earlier lease (kept alive by etcd across a leader change), or one nobody keeps alive (a crashed
+      // secretary's): move the record over in one write, so it is never missing
       const previous = stored.lease;
+      if (orphan) {
+        log("notice", "taking the record over from a lease nobody keeps alive", { key, other_lease: previous });
+      }
       if (await this.client.putIfLease(key, value, lease, previous)) {
         stored = { ...stored, lease };
         this.#staleLeases = this.#staleLeases.filter((l) => l !== previous);
@@ -508,6 +532,8 @@ export class EtcdRegistrar implements Registrar {
       if (this.#holding === "ours") log("warning", "record missing; restoring", { key });
       this.#holding = "none";
       await this.#register(key);
+    } else if (this.#holding === "other" && isOrphaned(await this.client.leaseTimeToLive(stored.lease))) {
+      await this.#register(key); // its holder stopped keeping it alive: take it over
     } else {
       if (this.#holding === "ours") {
         log("warning", "record taken over by another lease", { key, other_lease: stored.lease });

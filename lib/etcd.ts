@@ -229,6 +229,13 @@ export class Etcd {
     });
   }
 
+  /** A lease's remaining and granted TTL in seconds; undefined when the lease is gone. */
+  async leaseTimeToLive(lease: string): Promise<{ ttlSeconds: number; grantedSeconds: number } | undefined> {
+    const res = await this.#run("lease time-to-live", (c) => c.leaseClient.leaseTimeToLive({ ID: lease }));
+    const ttlSeconds = Number(res.TTL);
+    return ttlSeconds < 0 ? undefined : { ttlSeconds, grantedSeconds: Number(res.grantedTTL) };
+  }
+
   /** Revokes a lease, deleting every key attached to it. A lease already gone is no error. */
   async revokeLease(lease: string, timeoutMs = this.operationTimeoutMs): Promise<void> {
     try {

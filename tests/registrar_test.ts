@@ -10,6 +10,8 @@ import type { StoredValue } from "../lib/etcd.ts";
 class FakeEtcd implements EtcdClient {
   keys = new Map<string, StoredValue>();
   leases = new Set<string>();
+  /** Seconds left on each lease (all granted for 10 s); a lease absent here is kept alive at 10. */
+  ttls = new Map<string, number>();
   writes: string[] = [];
   down = false;
   #next = 1;
@@ -27,6 +29,10 @@ class FakeEtcd implements EtcdClient {
   async keepAlive(lease: string) {
     await this.#check();
     return this.leases.has(lease) ? 10 : 0;
+  }
+  async leaseTimeToLive(lease: string) {
+    await this.#check();
+    return this.leases.has(lease) ? { ttlSeconds: this.ttls.get(lease) ?? 10, grantedSeconds: 10 } : undefined;
   }
   async revokeLease(lease: string) {
     await this.#check();
@@ -136,6 +142,18 @@ Deno.test("registrar leaves a record held by another lease alone and takes over 
   advance(config.intervalMs);
   await registrar.reconcile();
   assert.equal(etcd.keys.get(KEY)?.lease, "1");
+});
+
+Deno.test("registrar takes over, in one write, a record whose lease nobody keeps alive (a crashed predecessor's)", async () => {
+  const { etcd, registrar, logs } = setup();
+  etcd.leases.add("99");
+  etcd.ttls.set("99", 5); // under two thirds of 10 s left: no keep-alive for over a third of its TTL
+  etcd.keys.set(KEY, { key: KEY, value: "{}", lease: "99", modRevision: "1" });
+  registrar.want(true, "up");
+  await registrar.reconcile();
+  assert.deepEqual(etcd.writes, ["grant 1", "move 99->1", "revoke 99"]);
+  assert.equal(etcd.keys.get(KEY)?.lease, "1");
+  assert.ok(logs.includes("taking the record over from a lease nobody keeps alive"));
 });
 
 Deno.test("registrar replaces a lease lost in an outage and moves the record over from its old lease in one write", async () => {

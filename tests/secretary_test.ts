@@ -287,3 +287,29 @@ Deno.test("two secretaries for one instance by mistake: neither deletes the reco
     await c.waitForLog(/^registered /);
   });
 });
+
+Deno.test("a secretary restarted after a crash takes its predecessor's record over, never missing", async () => {
+  await withBed(async (bed) => {
+    const t = await target(bed, "127.0.0.13");
+    const key = bed.key(t);
+    const first = bed.secretary(t);
+    const crashed = (await waitFor(() => bed.etcd.get(key), "registered", 5000)).lease;
+    first.kill("SIGKILL"); // as a crash would: no revoke
+    await first.finished();
+    const second = bed.secretary(t); // as systemd's Restart= would
+    let missing = 0;
+    const taken = await waitFor(
+      async () => {
+        const stored = await bed.etcd.get(key);
+        if (!stored) missing++;
+        return stored && stored.lease !== crashed ? stored : undefined;
+      },
+      "the record under the new secretary's lease",
+      5000 + 1000,
+      100,
+    );
+    assert.equal(missing, 0, "the record was missing during the takeover");
+    assert.notEqual(taken.lease, crashed);
+    await second.waitForLog(/^taking the record over from a lease nobody keeps alive/);
+  });
+});
