@@ -62,6 +62,8 @@ interface Instance {
   downs: number;
   episodes: Episode[];
   exited: boolean;
+  /** How often its secretary exited and was started again, as systemd would. */
+  crashes: number;
   /** How long its log was at each sample, to date its lines (they carry no time: journald adds it). */
   logMarks: { at: number; length: number }[];
 }
@@ -255,12 +257,24 @@ async function main() {
       downs: 0,
       episodes: [],
       exited: false,
+      crashes: 0,
       logMarks: [],
     };
-    script.status.then((status) => {
-      inst.exited = true;
-      if (!stopping) console.log(`secretary of ${inst.key} exited with ${status.code} (signal ${status.signal})`);
-    });
+    // as systemd's Restart=on-failure with RestartSec=2s: a secretary that fails is started again
+    const watchExit = (script: Script) =>
+      script.status.then(async (status) => {
+        if (stopping) return;
+        inst.exited = true;
+        inst.crashes++;
+        log(`secretary of ${inst.key} exited with ${status.code} (signal ${status.signal}); starting it again in 2 s`);
+        console.log(script.stderr.trim().split("\n").slice(-8).map((l) => `  ${l}`).join("\n"));
+        await delay(2000);
+        if (stopping || status.code === 2) return;
+        inst.script = startSecretary(target, cluster.endpoints, { runtime });
+        inst.exited = false;
+        watchExit(inst.script);
+      });
+    watchExit(script);
     instances.push(inst);
   }
   // the first registrations are the start, not the soak: wait for them
@@ -300,7 +314,7 @@ function report(sampled: { samples: number; failed: number }, minutes: number) {
     "longest dead listed",
     "dead listed > bound",
     "lease lost",
-    "exited",
+    "secretary crashes",
   ]];
   for (const inst of instances) {
     const m = beyond(inst, "missing");
@@ -314,7 +328,7 @@ function report(sampled: { samples: number; failed: number }, minutes: number) {
       formatMs(longest(inst, "dead listed")),
       `${d.all} (${d.restart} in a restart)`,
       String(inst.script.stderr.split("\n").filter((l) => l.includes("lease lost")).length),
-      inst.exited ? "yes" : "no",
+      String(inst.crashes),
     ]);
   }
   const widths = rows[0].map((_, i) => Math.max(...rows.map((r) => r[i].length)));
@@ -336,10 +350,6 @@ function report(sampled: { samples: number; failed: number }, minutes: number) {
       console.log(`\n${inst.key}: ${e.kind} for ${formatMs(e.ms)} (bound ${formatMs(e.boundMs)}); its log then:`);
       console.log(logBetween(inst, e.start - 1000, e.start + e.ms + 500) || "  (nothing)");
     }
-  }
-  for (const inst of instances.filter((i) => i.exited)) {
-    console.log(`\nthe secretary of ${inst.key} exited; its last lines:`);
-    console.log(inst.script.stderr.trim().split("\n").slice(-8).map((l) => `  ${l}`).join("\n"));
   }
 }
 
@@ -364,7 +374,7 @@ try {
       key: i.key,
       ups: i.ups,
       downs: i.downs,
-      exited: i.exited,
+      crashes: i.crashes,
       episodes: i.episodes,
     })),
   });
