@@ -4,6 +4,7 @@
  * ten times in a row. The secretary notices, never gives up, never exits.
  */
 import assert from "node:assert/strict";
+import { type Etcd } from "../lib/etcd.ts";
 import { instanceKey } from "../lib/record.ts";
 import { delay, EtcdCluster, Relay, Script, SOURCE_FLAGS, Target, waitFor } from "../lib/testbed.ts";
 
@@ -25,15 +26,30 @@ async function running(s: Script): Promise<boolean> {
   return !(await Promise.race([s.status.then(() => true), delay(0).then(() => false)]));
 }
 
-Deno.test("a cut longer than the TTL: the secretary notices, and registers again within 2 s of the heal", async () => {
+/** A one-member etcd reached through a relay, a target on `host` and its secretary; stopped after `fn`. */
+async function withRelay(
+  host: string,
+  fn: (bed: { etcd: Etcd; relay: Relay; secretary: Script; key: string }) => Promise<void>,
+): Promise<void> {
   const cluster = await EtcdCluster.create(1);
   await cluster.start();
   const etcd = cluster.client();
   const relay = await Relay.start(cluster.endpoints[0]);
-  const t = await Target.start("127.0.0.30");
+  const t = await Target.start(host);
   const s = secretary(t, relay.url);
-  const key = instanceKey("/services", "apache", t.host, t.port);
   try {
+    await fn({ etcd, relay, secretary: s, key: instanceKey("/services", "apache", t.host, t.port) });
+  } finally {
+    await s.stop("SIGTERM");
+    await t.close();
+    await relay.close();
+    etcd.close();
+    await cluster.stop();
+  }
+}
+
+Deno.test("a cut longer than the TTL: the secretary notices, and registers again within 2 s of the heal", async () => {
+  await withRelay("127.0.0.30", async ({ etcd, relay, secretary: s, key }) => {
     await waitFor(() => etcd.get(key), "registered", 10_000);
     relay.cut();
     // etcd expires the lease a TTL after the last keep-alive it got
@@ -46,24 +62,11 @@ Deno.test("a cut longer than the TTL: the secretary notices, and registers again
     assert.ok(Date.now() - healed <= 2000);
     await s.waitForLog(/^registered again /);
     assert.ok(await running(s));
-  } finally {
-    await s.stop("SIGTERM");
-    await t.close();
-    await relay.close();
-    etcd.close();
-    await cluster.stop();
-  }
+  });
 });
 
 Deno.test("a cut shorter than a third of the TTL: no deregistration, no flap, no write", async () => {
-  const cluster = await EtcdCluster.create(1);
-  await cluster.start();
-  const etcd = cluster.client();
-  const relay = await Relay.start(cluster.endpoints[0]);
-  const t = await Target.start("127.0.0.31");
-  const s = secretary(t, relay.url);
-  const key = instanceKey("/services", "apache", t.host, t.port);
-  try {
+  await withRelay("127.0.0.31", async ({ etcd, relay, secretary: s, key }) => {
     await waitFor(() => etcd.get(key), "registered", 10_000);
     const revision = await etcd.revision();
     for (let i = 0; i < 3; i++) {
@@ -79,13 +82,7 @@ Deno.test("a cut shorter than a third of the TTL: no deregistration, no flap, no
     assert.ok(await etcd.get(key));
     assert.equal(await etcd.revision(), revision, "something was written: a flap");
     assert.doesNotMatch(s.stderr, /lease lost|deregistered/);
-  } finally {
-    await s.stop("SIGTERM");
-    await t.close();
-    await relay.close();
-    etcd.close();
-    await cluster.stop();
-  }
+  });
 });
 
 Deno.test("registry watch cut off while its revision is compacted away lists again and ends in the state of a fresh ls", async () => {
