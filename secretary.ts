@@ -371,9 +371,9 @@ export class EtcdRegistrar implements Registrar {
     readonly effects: Effects,
   ) {}
 
-  /** Whether this process has held the record at some point. */
-  get everRegistered(): boolean {
-    return this.#everRegistered;
+  /** Whether the record is registered under this process's lease, as far as it knows. */
+  get registered(): boolean {
+    return this.#holding === "ours";
   }
 
   get key(): string {
@@ -659,8 +659,8 @@ async function main(args: string[]): Promise<number> {
   const reconciling = registrar.run(stop.signal);
   await new Promise<void>((resolve) => stop.signal.addEventListener("abort", () => resolve()));
   // revoke at once, without waiting for a check or an etcd call in flight
-  const revoked = await registrar.stop();
-  const removed = revoked && registrar.everRegistered;
+  const held = registrar.registered;
+  const removed = (await registrar.stop()) && held;
   log("notice", removed ? "stopped; record removed" : "stopped", { key: registrar.key, signal: stop.signal.reason });
   void checks;
   void reconciling;
