@@ -60,6 +60,15 @@ async function target(bed: Bed, host: string): Promise<Target> {
   return t;
 }
 
+/** A target on `host` and its secretary, once the record is in etcd. */
+async function registered(bed: Bed, host: string): Promise<{ t: Target; s: Script; key: string }> {
+  const t = await target(bed, host);
+  const s = bed.secretary(t);
+  const key = bed.key(t);
+  await waitFor(() => bed.present(key), "registered", 5000);
+  return { t, s, key };
+}
+
 Deno.test("secretary registers a healthy instance, deregisters it when it stops, registers it again when it starts", async () => {
   await withBed(async (bed) => {
     const t = await target(bed, "127.0.0.2");
@@ -87,10 +96,7 @@ Deno.test("secretary registers a healthy instance, deregisters it when it stops,
 
 Deno.test("secretary removes a hung instance (accepts, never answers) and brings it back once it answers", async () => {
   await withBed(async (bed) => {
-    const t = await target(bed, "127.0.0.3");
-    const s = bed.secretary(t);
-    const key = bed.key(t);
-    await waitFor(() => bed.present(key), "registered", 5000);
+    const { t, s, key } = await registered(bed, "127.0.0.3");
     await t.setMode("hang");
     await waitFor(async () => !(await bed.present(key)), "deregistered while hung", 4000);
     await s.waitForLog(/deregistered .*reason="no answer within 300ms"/);
@@ -121,10 +127,7 @@ Deno.test("secretary with --check tcp passes on an open port whatever it answers
 
 Deno.test("SIGTERM revokes the lease: the record is gone before the process exits, exit 0", async () => {
   await withBed(async (bed) => {
-    const t = await target(bed, "127.0.0.5");
-    const s = bed.secretary(t);
-    const key = bed.key(t);
-    await waitFor(() => bed.present(key), "registered", 5000);
+    const { s, key } = await registered(bed, "127.0.0.5");
     s.kill("SIGTERM");
     const status = await s.finished();
     assert.equal(status.code, 0);
@@ -135,10 +138,7 @@ Deno.test("SIGTERM revokes the lease: the record is gone before the process exit
 
 Deno.test("SIGINT stops the secretary the same way", async () => {
   await withBed(async (bed) => {
-    const t = await target(bed, "127.0.0.5");
-    const s = bed.secretary(t);
-    const key = bed.key(t);
-    await waitFor(() => bed.present(key), "registered", 5000);
+    const { s, key } = await registered(bed, "127.0.0.5");
     s.kill("SIGINT");
     assert.equal((await s.finished()).code, 0);
     assert.equal(await bed.present(key), false);
@@ -147,10 +147,7 @@ Deno.test("SIGINT stops the secretary the same way", async () => {
 
 Deno.test("SIGKILL leaves the record until the TTL and no longer", async () => {
   await withBed(async (bed) => {
-    const t = await target(bed, "127.0.0.6");
-    const s = bed.secretary(t);
-    const key = bed.key(t);
-    await waitFor(() => bed.present(key), "registered", 5000);
+    const { s, key } = await registered(bed, "127.0.0.6");
     s.kill("SIGKILL");
     await s.finished();
     const killedAt = Date.now();
@@ -202,10 +199,7 @@ Deno.test("no etcd write while the instance stays healthy: the revision does not
 
 Deno.test("a record deleted by hand comes back within about a TTL", async () => {
   await withBed(async (bed) => {
-    const t = await target(bed, "127.0.0.9");
-    const s = bed.secretary(t);
-    const key = bed.key(t);
-    await waitFor(() => bed.present(key), "registered", 5000);
+    const { s, key } = await registered(bed, "127.0.0.9");
     const lease = (await bed.etcd.get(key))!.lease;
     assert.ok(await bed.etcd.deleteIfLease(key, lease));
     await waitFor(() => bed.present(key), "restored", 5000 + 2000);
@@ -215,10 +209,7 @@ Deno.test("a record deleted by hand comes back within about a TTL", async () => 
 
 Deno.test("etcd down for less than the TTL: the record is still there, or back within a few seconds", async () => {
   await withBed(async (bed) => {
-    const t = await target(bed, "127.0.0.10");
-    const s = bed.secretary(t);
-    const key = bed.key(t);
-    await waitFor(() => bed.present(key), "registered", 5000);
+    const { s, key } = await registered(bed, "127.0.0.10");
     const member = bed.cluster.members[0];
     await member.stop("SIGKILL");
     await delay(2000);
@@ -231,10 +222,7 @@ Deno.test("etcd down for less than the TTL: the record is still there, or back w
 
 Deno.test("etcd down for longer than the TTL: the lease is lost, and the record is back within a few seconds of etcd answering", async () => {
   await withBed(async (bed) => {
-    const t = await target(bed, "127.0.0.11");
-    const s = bed.secretary(t);
-    const key = bed.key(t);
-    await waitFor(() => bed.present(key), "registered", 5000);
+    const { s, key } = await registered(bed, "127.0.0.11");
     const lease = (await bed.etcd.get(key))!.lease;
     const member = bed.cluster.members[0];
     await member.stop("SIGKILL");
