@@ -45,7 +45,7 @@ import {
 export const HELP = `Usage: registry <command> [options]
 
 Commands:
-  ls [SERVICE]              list instances: SERVICE, ADDRESS, HOST, AGE, META
+  ls [SERVICE]              list instances: SERVICE, ADDRESS, HOST, AGE, STATUS, META
   get SERVICE IP:PORT       print one instance's record as JSON; exit 1 if there is none
   watch [SERVICE]           print the instances, then every change: + registered, - gone
 
@@ -121,6 +121,20 @@ export function formatMeta(meta: Record<string, string>): string {
   return pairs.length ? pairs.join(",") : "-";
 }
 
+/**
+ * An exec check's status as `k=v,k=v`, or `-`: strings plain when they are
+ * simple, everything else as JSON, so no value can break the line or the
+ * terminal; cut to `max` characters.
+ */
+export function formatStatus(status: Record<string, unknown> | undefined, max = 60): string {
+  if (status === undefined) return "-";
+  const plain = (text: string) => (/^[\w.:/@+-]+$/.test(text) ? text : JSON.stringify(text));
+  const text = Object.entries(status)
+    .map(([k, v]) => `${plain(k)}=${typeof v === "string" ? plain(v) : JSON.stringify(v)}`)
+    .join(",");
+  return text === "" ? "{}" : truncate(text, max);
+}
+
 /** Sorts by service, then by address (IP numerically, then port). */
 export function sortEntries(entries: Entry[]): Entry[] {
   // one sort key per entry, computed once: 10,000 entries sort in milliseconds
@@ -133,9 +147,9 @@ export function sortEntries(entries: Entry[]): Entry[] {
   return ranked.map((r) => r.entry);
 }
 
-/** The `ls` table: SERVICE, ADDRESS, HOST, AGE, META, columns padded. */
+/** The `ls` table: SERVICE, ADDRESS, HOST, AGE, STATUS, META, columns padded. */
 export function formatTable(entries: Entry[], nowMs: number): string {
-  const rows = [["SERVICE", "ADDRESS", "HOST", "AGE", "META"]];
+  const rows = [["SERVICE", "ADDRESS", "HOST", "AGE", "STATUS", "META"]];
   for (const e of sortEntries(entries)) {
     rows.push(
       e.record
@@ -144,11 +158,13 @@ export function formatTable(entries: Entry[], nowMs: number): string {
           addressOfKey(e.key),
           e.record.host || "-",
           formatAge(e.record.registered_at, nowMs),
+          formatStatus(e.record.status),
           formatMeta(e.record.meta),
         ]
         : [
           serviceOfKey(e.key),
           addressOfKey(e.key),
+          "-",
           "-",
           "-",
           `(not a record: ${JSON.stringify(truncate(e.invalid, 40))})`,
@@ -183,7 +199,9 @@ export function formatChange(change: Change, json: boolean): string {
   if (change.kind === "-") return `- ${serviceOfKey(change.key)} ${addressOfKey(change.key)}`;
   const e = change.entry;
   const detail = e.record
-    ? `host=${e.record.host || "-"} meta=${formatMeta(e.record.meta)}`
+    ? `host=${e.record.host || "-"}${e.record.status ? ` status=${formatStatus(e.record.status)}` : ""} meta=${
+      formatMeta(e.record.meta)
+    }`
     : `(not a record: ${JSON.stringify(truncate(e.invalid, 40))})`;
   return `+ ${serviceOfKey(e.key)} ${addressOfKey(e.key)} ${detail}`;
 }

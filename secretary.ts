@@ -15,8 +15,7 @@
  *
  * @module
  */
-import { readFileSync } from "node:fs";
-import { connect as tcpConnect } from "node:net";
+import { readFileSync, statSync } from "node:fs";
 import { hostname as osHostname } from "node:os";
 import { parseArgs } from "node:util";
 import {
@@ -34,6 +33,17 @@ import {
   UsageError,
   usageFrom,
 } from "./lib/cli.ts";
+import {
+  type CheckResult,
+  type CheckSpec,
+  describeCheck,
+  oneLine,
+  parseHeader,
+  parseStatusRange,
+  runCheck,
+  splitCommand,
+  type Status,
+} from "./lib/checks.ts";
 import { describeError, Etcd, type EtcdOptions, isNetworkError } from "./lib/etcd.ts";
 import {
   checkIpv4,
@@ -56,10 +66,8 @@ export interface Config {
   etcd: EtcdOptions;
   /** @default "/services" */
   prefix: string;
-  /** @default "http" */
-  check: "http" | "tcp";
-  /** @default "/" */
-  path: string;
+  /** @default http GET / passing on 200-399 */
+  check: CheckSpec;
   /** @default 2000 */
   intervalMs: number;
   /** @default 1000 */
@@ -71,6 +79,10 @@ export interface Config {
   /** @default 10 */
   ttlSeconds: number;
   meta: Record<string, string>;
+  /** How long to wait after removing the record on SIGTERM before exiting. @default 0 */
+  drainMs: number;
+  /** While this file exists, the instance is deregistered whatever its checks say. */
+  maintenanceFile?: string;
 }
 
 /** The shortest lease TTL: below it, one slow keep-alive could drop a healthy record. */
@@ -92,14 +104,29 @@ Instance:
   --meta KEY=VALUE          an extra field in the record; repeatable
 
 Check:
-  --check http|tcp          http: GET http://ip:port<path> passes below status 400;
-                            tcp: passes when a connection opens (default http)
-  --path PATH               the http check's path (default /)
+  --check KIND              http (default), https, tcp or exec:
+                            http/https: GET <path>, passes on --expect-status;
+                            tcp: passes when a connection opens;
+                            exec: runs --command, passes on exit 0
+  --path PATH               http/https: the path to GET (default /)
+  --expect-status RANGE     http/https: a status or range (default 200-399)
+  --expect-body TEXT        http/https: the body must contain TEXT
+  --header "NAME: VALUE"    http/https: an extra request header, e.g. a Host; repeatable
+  --insecure                https: accept any certificate (self-signed instances)
+  --command "CMD ARGS..."   exec: the command, split like a shell but run without one;
+                            it gets PATH, SECRETARY_IP, SECRETARY_PORT, SECRETARY_SERVICE;
+                            a JSON object on its stdout (4 KiB at most) becomes the
+                            record's "status"; its process group is killed at --timeout
   --interval DURATION       time between checks (default 2s)
   --timeout DURATION        a check's deadline, below the interval (default 1s)
   --rise N                  passes in a row before registering (default 2)
   --fall N                  failures in a row before deregistering (default 2)
   --ttl DURATION            lease TTL, whole seconds, at least ${MIN_TTL_SECONDS}s (default 10s)
+
+Operator controls:
+  --drain DURATION          on SIGTERM, remove the record, then wait this long before
+                            exiting, so traffic stops before the instance does
+  --maintenance-file PATH   while PATH exists, stay deregistered whatever the checks say
 
 ${CONNECTION_HELP}
 
@@ -121,7 +148,14 @@ export function parseCli(
       ip: { type: "string" },
       hostname: { type: "string" },
       check: { type: "string", default: "http" },
-      path: { type: "string", default: "/" },
+      path: { type: "string" },
+      "expect-status": { type: "string" },
+      "expect-body": { type: "string" },
+      header: { type: "string", multiple: true },
+      insecure: { type: "boolean" },
+      command: { type: "string" },
+      drain: { type: "string" },
+      "maintenance-file": { type: "string" },
       interval: { type: "string", default: "2s" },
       timeout: { type: "string", default: "1s" },
       rise: { type: "string", default: "2" },
@@ -141,12 +175,7 @@ export function parseCli(
   const port = parsePort(positionals[0]);
   const service = asUsage(() => checkService(values.service));
   const prefix = asUsage(() => normalizePrefix(values.prefix ?? DEFAULT_PREFIX));
-  if (values.check !== "http" && values.check !== "tcp") {
-    throw new UsageError(`Cannot use --check "${values.check}": expected http or tcp`);
-  }
-  if (!values.path.startsWith("/") || /\s/.test(values.path)) {
-    throw new UsageError(`Cannot use --path "${values.path}": expected a path starting with / and no spaces`);
-  }
+  const check = parseCheck(values);
   const intervalMs = parseDuration(values.interval, "--interval");
   const timeoutMs = parseDuration(values.timeout, "--timeout");
   if (timeoutMs >= intervalMs) {
@@ -186,15 +215,77 @@ export function parseCli(
     hostname,
     etcd,
     prefix,
-    check: values.check,
-    path: values.path,
+    check,
     intervalMs,
     timeoutMs,
     rise: parseCount(values.rise, "--rise"),
     fall: parseCount(values.fall, "--fall"),
     ttlSeconds: ttlMs / 1000,
     meta,
+    drainMs: values.drain === undefined ? 0 : parseDuration(values.drain, "--drain"),
+    maintenanceFile: values["maintenance-file"] === undefined
+      ? undefined
+      : parseAbsolutePath(values["maintenance-file"], "--maintenance-file"),
   };
+}
+
+/** The check from `--check` and the flags that belong to it; a flag that belongs to another check is an error. */
+export function parseCheck(values: {
+  check: string;
+  path?: string;
+  "expect-status"?: string;
+  "expect-body"?: string;
+  header?: string[];
+  insecure?: boolean;
+  command?: string;
+}): CheckSpec {
+  const kind = values.check;
+  if (kind !== "http" && kind !== "https" && kind !== "tcp" && kind !== "exec") {
+    throw new UsageError(`Cannot use --check "${kind}": expected http, https, tcp or exec`);
+  }
+  const belongs: [flag: string, given: boolean, kinds: string[]][] = [
+    ["--path", values.path !== undefined, ["http", "https"]],
+    ["--expect-status", values["expect-status"] !== undefined, ["http", "https"]],
+    ["--expect-body", values["expect-body"] !== undefined, ["http", "https"]],
+    ["--header", (values.header ?? []).length > 0, ["http", "https"]],
+    ["--insecure", values.insecure !== undefined, ["https"]],
+    ["--command", values.command !== undefined, ["exec"]],
+  ];
+  for (const [flag, given, kinds] of belongs) {
+    if (given && !kinds.includes(kind)) {
+      throw new UsageError(`Cannot use ${flag} with --check ${kind}: expected --check ${kinds.join(" or ")}`);
+    }
+  }
+  if (kind === "tcp") return { kind };
+  if (kind === "exec") {
+    if (values.command === undefined) {
+      throw new UsageError('Missing --command: expected --check exec --command "CMD ARGS..."');
+    }
+    return { kind, argv: asUsage(() => splitCommand(values.command!)) };
+  }
+  const path = values.path ?? "/";
+  if (!/^\/[!-~]*$/.test(path)) {
+    throw new UsageError(`Cannot use --path "${path}": expected a path starting with / and no spaces`);
+  }
+  const expectBody = values["expect-body"];
+  if (expectBody === "") throw new UsageError('Cannot use --expect-body "": expected some text');
+  return {
+    kind,
+    path,
+    expectStatus: values["expect-status"] === undefined
+      ? [200, 399]
+      : asUsage(() => parseStatusRange(values["expect-status"]!)),
+    ...(expectBody === undefined ? {} : { expectBody }),
+    headers: (values.header ?? []).map((h) => asUsage(() => parseHeader(h))),
+    insecure: values.insecure ?? false,
+  };
+}
+
+function parseAbsolutePath(text: string, flag: string): string {
+  if (!text.startsWith("/") || text.includes("\0")) {
+    throw new UsageError(`Cannot use ${flag} "${text}": expected an absolute path`);
+  }
+  return text;
 }
 
 /** Parses a port: an integer from 1 to 65535, digits only. */
@@ -254,60 +345,13 @@ export function fastIntervalMs(intervalMs: number): number {
 }
 
 // ---------------------------------------------------------------------------
-// Health checks (effects at the edge)
-
-/** One check's outcome; `reason` says why it failed. */
-export interface CheckResult {
-  passed: boolean;
-  reason: string;
-}
-
-/**
- * Checks `ip:port` once within `timeoutMs`. `http` sends a GET and passes
- * below status 400 (like `curl -f`); `tcp` passes when a connection opens.
- * Plain sockets, not fetch: no proxy variable can redirect a check.
- */
-export function checkInstance(
-  kind: "http" | "tcp",
-  ip: string,
-  port: number,
-  path: string,
-  timeoutMs: number,
-): Promise<CheckResult> {
-  return new Promise((resolve) => {
-    const socket = tcpConnect({ host: ip, port });
-    let received = "";
-    const finish = (result: CheckResult) => {
-      clearTimeout(timer);
-      socket.destroy();
-      resolve(result);
-    };
-    const timer = setTimeout(() => finish({ passed: false, reason: `no answer within ${timeoutMs}ms` }), timeoutMs);
-    socket.setNoDelay(true);
-    socket.on("error", (err: Error & { code?: string }) => finish({ passed: false, reason: err.code ?? err.message }));
-    socket.on("connect", () => {
-      if (kind === "tcp") return finish({ passed: true, reason: "connected" });
-      socket.write(`GET ${path} HTTP/1.1\r\nHost: ${ip}:${port}\r\nUser-Agent: secretary\r\nConnection: close\r\n\r\n`);
-    });
-    socket.on("data", (chunk: Uint8Array) => {
-      received += new TextDecoder().decode(chunk);
-      const eol = received.indexOf("\r\n");
-      if (eol < 0 && received.length < 1024) return;
-      const status = /^HTTP\/\d(?:\.\d)? (\d{3})/.exec(received);
-      if (!status) return finish({ passed: false, reason: "not an HTTP response" });
-      const code = Number(status[1]);
-      finish({ passed: code < 400, reason: `status ${code}` });
-    });
-    socket.on("end", () => finish({ passed: false, reason: "connection closed without an answer" }));
-  });
-}
-
-// ---------------------------------------------------------------------------
 // Keeping the record in etcd
 
 /** What the check loop asks of etcd: hold the record, or not. A fake stands in for it in tests. */
 export interface Registrar {
   want(registered: boolean, reason: string): void;
+  /** The data a passing check reported (an exec check's JSON), published in the record when it changes. */
+  report(status: Status | undefined): void;
 }
 
 /** The etcd operations the registrar uses (lib/etcd.ts's Etcd has them all). */
@@ -332,6 +376,11 @@ export type EtcdClient = Pick<
  */
 export function isOrphaned(lease: { ttlSeconds: number; grantedSeconds: number } | undefined): boolean {
   return lease === undefined || lease.ttlSeconds < (lease.grantedSeconds * 2) / 3 - 1;
+}
+
+/** A status as compared and logged: its JSON text, "" for none. */
+function statusText(status: Status | undefined): string {
+  return status === undefined ? "" : JSON.stringify(status);
 }
 
 /** Clock, sleep and randomness, passed in so tests can drive them. */
@@ -364,6 +413,10 @@ export class EtcdRegistrar implements Registrar {
   #lastFailureLog = 0;
   #wake: () => void = () => {};
   #stopping = false;
+  #status?: Status;
+  /** The status in the record as last written under our lease, as JSON text. */
+  #writtenStatus = "";
+  #registeredAt = "";
 
   constructor(
     readonly config: Config,
@@ -383,6 +436,12 @@ export class EtcdRegistrar implements Registrar {
   want(registered: boolean, reason: string): void {
     this.#desired = registered;
     this.#reason = reason;
+    this.#wake();
+  }
+
+  report(status: Status | undefined): void {
+    if (statusText(status) === statusText(this.#status)) return;
+    this.#status = status;
     this.#wake();
   }
 
@@ -460,6 +519,9 @@ export class EtcdRegistrar implements Registrar {
       } else if (!this.#desired && this.#holding === "other") {
         this.#holding = "none"; // another secretary's record: not ours to delete
       }
+      if (this.#desired && this.#holding === "ours" && statusText(this.#status) !== this.#writtenStatus) {
+        await this.#rewrite(key);
+      }
       if (this.#failures > 0) log("notice", "etcd answered again", { failures: this.#failures });
       this.#failures = 0;
     } catch (err) {
@@ -477,15 +539,9 @@ export class EtcdRegistrar implements Registrar {
     const { log, now } = this.effects;
     const lease = this.#lease;
     if (!lease || this.#stopping) return;
-    const record: ServiceRecord = {
-      host: this.config.hostname,
-      ipv4_addr: this.config.ip,
-      port: this.config.port,
-      service: this.config.service,
-      registered_at: new Date(now()).toISOString(),
-      meta: this.config.meta,
-    };
-    const value = encodeRecord(record);
+    this.#registeredAt = new Date(now()).toISOString();
+    const status = statusText(this.#status);
+    const value = this.#value();
     let stored = await this.client.putIfAbsent(key, value, lease);
     const orphan = stored.lease !== lease && stored.lease !== "0" && !this.#staleLeases.includes(stored.lease) &&
       isOrphaned(await this.client.leaseTimeToLive(stored.lease));
@@ -505,6 +561,7 @@ export class EtcdRegistrar implements Registrar {
     this.#lastVerified = now();
     if (stored.lease === lease) {
       this.#holding = "ours";
+      this.#writtenStatus = status;
       log("notice", this.#everRegistered ? "registered again" : "registered", { key, lease, reason: this.#reason });
       this.#everRegistered = true;
     } else if (stored.lease === "0" && stored.value === "") {
@@ -519,6 +576,33 @@ export class EtcdRegistrar implements Registrar {
       }
       this.#holding = "other";
       this.#otherLease = stored.lease;
+    }
+  }
+
+  /** The record as this secretary writes it: the instance, plus the last status reported. */
+  #value(): string {
+    const record: ServiceRecord = {
+      host: this.config.hostname,
+      ipv4_addr: this.config.ip,
+      port: this.config.port,
+      service: this.config.service,
+      registered_at: this.#registeredAt,
+      meta: this.config.meta,
+      ...(this.#status ? { status: this.#status } : {}),
+    };
+    return encodeRecord(record);
+  }
+
+  /** Writes the record again with a new status, only while it is still under our lease. */
+  async #rewrite(key: string): Promise<void> {
+    const lease = this.#lease;
+    if (!lease || this.#stopping) return;
+    const status = statusText(this.#status);
+    if (await this.client.putIfLease(key, this.#value(), lease, lease)) {
+      this.#writtenStatus = status;
+      this.effects.log("info", "status changed", { key, status });
+    } else {
+      this.#holding = "none"; // gone or another's: the next pass finds out which
     }
   }
 
@@ -582,16 +666,31 @@ export class EtcdRegistrar implements Registrar {
 // ---------------------------------------------------------------------------
 // The check loop
 
-/** Runs checks until `signal` aborts, telling `registrar` what the verdict wants. */
+/** What the check loop needs besides the check: a clock, a sleep, a log, and whether maintenance is on. */
+export interface LoopEffects {
+  now(): number;
+  sleep(ms: number, signal: AbortSignal): Promise<void>;
+  log: Log;
+  /** The reason the instance is in maintenance (e.g. the file that says so), or undefined. */
+  maintenance?(): string | undefined;
+}
+
+/**
+ * Runs checks until `signal` aborts, telling `registrar` what the verdict
+ * wants: registered while healthy and not in maintenance. Checks keep running
+ * and logging during maintenance, so the verdict is current when it ends.
+ */
 export async function runChecks(
   config: Pick<Config, "intervalMs" | "rise" | "fall">,
   check: () => Promise<CheckResult>,
   registrar: Registrar,
-  effects: { now(): number; sleep(ms: number, signal: AbortSignal): Promise<void>; log: Log },
+  effects: LoopEffects,
   signal: AbortSignal,
 ): Promise<void> {
   let health = INITIAL_HEALTH;
   let lastReason = "";
+  let maintenance: string | undefined;
+  let wanted = false;
   while (!signal.aborted) {
     const started = effects.now();
     const result = await check();
@@ -604,9 +703,40 @@ export async function runChecks(
     }
     lastReason = result.reason;
     health = next;
-    if (changed) registrar.want(health.healthy, health.healthy ? `${config.rise} checks passed` : result.reason);
+    if (result.passed) registrar.report(result.status);
+    const nowMaintenance = effects.maintenance?.();
+    if (nowMaintenance !== maintenance) {
+      effects.log("notice", nowMaintenance ? "maintenance on" : "maintenance off", {
+        reason: nowMaintenance ?? maintenance,
+        healthy: health.healthy,
+      });
+    }
+    const want = health.healthy && nowMaintenance === undefined;
+    if (want !== wanted) {
+      const reason = nowMaintenance ??
+        (changed ? (health.healthy ? `${config.rise} checks passed` : result.reason) : "maintenance over");
+      registrar.want(want, reason);
+    }
+    maintenance = nowMaintenance;
+    wanted = want;
     const elapsed = effects.now() - started;
     await effects.sleep(Math.max(0, nextCheckDelayMs(health, config.intervalMs) - elapsed), signal);
+  }
+}
+
+/**
+ * Whether the maintenance file exists. Errors other than "not there" (deno
+ * without --allow-read for it, a directory that cannot be searched) throw:
+ * a maintenance switch that silently reads as off is worse than none.
+ */
+export function fileExists(path: string): boolean {
+  try {
+    statSync(path);
+    return true;
+  } catch (err) {
+    const code = (err as { code?: string }).code;
+    if (code === "ENOENT" || code === "ENOTDIR") return false;
+    throw err;
   }
 }
 
@@ -638,22 +768,38 @@ async function main(args: string[]): Promise<number> {
     return 0;
   }
   const cfg = config;
+  const refusal = await preflight(cfg);
+  if (refusal) {
+    process.stderr.write(`secretary: ${refusal}\n`);
+    return 2;
+  }
   const stop = new AbortController();
-  const signals = ["SIGTERM", "SIGINT"] as const;
-  for (const name of signals) process.on(name, () => stop.abort(name));
+  const drained = new AbortController();
+  for (const name of ["SIGTERM", "SIGINT"] as const) {
+    // a second signal cuts the drain short
+    process.on(name, () => (stop.signal.aborted ? drained.abort() : stop.abort(name)));
+  }
   const registrar = new EtcdRegistrar(cfg, new Etcd(cfg.etcd), { now: Date.now, random: Math.random, log });
   log("info", "started", {
     key: registrar.key,
-    check: cfg.check === "http" ? `http://${cfg.ip}:${cfg.port}${cfg.path}` : `tcp://${cfg.ip}:${cfg.port}`,
+    check: describeCheck(cfg.check, cfg.ip, cfg.port),
     interval: `${cfg.intervalMs}ms`,
     ttl: cfg.ttlSeconds,
     endpoints: cfg.etcd.endpoints.join(","),
+    maintenance_file: cfg.maintenanceFile,
   });
+  const target = { ip: cfg.ip, port: cfg.port, service: cfg.service, timeoutMs: cfg.timeoutMs };
+  const file = cfg.maintenanceFile;
   const checks = runChecks(
     cfg,
-    () => checkInstance(cfg.check, cfg.ip, cfg.port, cfg.path, cfg.timeoutMs),
+    () => runCheck(cfg.check, target),
     registrar,
-    { now: Date.now, sleep, log },
+    {
+      now: Date.now,
+      sleep,
+      log,
+      maintenance: file ? () => (fileExists(file) ? `maintenance file ${file} exists` : undefined) : undefined,
+    },
     stop.signal,
   );
   const reconciling = registrar.run(stop.signal);
@@ -661,10 +807,43 @@ async function main(args: string[]): Promise<number> {
   // revoke at once, without waiting for a check or an etcd call in flight
   const held = registrar.registered;
   const removed = (await registrar.stop()) && held;
-  log("notice", removed ? "stopped; record removed" : "stopped", { key: registrar.key, signal: stop.signal.reason });
+  const draining = held && cfg.drainMs > 0;
+  log("notice", removed ? "stopped; record removed" : "stopped", {
+    key: registrar.key,
+    signal: stop.signal.reason,
+    drain: draining ? `${cfg.drainMs}ms` : undefined,
+  });
+  if (draining) await sleep(cfg.drainMs, drained.signal);
   void checks;
   void reconciling;
   return 0;
+}
+
+/**
+ * What must hold before anything is written, checked once at start: an exec
+ * check's command can be started (it is run once), and the maintenance file
+ * can be looked for. Returns the one-line refusal, or undefined.
+ */
+async function preflight(cfg: Config): Promise<string | undefined> {
+  if (cfg.maintenanceFile) {
+    try {
+      fileExists(cfg.maintenanceFile);
+    } catch (err) {
+      return `Cannot use --maintenance-file "${cfg.maintenanceFile}": ${oneLine((err as Error).message)}`;
+    }
+  }
+  if (cfg.check.kind !== "exec") return undefined;
+  const deno = (globalThis as { Deno?: typeof Deno }).Deno;
+  if (deno && deno.permissions.querySync({ name: "run" }).state !== "granted") {
+    return "Cannot use --check exec: expected deno's --allow-run without a list (the command's process group is killed as one)";
+  }
+  const first = await runCheck(cfg.check, {
+    ip: cfg.ip,
+    port: cfg.port,
+    service: cfg.service,
+    timeoutMs: cfg.timeoutMs,
+  });
+  return first.fatal ? `Cannot use --command "${cfg.check.argv.join(" ")}": ${first.reason}` : undefined;
 }
 
 function readOptional(path: string): string | undefined {

@@ -6,7 +6,8 @@
  * Key:   `<prefix>/<service>/<ip>:<port>`, one per instance, so two instances
  *        on one host never overwrite or delete each other.
  * Value: a JSON object, a superset of the 2015 article's record:
- *        `{"host", "ipv4_addr", "port", "service", "registered_at", "meta"}`.
+ *        `{"host", "ipv4_addr", "port", "service", "registered_at", "meta"}`,
+ *        plus `"status"` when an exec check reports data.
  *        Readers ignore fields they do not know and report a value that is
  *        not a record instead of failing.
  *
@@ -27,6 +28,8 @@ export interface ServiceRecord {
   registered_at: string;
   /** Free-form fields given with `--meta key=value`. */
   meta: Record<string, string>;
+  /** What the instance's exec check last reported: any JSON object. Absent when there is none. */
+  status?: Record<string, unknown>;
 }
 
 /** What a reader found under the prefix: a record, or a value that is not one. */
@@ -94,6 +97,7 @@ export function encodeRecord(record: ServiceRecord): string {
     service: record.service,
     registered_at: record.registered_at,
     meta: record.meta,
+    ...(record.status === undefined ? {} : { status: record.status }),
   });
 }
 
@@ -126,8 +130,13 @@ export function decodeEntry(key: string, value: string): Entry {
       service: typeof o.service === "string" ? o.service : serviceOfKey(key),
       registered_at: typeof o.registered_at === "string" ? o.registered_at : "",
       meta,
+      ...(isObject(o.status) ? { status: o.status } : {}),
     },
   };
+}
+
+function isObject(value: unknown): value is Record<string, unknown> {
+  return typeof value === "object" && value !== null && !Array.isArray(value);
 }
 
 /** The service segment of a key (`/services/apache/1.2.3.4:80` gives `apache`). */

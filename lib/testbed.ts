@@ -8,6 +8,7 @@
  */
 import { createServer, type Server, type Socket } from "node:net";
 import { Etcd, type EtcdOptions } from "./etcd.ts";
+import { instanceKey } from "./record.ts";
 
 /** The repository root, where the scripts live. */
 export const ROOT = new URL("../", import.meta.url).pathname;
@@ -537,4 +538,82 @@ export async function makeCerts(): Promise<Certs> {
     clientKey: `${dir}/client.key`,
     otherCa: `${dir}/other-ca.pem`,
   };
+}
+
+// ---------------------------------------------------------------------------
+// A test bed for one secretary at a time: a one-member etcd, targets, scripts
+
+/** What secretary tests run: quick checks, a short TTL, a fixed hostname. */
+export const FAST = ["--interval=500ms", "--timeout=300ms", "--ttl=5s", "--hostname=testhost"];
+
+/** Where an instance listens. */
+export interface Address {
+  host: string;
+  port: number;
+}
+
+/** A fresh etcd and everything started against it, stopped by withBed whatever happens. */
+export interface Bed {
+  cluster: EtcdCluster;
+  etcd: Etcd;
+  targets: Target[];
+  scripts: Script[];
+  /** More to undo at the end: servers, files. */
+  cleanups: (() => unknown)[];
+  /** Starts secretary.ts from source for `target` with FAST settings, then `extra`; `flags` are deno's. */
+  secretary(target: Address, extra?: string[], flags?: string[]): Script;
+  key(target: Address, service?: string): string;
+  present(key: string): Promise<boolean>;
+}
+
+/** Runs `fn` with a fresh one-member etcd; stops everything it started, whatever happens. */
+export async function withBed(fn: (bed: Bed) => Promise<void>): Promise<void> {
+  const cluster = await EtcdCluster.create(1);
+  await cluster.start();
+  const etcd = cluster.client();
+  const bed: Bed = {
+    cluster,
+    etcd,
+    targets: [],
+    scripts: [],
+    cleanups: [],
+    secretary(target, extra = [], flags = SOURCE_FLAGS) {
+      const s = Script.deno("secretary.ts", [
+        String(target.port),
+        `--ip=${target.host}`,
+        `--endpoints=${cluster.endpoints.join(",")}`,
+        ...FAST,
+        ...extra,
+      ], { flags });
+      this.scripts.push(s);
+      return s;
+    },
+    key: (target, service = "apache") => instanceKey("/services", service, target.host, target.port),
+    present: async (key) => (await etcd.get(key)) !== undefined,
+  };
+  try {
+    await fn(bed);
+  } finally {
+    await Promise.all(bed.scripts.map((s) => s.stop()));
+    await Promise.all(bed.targets.map((t) => t.close()));
+    for (const cleanup of bed.cleanups.reverse()) await cleanup();
+    etcd.close();
+    await cluster.stop();
+  }
+}
+
+/** A target on `host`, closed with the bed. */
+export async function target(bed: Bed, host: string): Promise<Target> {
+  const t = await Target.start(host);
+  bed.targets.push(t);
+  return t;
+}
+
+/** A target on `host` and its secretary, once the record is in etcd. */
+export async function registered(bed: Bed, host: string): Promise<{ t: Target; s: Script; key: string }> {
+  const t = await target(bed, host);
+  const s = bed.secretary(t);
+  const key = bed.key(t);
+  await waitFor(() => bed.present(key), "registered", 5000);
+  return { t, s, key };
 }

@@ -54,7 +54,7 @@ class FakeEtcd implements EtcdClient {
     await this.#check();
     if (this.keys.get(key)?.lease !== previous) return false;
     this.keys.set(key, { key, value, lease, modRevision: "2" });
-    this.writes.push(`move ${previous}->${lease}`);
+    this.writes.push(previous === lease ? `rewrite ${lease}` : `move ${previous}->${lease}`);
     return true;
   }
   async deleteIfLease(key: string, lease: string) {
@@ -198,4 +198,40 @@ Deno.test("registrar revokes its lease on stop, and grants nothing after", async
   assert.equal(etcd.keys.size, 0);
   await registrar.reconcile();
   assert.equal(etcd.keys.size, 0);
+});
+
+Deno.test("registrar publishes a reported status with the record, and rewrites it only when it changes", async () => {
+  const { etcd, registrar, advance } = setup();
+  registrar.report({ version: "1.2", queue: 3 });
+  registrar.want(true, "up");
+  await registrar.reconcile();
+  assert.deepEqual(JSON.parse(etcd.keys.get(KEY)!.value).status, { version: "1.2", queue: 3 });
+  const registeredAt = JSON.parse(etcd.keys.get(KEY)!.value).registered_at;
+  for (let i = 0; i < 20; i++) {
+    registrar.report({ version: "1.2", queue: 3 }); // the same data, check after check
+    advance(await registrar.reconcile());
+  }
+  assert.deepEqual(etcd.writes, ["grant 1", "put 1"]);
+  registrar.report({ version: "1.2", queue: 4 });
+  await registrar.reconcile();
+  assert.deepEqual(etcd.writes, ["grant 1", "put 1", "rewrite 1"]);
+  const record = JSON.parse(etcd.keys.get(KEY)!.value);
+  assert.deepEqual(record.status, { version: "1.2", queue: 4 });
+  assert.equal(record.registered_at, registeredAt, "a status change is not a new registration");
+  registrar.report(undefined);
+  await registrar.reconcile();
+  assert.equal(JSON.parse(etcd.keys.get(KEY)!.value).status, undefined);
+});
+
+Deno.test("registrar writes a status reported while deregistered only when it registers", async () => {
+  const { etcd, registrar } = setup();
+  await registrar.reconcile();
+  registrar.report({ v: 1 });
+  registrar.report({ v: 2 });
+  await registrar.reconcile();
+  assert.deepEqual(etcd.writes, ["grant 1"]);
+  registrar.want(true, "up");
+  await registrar.reconcile();
+  assert.deepEqual(etcd.writes, ["grant 1", "put 1"]);
+  assert.deepEqual(JSON.parse(etcd.keys.get(KEY)!.value).status, { v: 2 });
 });

@@ -4,70 +4,8 @@
  * product's (fall checks, the TTL), never a speed target.
  */
 import assert from "node:assert/strict";
-import { type Etcd } from "../lib/etcd.ts";
-import { decodeEntry, instanceKey } from "../lib/record.ts";
-import { delay, EtcdCluster, Script, SOURCE_FLAGS, Target, waitFor } from "../lib/testbed.ts";
-
-const FAST = ["--interval=500ms", "--timeout=300ms", "--ttl=5s", "--hostname=testhost"];
-
-interface Bed {
-  cluster: EtcdCluster;
-  etcd: Etcd;
-  targets: Target[];
-  scripts: Script[];
-  secretary(target: Target, extra?: string[]): Script;
-  key(target: Target, service?: string): string;
-  present(key: string): Promise<boolean>;
-}
-
-/** Runs `fn` with a fresh one-member etcd; stops everything it started, whatever happens. */
-async function withBed(fn: (bed: Bed) => Promise<void>): Promise<void> {
-  const cluster = await EtcdCluster.create(1);
-  await cluster.start();
-  const etcd = cluster.client();
-  const bed: Bed = {
-    cluster,
-    etcd,
-    targets: [],
-    scripts: [],
-    secretary(target, extra = []) {
-      const s = Script.deno("secretary.ts", [
-        String(target.port),
-        `--ip=${target.host}`,
-        `--endpoints=${cluster.endpoints.join(",")}`,
-        ...FAST,
-        ...extra,
-      ], { flags: SOURCE_FLAGS });
-      this.scripts.push(s);
-      return s;
-    },
-    key: (target, service = "apache") => instanceKey("/services", service, target.host, target.port),
-    present: async (key) => (await etcd.get(key)) !== undefined,
-  };
-  try {
-    await fn(bed);
-  } finally {
-    await Promise.all(bed.scripts.map((s) => s.stop()));
-    await Promise.all(bed.targets.map((t) => t.close()));
-    etcd.close();
-    await cluster.stop();
-  }
-}
-
-async function target(bed: Bed, host: string): Promise<Target> {
-  const t = await Target.start(host);
-  bed.targets.push(t);
-  return t;
-}
-
-/** A target on `host` and its secretary, once the record is in etcd. */
-async function registered(bed: Bed, host: string): Promise<{ t: Target; s: Script; key: string }> {
-  const t = await target(bed, host);
-  const s = bed.secretary(t);
-  const key = bed.key(t);
-  await waitFor(() => bed.present(key), "registered", 5000);
-  return { t, s, key };
-}
+import { decodeEntry } from "../lib/record.ts";
+import { delay, registered, Script, SOURCE_FLAGS, target, waitFor, withBed } from "../lib/testbed.ts";
 
 Deno.test("secretary registers a healthy instance, deregisters it when it stops, registers it again when it starts", async () => {
   await withBed(async (bed) => {

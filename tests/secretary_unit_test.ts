@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
+import type { CheckResult } from "../lib/checks.ts";
 import {
-  type CheckResult,
   fastIntervalMs,
   type Health,
   INITIAL_HEALTH,
@@ -79,7 +79,7 @@ Deno.test("runChecks() tells the registrar only when the verdict flips, with the
       if (script.length === 0) stop.abort();
       return Promise.resolve(next);
     },
-    { want: (registered, reason) => wants.push([registered, reason]) },
+    { want: (registered, reason) => wants.push([registered, reason]), report: () => {} },
     {
       now: () => clock,
       sleep: (ms) => {
@@ -105,8 +105,9 @@ Deno.test("parseCli() gives the article's defaults", () => {
   assert.equal(config.ip, "10.0.0.5");
   assert.equal(config.hostname, "core-01");
   assert.equal(config.prefix, "/services");
-  assert.equal(config.check, "http");
-  assert.equal(config.path, "/");
+  assert.deepEqual(config.check, { kind: "http", path: "/", expectStatus: [200, 399], headers: [], insecure: false });
+  assert.equal(config.drainMs, 0);
+  assert.equal(config.maintenanceFile, undefined);
   assert.deepEqual([config.intervalMs, config.timeoutMs, config.rise, config.fall, config.ttlSeconds], [
     2000,
     1000,
@@ -126,8 +127,16 @@ Deno.test("parseCli() takes every option", () => {
       "--hostname=h1",
       "--endpoints=http://127.0.0.1:1,http://127.0.0.1:2",
       "--prefix=/reg/",
-      "--check=tcp",
-      "--path=/health",
+      "--check=https",
+      "--path=/health?full=1",
+      "--expect-status=200-299",
+      "--expect-body=ok",
+      "--header=Host: www.example.com",
+      "--header",
+      "X-Probe:1",
+      "--insecure",
+      "--drain=3s",
+      "--maintenance-file=/run/apache.maintenance",
       "--interval=500ms",
       "--timeout=200ms",
       "--rise=3",
@@ -144,7 +153,16 @@ Deno.test("parseCli() takes every option", () => {
   assert.equal(config.service, "web.v2");
   assert.equal(config.ip, "127.0.0.2");
   assert.equal(config.prefix, "/reg");
-  assert.equal(config.check, "tcp");
+  assert.deepEqual(config.check, {
+    kind: "https",
+    path: "/health?full=1",
+    expectStatus: [200, 299],
+    expectBody: "ok",
+    headers: [["Host", "www.example.com"], ["X-Probe", "1"]],
+    insecure: true,
+  });
+  assert.equal(config.drainMs, 3000);
+  assert.equal(config.maintenanceFile, "/run/apache.maintenance");
   assert.deepEqual([config.intervalMs, config.timeoutMs, config.rise, config.fall, config.ttlSeconds], [
     500,
     200,
@@ -180,10 +198,24 @@ Deno.test("parseCli() rejects bad input with one line naming the value", () => {
     [["80", "--ip=10.0.0"], /IP "10.0.0"/],
     [["80"], /Cannot find the instance's IP/, {}],
     [["80", "--endpoints=not a url"], /endpoint "not a url"/],
-    [["80", "--check=icmp"], /--check "icmp": expected http or tcp/],
+    [["80", "--check=icmp"], /--check "icmp": expected http, https, tcp or exec/],
+    [["80", "--check=exec"], /Missing --command/],
+    [["80", "--check=exec", "--command= "], /--command " ": expected a command to run/],
+    [["80", "--check=exec", "--command=sh -c 'x"], /--command "sh -c 'x": expected a closing '/],
+    [["80", "--command=true"], /--command with --check http: expected --check exec/],
+    [["80", "--check=tcp", "--path=/x"], /--path with --check tcp: expected --check http or https/],
+    [["80", "--insecure"], /--insecure with --check http: expected --check https/],
+    [["80", "--expect-status=2xx"], /--expect-status "2xx": expected a status such as 200/],
+    [["80", "--expect-status=299-200"], /--expect-status "299-200"/],
+    [["80", "--expect-body="], /--expect-body "": expected some text/],
+    [["80", "--header=NoColon"], /--header "NoColon": expected "Name: value"/],
+    [["80", "--header=X: a\r\nEvil: 1"], /--header "X: a/],
+    [["80", "--drain=soon"], /--drain "soon"/],
+    [["80", "--maintenance-file=maint"], /--maintenance-file "maint": expected an absolute path/],
     [["80", "--rise=0"], /--rise "0"/],
     [["80", "--meta=novalue"], /--meta "novalue"/],
     [["80", "--path=health"], /--path "health"/],
+    [["80", "--path=/a b"], /--path "\/a b"/],
   ];
   for (const [args, message, e] of cases) {
     assert.throws(() => {
@@ -209,4 +241,62 @@ Deno.test("parseCli() asks for --hostname when the machine's cannot be read", ()
 
 Deno.test("parseCli() returns help for --help", () => {
   assert.equal(parseCli(["--help"], {}), "help");
+});
+
+Deno.test("parseCli() splits an exec check's --command like a shell, without one", () => {
+  const config = parseCli(["80", "--check=exec", `--command=/opt/bin/check --name "a b" 'c d' e\\ f`], env, sources);
+  assert.ok(config !== "help");
+  assert.deepEqual(config.check, { kind: "exec", argv: ["/opt/bin/check", "--name", "a b", "c d", "e f"] });
+});
+
+/** Runs the loop over scripted results, recording what the registrar was told. */
+async function loop(script: CheckResult[], maintenance: (i: number) => string | undefined = () => undefined) {
+  const stop = new AbortController();
+  const wants: [boolean, string][] = [];
+  const reports: unknown[] = [];
+  const logs: string[] = [];
+  let i = 0;
+  await runChecks(
+    { intervalMs: 2000, ...policy },
+    () => {
+      if (i === script.length) stop.abort(); // every scripted result has been seen
+      return Promise.resolve(script[Math.min(i++, script.length - 1)]);
+    },
+    { want: (registered, reason) => wants.push([registered, reason]), report: (s) => reports.push(s) },
+    {
+      now: () => 0,
+      sleep: () => Promise.resolve(),
+      log: (_level, event, fields) => logs.push(`${event} ${fields?.reason}`),
+      maintenance: () => maintenance(i),
+    },
+    stop.signal,
+  );
+  return { wants, reports, logs };
+}
+
+Deno.test("runChecks() keeps an instance out while in maintenance, and lets the checks decide once it ends", async () => {
+  const ok: CheckResult = { passed: true, reason: "exit 0" };
+  const bad: CheckResult = { passed: false, reason: "exit 1" };
+  const file = "maintenance file /m exists";
+  // checks 1-2 healthy; 3-5 maintenance (check 4 fails, 5 passes); 6 on: back
+  const { wants, logs } = await loop([ok, ok, ok, bad, ok, ok], (i) => (i >= 3 && i <= 5 ? file : undefined));
+  assert.deepEqual(wants, [[true, "2 checks passed"], [false, file], [true, "maintenance over"]]);
+  assert.ok(logs.includes(`maintenance on ${file}`), logs.join("; "));
+  assert.ok(logs.includes(`maintenance off ${file}`), logs.join("; "));
+  assert.ok(logs.includes("check failed exit 1"), "checks still run and log during maintenance");
+});
+
+Deno.test("runChecks() never registers an instance whose maintenance starts before it is healthy", async () => {
+  const ok: CheckResult = { passed: true, reason: "exit 0" };
+  const { wants } = await loop([ok, ok, ok], () => "maintenance file /m exists");
+  assert.deepEqual(wants, []);
+});
+
+Deno.test("runChecks() reports the status of passing checks only", async () => {
+  const { reports } = await loop([
+    { passed: true, reason: "exit 0", status: { v: 1 } },
+    { passed: false, reason: "exit 1" },
+    { passed: true, reason: "exit 0", status: { v: 2 } },
+  ]);
+  assert.deepEqual(reports, [{ v: 1 }, { v: 2 }]);
 });

@@ -1,0 +1,390 @@
+/**
+ * Health checks: what "the instance is healthy" means, and the code that asks.
+ *
+ * - `tcp`: a connection opens.
+ * - `http` / `https`: a GET whose status is in a range, optionally with a
+ *   substring in the body and extra headers. Plain sockets, not fetch, so no
+ *   proxy variable can redirect a check.
+ * - `exec`: a command (no shell unless the operator writes one) exits 0. If
+ *   it prints a JSON object of at most 4 KiB, that object is the instance's
+ *   `status`, published in its record.
+ *
+ * Parsing and decoding are pure and unit-tested; the checks themselves are
+ * the effects at the edge.
+ *
+ * @module
+ */
+import { spawn } from "node:child_process";
+import { connect as tcpConnect, type Socket } from "node:net";
+import { connect as tlsConnect } from "node:tls";
+
+/** The data an exec check reports: any JSON object, at most STATUS_MAX_BYTES as printed. */
+export type Status = Record<string, unknown>;
+
+/** What to check, parsed from the command line. */
+export type CheckSpec =
+  | { kind: "tcp" }
+  | {
+    kind: "http" | "https";
+    path: string;
+    /** Inclusive status range. @default [200, 399] */
+    expectStatus: [number, number];
+    expectBody?: string;
+    /** Extra request headers; a `Host` header replaces the default `ip:port`. */
+    headers: [string, string][];
+    /** https: accept any certificate (self-signed instances). */
+    insecure: boolean;
+  }
+  | { kind: "exec"; argv: string[] };
+
+/** One check's outcome. `status` is set only by an exec check that printed a JSON object. */
+export interface CheckResult {
+  passed: boolean;
+  reason: string;
+  status?: Status;
+  /** An exec check's command cannot be started at all: missing, not executable, not permitted. */
+  fatal?: boolean;
+}
+
+/** The most of an exec check's stdout that can become `status`. */
+export const STATUS_MAX_BYTES = 4096;
+/** The most of an HTTP response read when looking for `--expect-body`. */
+export const BODY_MAX_BYTES = 64 * 1024;
+/** The PATH an exec check runs with when the secretary's own cannot be read. */
+export const DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+// ---------------------------------------------------------------------------
+// Parsing (pure); each throws RangeError with the value and what was expected
+
+/** Parses `--expect-status`: `200` or a range such as `200-299`. */
+export function parseStatusRange(text: string): [number, number] {
+  const match = /^([1-5]\d\d)(?:-([1-5]\d\d))?$/.exec(text.trim());
+  const range: [number, number] = match ? [Number(match[1]), Number(match[2] ?? match[1])] : [0, 0];
+  if (!match || range[0] > range[1]) {
+    throw new RangeError(
+      `Cannot use --expect-status "${text}": expected a status such as 200 or a range such as 200-299`,
+    );
+  }
+  return range;
+}
+
+/** Parses `--header "Name: value"`; names are HTTP tokens, values have no line breaks. */
+export function parseHeader(text: string): [string, string] {
+  const match = /^([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*([^\r\n\0]*?)[ \t]*$/.exec(text);
+  if (!match) throw new RangeError(`Cannot use --header ${JSON.stringify(text)}: expected "Name: value" on one line`);
+  return [match[1], match[2]];
+}
+
+/**
+ * Splits `--command` into arguments as a shell would split words, without
+ * running a shell: whitespace separates, '…' is literal, "…" allows \" and
+ * \\, and a backslash outside quotes escapes the next character.
+ */
+export function splitCommand(text: string): string[] {
+  const words: string[] = [];
+  let word = "";
+  let inWord = false;
+  for (let i = 0; i < text.length; i++) {
+    const c = text[i];
+    if (c === "'" || c === '"') {
+      const end = findClosingQuote(text, i);
+      if (end < 0) throw new RangeError(`Cannot use --command ${JSON.stringify(text)}: expected a closing ${c}`);
+      const inner = text.slice(i + 1, end);
+      word += c === "'" ? inner : inner.replace(/\\(["\\$`])/g, "$1");
+      inWord = true;
+      i = end;
+    } else if (c === "\\" && i + 1 < text.length) {
+      word += text[++i];
+      inWord = true;
+    } else if (/\s/.test(c)) {
+      if (inWord) words.push(word);
+      word = "";
+      inWord = false;
+    } else {
+      word += c;
+      inWord = true;
+    }
+  }
+  if (inWord) words.push(word);
+  if (words.length === 0) {
+    throw new RangeError(`Cannot use --command ${JSON.stringify(text)}: expected a command to run`);
+  }
+  return words;
+}
+
+function findClosingQuote(text: string, open: number): number {
+  const quote = text[open];
+  for (let i = open + 1; i < text.length; i++) {
+    if (quote === '"' && text[i] === "\\") i++;
+    else if (text[i] === quote) return i;
+  }
+  return -1;
+}
+
+/**
+ * Reads an exec check's stdout: a JSON object of at most STATUS_MAX_BYTES is
+ * the status; anything else gives none, with a note saying why when the output
+ * looked like it meant to be one.
+ */
+export function parseStatus(stdout: Uint8Array, totalBytes: number): { status?: Status; note?: string } {
+  if (totalBytes > STATUS_MAX_BYTES) return { note: `output over ${STATUS_MAX_BYTES} bytes, no status` };
+  const text = new TextDecoder().decode(stdout).trim();
+  if (!text.startsWith("{")) return {};
+  try {
+    const parsed: unknown = JSON.parse(text);
+    if (typeof parsed === "object" && parsed !== null && !Array.isArray(parsed)) return { status: parsed as Status };
+  } catch {
+    // reported below
+  }
+  return { note: "output is not a JSON object, no status" };
+}
+
+/** Decodes an HTTP/1.1 chunked body; stops at the last chunk or where the bytes end. */
+export function dechunk(body: Uint8Array): Uint8Array {
+  const parts: Uint8Array[] = [];
+  let at = 0;
+  while (at < body.length) {
+    const eol = indexOfCrlf(body, at);
+    if (eol < 0) break;
+    const size = parseInt(new TextDecoder().decode(body.subarray(at, eol)).split(";")[0].trim(), 16);
+    if (!(size > 0)) break;
+    parts.push(body.subarray(eol + 2, Math.min(body.length, eol + 2 + size)));
+    at = eol + 2 + size + 2;
+  }
+  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
+  let offset = 0;
+  for (const p of parts) {
+    out.set(p, offset);
+    offset += p.length;
+  }
+  return out;
+}
+
+function indexOfCrlf(bytes: Uint8Array, from: number): number {
+  for (let i = from; i + 1 < bytes.length; i++) if (bytes[i] === 13 && bytes[i + 1] === 10) return i;
+  return -1;
+}
+
+/** Makes text from a check safe for one log line: printable, single line, at most `max` characters. */
+export function oneLine(text: string, max = 120): string {
+  // deno-lint-ignore no-control-regex
+  const clean = text.replace(/[\x00-\x1f\x7f]+/g, " ").trim();
+  return clean.length > max ? `${clean.slice(0, max - 1)}…` : clean;
+}
+
+/** How a check is described in the start-up log line. */
+export function describeCheck(spec: CheckSpec, ip: string, port: number): string {
+  if (spec.kind === "exec") return `exec ${spec.argv.join(" ")}`;
+  if (spec.kind === "tcp") return `tcp://${ip}:${port}`;
+  return `${spec.kind}://${ip}:${port}${spec.path}`;
+}
+
+// ---------------------------------------------------------------------------
+// Checks (effects)
+
+/** Where a check runs: the instance's address, its service, and the deadline. */
+export interface Target {
+  ip: string;
+  port: number;
+  service: string;
+  timeoutMs: number;
+}
+
+/** Runs one check of `spec` against `target`; never throws, always settles within the timeout (plus a kill). */
+export function runCheck(spec: CheckSpec, target: Target): Promise<CheckResult> {
+  if (spec.kind === "exec") return checkExec(spec.argv, target);
+  return checkSocket(spec, target);
+}
+
+function checkSocket(spec: Exclude<CheckSpec, { kind: "exec" }>, target: Target): Promise<CheckResult> {
+  const { ip, port, timeoutMs } = target;
+  return new Promise((resolve) => {
+    let socket: Socket;
+    const host = spec.kind === "tcp" ? undefined : spec.headers.find(([n]) => n.toLowerCase() === "host")?.[1];
+    if (spec.kind === "https") {
+      const name = host?.replace(/:\d+$/, "");
+      socket = tlsConnect({
+        host: ip,
+        port,
+        // an IP is never sent as the server name (Deno refuses it); a Host header's name is
+        servername: name && !/^[\d.]+$/.test(name) && !name.includes(":") ? name : undefined,
+        rejectUnauthorized: !spec.insecure,
+      });
+    } else {
+      socket = tcpConnect({ host: ip, port });
+    }
+    const chunks: Uint8Array[] = [];
+    let received = 0;
+    const finish = (result: CheckResult) => {
+      clearTimeout(timer);
+      socket.destroy();
+      resolve(result);
+    };
+    const timer = setTimeout(() => finish({ passed: false, reason: `no answer within ${timeoutMs}ms` }), timeoutMs);
+    socket.setNoDelay(true);
+    socket.on("error", (err: Error & { code?: string }) => finish({ passed: false, reason: err.code ?? err.message }));
+    socket.on(spec.kind === "https" ? "secureConnect" : "connect", () => {
+      if (spec.kind === "tcp") return finish({ passed: true, reason: "connected" });
+      const headers = [`Host: ${host ?? `${ip}:${port}`}`, "User-Agent: secretary", "Connection: close"];
+      for (const [name, value] of spec.headers) if (name.toLowerCase() !== "host") headers.push(`${name}: ${value}`);
+      socket.write(`GET ${spec.path} HTTP/1.1\r\n${headers.join("\r\n")}\r\n\r\n`);
+    });
+    if (spec.kind === "tcp") return;
+    const judge = (complete: boolean): CheckResult | undefined => {
+      const bytes = concat(chunks, received);
+      const statusLine = /^HTTP\/\d(?:\.\d)? (\d{3})/.exec(new TextDecoder().decode(bytes.subarray(0, 64)));
+      if (!statusLine) {
+        return complete || received >= 1024 ? { passed: false, reason: "not an HTTP response" } : undefined;
+      }
+      const code = Number(statusLine[1]);
+      const [lo, hi] = spec.expectStatus;
+      if (code < lo || code > hi) return { passed: false, reason: `status ${code}` };
+      if (spec.expectBody === undefined) return { passed: true, reason: `status ${code}` };
+      const end = indexOfHeadEnd(bytes);
+      if (end < 0) return complete ? { passed: false, reason: "response ended in its headers" } : undefined;
+      const head = new TextDecoder().decode(bytes.subarray(0, end));
+      let body = bytes.subarray(end + 4);
+      if (/^transfer-encoding:.*chunked/im.test(head)) body = dechunk(body);
+      if (new TextDecoder().decode(body).includes(spec.expectBody)) return { passed: true, reason: `status ${code}` };
+      const length = /^content-length:\s*(\d+)/im.exec(head);
+      if (complete || (length && body.length >= Number(length[1]))) {
+        return {
+          passed: false,
+          reason: `status ${code}, body without ${JSON.stringify(oneLine(spec.expectBody, 40))}`,
+        };
+      }
+      return undefined;
+    };
+    socket.on("data", (chunk: Uint8Array) => {
+      if (received < BODY_MAX_BYTES) chunks.push(chunk);
+      received += chunk.length;
+      const verdict = judge(received >= BODY_MAX_BYTES);
+      if (verdict) finish(verdict);
+    });
+    socket.on("end", () => finish(judge(true) ?? { passed: false, reason: "connection closed without an answer" }));
+  });
+}
+
+function indexOfHeadEnd(bytes: Uint8Array): number {
+  for (let i = 0; i + 3 < bytes.length; i++) {
+    if (bytes[i] === 13 && bytes[i + 1] === 10 && bytes[i + 2] === 13 && bytes[i + 3] === 10) return i;
+  }
+  return -1;
+}
+
+function concat(chunks: Uint8Array[], total: number): Uint8Array {
+  const out = new Uint8Array(Math.min(total, BODY_MAX_BYTES + 65536));
+  let offset = 0;
+  for (const c of chunks) {
+    const n = Math.min(c.length, out.length - offset);
+    out.set(c.subarray(0, n), offset);
+    offset += n;
+  }
+  return out.subarray(0, offset);
+}
+
+/** The environment an exec check runs with: PATH and the instance, nothing of the secretary's (no etcd password). */
+export function execEnv(target: Target, path: string | undefined): Record<string, string> {
+  return {
+    PATH: path || DEFAULT_PATH,
+    SECRETARY_IP: target.ip,
+    SECRETARY_PORT: String(target.port),
+    SECRETARY_SERVICE: target.service,
+  };
+}
+
+function readPath(): string | undefined {
+  try {
+    return process.env.PATH;
+  } catch {
+    return undefined; // deno without --allow-env=PATH
+  }
+}
+
+/** How long an exec check waits for its pipes to close after the command exits or is killed. */
+const PIPE_GRACE_MS = 250;
+
+/**
+ * Runs the command in its own process group with a clean environment. At the
+ * timeout the whole group is killed, and so are any children it left behind
+ * when it exits. stdout beyond STATUS_MAX_BYTES and stderr beyond 1 KiB are
+ * read and dropped, and a pipe held open by a process that escaped the group
+ * is abandoned, so no command can stall the secretary or grow its memory.
+ * `fatal` is set when the command cannot be started at all (missing, not
+ * executable, not permitted).
+ */
+function checkExec(argv: string[], target: Target): Promise<CheckResult> {
+  return new Promise((resolve) => {
+    let child: ReturnType<typeof spawn>;
+    try {
+      child = spawn(argv[0], argv.slice(1), {
+        detached: true, // its own process group, killed as one
+        stdio: ["ignore", "pipe", "pipe"],
+        env: execEnv(target, readPath()),
+      });
+    } catch (err) {
+      // deno without --allow-run
+      return resolve({
+        passed: false,
+        reason: `cannot run ${argv[0]}: ${oneLine((err as Error).message)}`,
+        fatal: true,
+      });
+    }
+    const out: Uint8Array[] = [];
+    let outBytes = 0;
+    let errText = "";
+    let timedOut = false;
+    let exit: { code: number | null; signal: string | null } | undefined;
+    let settled = false;
+    let grace: ReturnType<typeof setTimeout> | undefined;
+    const settle = (result: CheckResult) => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(timer);
+      clearTimeout(grace);
+      child.stdout!.destroy();
+      child.stderr!.destroy();
+      resolve(result);
+    };
+    const killGroup = () => {
+      try {
+        if (child.pid) process.kill(-child.pid, "SIGKILL");
+      } catch {
+        if (exit === undefined) child.kill("SIGKILL"); // deno without --allow-run for kill: at least the command
+      }
+    };
+    const verdict = (): CheckResult => {
+      if (timedOut) return { passed: false, reason: `no exit within ${target.timeoutMs}ms, killed` };
+      const { code, signal } = exit ?? { code: null, signal: "SIGKILL" };
+      const { status, note } = parseStatus(concat(out, Math.min(outBytes, STATUS_MAX_BYTES + 1)), outBytes);
+      if (code === 0) {
+        return { passed: true, reason: note ? `exit 0, ${note}` : "exit 0", ...(status ? { status } : {}) };
+      }
+      const said = oneLine(errText.split("\n").find((l) => l.trim() !== "") ?? "");
+      const how = code !== null ? `exit ${code}` : `killed by ${signal}`;
+      return { passed: false, reason: said ? `${how}: ${said}` : how };
+    };
+    const timer = setTimeout(() => {
+      timedOut = true;
+      killGroup();
+      grace = setTimeout(() => settle(verdict()), PIPE_GRACE_MS);
+    }, target.timeoutMs);
+    child.stdout!.on("data", (chunk: Uint8Array) => {
+      if (outBytes <= STATUS_MAX_BYTES) out.push(chunk);
+      outBytes += chunk.length;
+    });
+    child.stderr!.on("data", (chunk: Uint8Array) => {
+      if (errText.length < 1024) errText += new TextDecoder().decode(chunk);
+    });
+    child.on("error", (err: Error & { code?: string }) => {
+      const fatal = err.code === "ENOENT" || err.code === "EACCES" || err.name === "NotCapable";
+      settle({ passed: false, reason: `cannot run ${argv[0]}: ${err.code ?? oneLine(err.message)}`, fatal });
+    });
+    child.on("exit", (code, signal) => {
+      exit = { code, signal };
+      killGroup(); // children it left behind would pile up, and hold its pipes open
+      grace ??= setTimeout(() => settle(verdict()), PIPE_GRACE_MS);
+    });
+    child.on("close", () => settle(verdict()));
+  });
+}
