@@ -561,7 +561,7 @@ export interface Bed {
   /** More to undo at the end: servers, files. */
   cleanups: (() => unknown)[];
   /** Starts secretary.ts from source for `target` with FAST settings, then `extra`; `flags` are deno's. */
-  secretary(target: Address, extra?: string[], flags?: string[]): Script;
+  secretary(target: Address, extra?: string[], flags?: string[], env?: Record<string, string>): Script;
   key(target: Address, service?: string): string;
   present(key: string): Promise<boolean>;
 }
@@ -577,14 +577,14 @@ export async function withBed(fn: (bed: Bed) => Promise<void>): Promise<void> {
     targets: [],
     scripts: [],
     cleanups: [],
-    secretary(target, extra = [], flags = SOURCE_FLAGS) {
+    secretary(target, extra = [], flags = SOURCE_FLAGS, env = {}) {
       const s = Script.deno("secretary.ts", [
         String(target.port),
         `--ip=${target.host}`,
         `--endpoints=${cluster.endpoints.join(",")}`,
         ...FAST,
         ...extra,
-      ], { flags });
+      ], { flags, env });
       this.scripts.push(s);
       return s;
     },
