@@ -188,6 +188,7 @@ Deno.test("exec check: the command sees the instance, never the secretary's envi
     assert.equal(record.host, "testhost");
     assert.equal(record.ipv4_addr, "127.0.0.5");
     const table = await ls(bed);
+    // deno-lint-ignore no-control-regex
     assert.equal(/[\x00-\x08\x0b-\x1f]/.test(table), false, "no control character reaches the terminal");
   });
 });

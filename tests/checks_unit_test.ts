@@ -100,6 +100,7 @@ Deno.test("a status is data: it can change neither the record's fields nor its J
   assert.deepEqual(Object.keys(entry.record!.status!), ["host", "ipv4_addr", "__proto__", "k\n"]);
   assert.equal(({} as Record<string, unknown>).polluted, undefined);
   const shown = formatStatus(entry.record!.status);
+  // deno-lint-ignore no-control-regex
   assert.equal(/[\x00-\x1f]/.test(shown), false, shown);
   assert.equal(decodeEntry("k", '{"ipv4_addr":"1.1.1.1","port":1,"status":[1]}').record?.status, undefined);
 });

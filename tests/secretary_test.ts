@@ -5,7 +5,7 @@
  */
 import assert from "node:assert/strict";
 import { decodeEntry } from "../lib/record.ts";
-import { delay, registered, Script, SOURCE_FLAGS, target, waitFor, withBed } from "../lib/testbed.ts";
+import { delay, registered, target, waitFor, withBed } from "../lib/testbed.ts";
 
 Deno.test("secretary registers a healthy instance, deregisters it when it stops, registers it again when it starts", async () => {
   await withBed(async (bed) => {
