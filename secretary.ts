@@ -36,6 +36,7 @@ import {
 import {
   type CheckResult,
   type CheckSpec,
+  ConnectionWatch,
   describeCheck,
   oneLine,
   parseHeader,
@@ -83,10 +84,15 @@ export interface Config {
   drainMs: number;
   /** While this file exists, the instance is deregistered whatever its checks say. */
   maintenanceFile?: string;
+  /** Hold an idle connection to the instance while healthy, and check at once when it closes. @default true */
+  watchConnection: boolean;
 }
 
 /** The shortest lease TTL: below it, one slow keep-alive could drop a healthy record. */
 export const MIN_TTL_SECONDS = 5;
+/** The re-check interval after the watch connection closed, while checks fail. */
+export const SUSPECT_RECHECK_MS = 100;
+
 /** How long SIGTERM may wait for etcd to revoke the lease before exiting anyway. */
 export const STOP_TIMEOUT_MS = 2000;
 
@@ -122,6 +128,10 @@ Check:
   --rise N                  passes in a row before registering (default 2)
   --fall N                  failures in a row before deregistering (default 2)
   --ttl DURATION            lease TTL, whole seconds, at least ${MIN_TTL_SECONDS}s (default 10s)
+  --no-watch-connection     do not hold an idle connection to the instance; by default
+                            one is held while it is healthy, and when it closes (the
+                            instance died) checks run at once, every ${SUSPECT_RECHECK_MS}ms, until
+                            --fall is reached or one passes
 
 Operator controls:
   --drain DURATION          on SIGTERM, remove the record, then wait this long before
@@ -156,6 +166,8 @@ export function parseCli(
       command: { type: "string" },
       drain: { type: "string" },
       "maintenance-file": { type: "string" },
+      "watch-connection": { type: "boolean" },
+      "no-watch-connection": { type: "boolean" },
       interval: { type: "string", default: "2s" },
       timeout: { type: "string", default: "1s" },
       rise: { type: "string", default: "2" },
@@ -223,6 +235,7 @@ export function parseCli(
     ttlSeconds: ttlMs / 1000,
     meta,
     drainMs: values.drain === undefined ? 0 : parseDuration(values.drain, "--drain"),
+    watchConnection: parseWatchConnection(values),
     maintenanceFile: values["maintenance-file"] === undefined
       ? undefined
       : parseAbsolutePath(values["maintenance-file"], "--maintenance-file"),
@@ -279,6 +292,13 @@ export function parseCheck(values: {
     headers: (values.header ?? []).map((h) => asUsage(() => parseHeader(h))),
     insecure: values.insecure ?? false,
   };
+}
+
+function parseWatchConnection(values: { "watch-connection"?: boolean; "no-watch-connection"?: boolean }): boolean {
+  if (values["watch-connection"] && values["no-watch-connection"]) {
+    throw new UsageError("Cannot use --watch-connection with --no-watch-connection: expected one of them");
+  }
+  return !values["no-watch-connection"];
 }
 
 function parseAbsolutePath(text: string, flag: string): string {
@@ -673,12 +693,19 @@ export interface LoopEffects {
   log: Log;
   /** The reason the instance is in maintenance (e.g. the file that says so), or undefined. */
   maintenance?(): string | undefined;
+  /** Makes the connection watch, which calls `onLost` when its idle connection to the instance closes. */
+  watch?(onLost: (reason: string) => void): Pick<ConnectionWatch, "arm" | "disarm">;
 }
 
 /**
  * Runs checks until `signal` aborts, telling `registrar` what the verdict
  * wants: registered while healthy and not in maintenance. Checks keep running
  * and logging during maintenance, so the verdict is current when it ends.
+ *
+ * While the instance is healthy the connection watch holds an idle
+ * connection to it. When that closes, the next check runs at once, and while
+ * checks then fail they come every SUSPECT_RECHECK_MS until `fall` is reached
+ * or one passes (a close that was not a death costs that one check).
  */
 export async function runChecks(
   config: Pick<Config, "intervalMs" | "rise" | "fall">,
@@ -691,8 +718,17 @@ export async function runChecks(
   let lastReason = "";
   let maintenance: string | undefined;
   let wanted = false;
+  let suspect = false; // the watch connection closed: checks come quickly until the verdict is clear
+  let wake = new AbortController();
+  const watch = effects.watch?.((reason) => {
+    suspect = true;
+    effects.log("debug", "watch connection closed; checking now", { reason });
+    wake.abort();
+  });
+  signal.addEventListener("abort", () => watch?.disarm());
   while (!signal.aborted) {
     const started = effects.now();
+    wake = new AbortController();
     const result = await check();
     if (signal.aborted) break;
     const { health: next, changed } = step(health, result.passed, config);
@@ -719,9 +755,14 @@ export async function runChecks(
     }
     maintenance = nowMaintenance;
     wanted = want;
+    if (result.passed || !health.healthy) suspect = false; // not a death, or the verdict is in
+    if (health.healthy && !suspect) watch?.arm();
+    else if (!health.healthy) watch?.disarm();
+    const delayMs = suspect ? SUSPECT_RECHECK_MS : nextCheckDelayMs(health, config.intervalMs);
     const elapsed = effects.now() - started;
-    await effects.sleep(Math.max(0, nextCheckDelayMs(health, config.intervalMs) - elapsed), signal);
+    await effects.sleep(Math.max(0, delayMs - elapsed), AbortSignal.any([signal, wake.signal]));
   }
+  watch?.disarm();
 }
 
 /**
@@ -787,6 +828,7 @@ async function main(args: string[]): Promise<number> {
     ttl: cfg.ttlSeconds,
     endpoints: cfg.etcd.endpoints.join(","),
     maintenance_file: cfg.maintenanceFile,
+    watch_connection: cfg.watchConnection,
   });
   const target = { ip: cfg.ip, port: cfg.port, service: cfg.service, timeoutMs: cfg.timeoutMs };
   const file = cfg.maintenanceFile;
@@ -799,6 +841,9 @@ async function main(args: string[]): Promise<number> {
       sleep,
       log,
       maintenance: file ? () => (fileExists(file) ? `maintenance file ${file} exists` : undefined) : undefined,
+      watch: cfg.watchConnection
+        ? (onLost) => new ConnectionWatch(cfg.ip, cfg.port, cfg.intervalMs, onLost)
+        : undefined,
     },
     stop.signal,
   );

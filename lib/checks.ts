@@ -388,3 +388,75 @@ function checkExec(argv: string[], target: Target): Promise<CheckResult> {
     child.on("close", () => settle(verdict()));
   });
 }
+
+// ---------------------------------------------------------------------------
+// The connection watch: notice a death without waiting for the next check
+
+/**
+ * The delay before opening the watch connection again, after `shortLived`
+ * connections in a row that closed (or never opened) within an interval: at
+ * once after a long-lived one, then 250 ms doubling to 30 s, so a server that
+ * drops idle connections cannot make the secretary spin.
+ */
+export function reconnectDelayMs(shortLived: number): number {
+  return shortLived === 0 ? 0 : Math.min(30_000, 250 * 2 ** (shortLived - 1));
+}
+
+/**
+ * Holds one idle TCP connection to the instance (a plain connect, nothing
+ * sent) and calls `onLost` when it closes or cannot open: a process that dies
+ * has its sockets closed by the kernel at once. After `onLost` the watch is
+ * idle until `arm()` is called again, which reconnects after
+ * reconnectDelayMs. A connection that lived at least `intervalMs` counts as
+ * long-lived, so a server that drops idle connections costs at most one extra
+ * check per interval.
+ */
+export class ConnectionWatch {
+  /** Connections opened so far, for logs and tests. */
+  attempts = 0;
+  #socket?: Socket;
+  #timer?: ReturnType<typeof setTimeout>;
+  #armed = false;
+  #shortLived = 0;
+
+  constructor(
+    readonly ip: string,
+    readonly port: number,
+    readonly intervalMs: number,
+    readonly onLost: (reason: string) => void,
+  ) {}
+
+  /** Opens the connection (after the backoff) unless it is open or opening already. */
+  arm(): void {
+    if (this.#armed) return;
+    this.#armed = true;
+    this.#timer = setTimeout(() => this.#connect(), reconnectDelayMs(this.#shortLived));
+  }
+
+  /** Closes the connection and forgets any pending reconnect. */
+  disarm(): void {
+    this.#armed = false;
+    clearTimeout(this.#timer);
+    const socket = this.#socket;
+    this.#socket = undefined;
+    socket?.destroy();
+  }
+
+  #connect(): void {
+    this.attempts++;
+    const socket = tcpConnect({ host: this.ip, port: this.port });
+    this.#socket = socket;
+    let openedAt = 0;
+    socket.on("connect", () => (openedAt = Date.now()));
+    socket.on("data", () => {}); // whatever the server says (Apache's 408 at its request timeout), the close matters
+    socket.on("error", () => {}); // "close" follows
+    socket.on("close", () => {
+      if (this.#socket !== socket) return; // disarmed
+      this.#socket = undefined;
+      this.#armed = false;
+      const lived = openedAt ? Date.now() - openedAt : 0;
+      this.#shortLived = lived >= this.intervalMs ? 0 : this.#shortLived + 1;
+      this.onLost(openedAt ? `closed after ${lived}ms` : "could not connect");
+    });
+  }
+}

@@ -7,6 +7,7 @@ import {
   parseHeader,
   parseStatus,
   parseStatusRange,
+  reconnectDelayMs,
   splitCommand,
   STATUS_MAX_BYTES,
 } from "../lib/checks.ts";
@@ -111,4 +112,8 @@ Deno.test("formatStatus() shows k=v pairs, JSON where a value is not simple, cut
   assert.equal(formatStatus({ version: "1.2", load: 0.5, ok: true }), "version=1.2,load=0.5,ok=true");
   assert.equal(formatStatus({ msg: "two words", q: [1, 2] }), 'msg="two words",q=[1,2]');
   assert.equal(formatStatus({ a: "x".repeat(100) }).length, 60);
+});
+
+Deno.test("reconnectDelayMs() reconnects at once after a long-lived connection, backs off to 30 s after short ones", () => {
+  assert.deepEqual([0, 1, 2, 3, 4, 7, 8, 20].map(reconnectDelayMs), [0, 250, 500, 1000, 2000, 16_000, 30_000, 30_000]);
 });

@@ -300,3 +300,83 @@ Deno.test("runChecks() reports the status of passing checks only", async () => {
   ]);
   assert.deepEqual(reports, [{ v: 1 }, { v: 2 }]);
 });
+
+Deno.test("runChecks() checks at once when the watch connection closes, then every 100 ms until fall", async () => {
+  const stop = new AbortController();
+  const events: string[] = [];
+  let lost: (reason: string) => void = () => {};
+  // checks pass until the watch reports the close, then fail: the instance died
+  let dead = false;
+  let checks = 0;
+  const sleeps: number[] = [];
+  await runChecks(
+    { intervalMs: 2000, ...policy },
+    () => {
+      checks++;
+      if (checks === 6) stop.abort();
+      return Promise.resolve(dead ? { passed: false, reason: "ECONNREFUSED" } : { passed: true, reason: "status 200" });
+    },
+    { want: (registered, reason) => events.push(`want ${registered} ${reason}`), report: () => {} },
+    {
+      now: () => 0,
+      sleep: (ms, signal) => {
+        if (sleeps.length === 2) {
+          // the instance dies while the loop sleeps after its third check
+          dead = true;
+          lost("closed after 2000ms");
+        }
+        sleeps.push(signal.aborted ? 0 : ms);
+        return Promise.resolve();
+      },
+      log: () => {},
+      watch: (onLost) => {
+        lost = onLost;
+        return { arm: () => events.push("arm"), disarm: () => events.push("disarm") };
+      },
+    },
+    stop.signal,
+  );
+  assert.deepEqual(events, [
+    "disarm", // not healthy yet: no watch
+    "want true 2 checks passed",
+    "arm",
+    "arm",
+    "want false ECONNREFUSED",
+    "disarm",
+    "disarm",
+    "disarm",
+  ]);
+  // 250 (rising), 2000, the third sleep cut short by the close, 100 ms between failures, then the interval
+  assert.deepEqual(sleeps, [250, 2000, 0, 100, 2000]);
+});
+
+Deno.test("runChecks() treats a close followed by a passing check as no death: no want, the watch armed again", async () => {
+  const stop = new AbortController();
+  const events: string[] = [];
+  let lost: (reason: string) => void = () => {};
+  let checks = 0;
+  await runChecks(
+    { intervalMs: 2000, ...policy },
+    () => {
+      checks++;
+      if (checks === 6) stop.abort();
+      return Promise.resolve({ passed: true, reason: "status 200" });
+    },
+    { want: (registered) => events.push(`want ${registered}`), report: () => {} },
+    {
+      now: () => 0,
+      sleep: () => {
+        if (checks === 3) lost("closed after 20000ms"); // the server dropped an idle connection
+        return Promise.resolve();
+      },
+      log: () => {},
+      watch: (onLost) => {
+        lost = onLost;
+        return { arm: () => events.push("arm"), disarm: () => events.push("disarm") };
+      },
+    },
+    stop.signal,
+  );
+  assert.deepEqual(events.filter((e) => e.startsWith("want")), ["want true"]);
+  assert.ok(events.filter((e) => e === "arm").length >= 3);
+});
