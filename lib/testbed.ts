@@ -236,6 +236,11 @@ export class Target {
   #server?: Server;
   #sockets = new Set<Socket>();
   requests = 0;
+  /** Connections accepted, and those closed without sending a byte (a connection watch's). */
+  connections = 0;
+  silent = 0;
+  /** Close a connection that has sent nothing after this long, as servers drop idle connections. */
+  idleCloseMs?: number;
 
   constructor(readonly host: string, readonly port: number) {}
 
@@ -252,9 +257,18 @@ export class Target {
     if (this.#server) return;
     const server = createServer((socket) => {
       this.#sockets.add(socket);
-      socket.on("close", () => this.#sockets.delete(socket));
+      this.connections++;
+      let spoke = false;
+      const idle = this.idleCloseMs === undefined ? undefined : setTimeout(() => socket.destroy(), this.idleCloseMs);
+      socket.on("close", () => {
+        this.#sockets.delete(socket);
+        clearTimeout(idle);
+        if (!spoke) this.silent++;
+      });
       socket.on("error", () => {});
       socket.once("data", () => {
+        spoke = true;
+        clearTimeout(idle);
         this.requests++;
         if (this.mode === "hang") return;
         const status = this.mode === "ok" ? "200 OK" : "500 Internal Server Error";
