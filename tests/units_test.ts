@@ -311,3 +311,24 @@ Deno.test("butane/secretary.bu embeds only files that install.sh puts in the sta
   }
   assert.match(text, /^\s*- name: apache@8080\.service\n\s*enabled: true$/m);
 });
+
+Deno.test("units/examples/queue-secretary@.service, an exec check with drain and maintenance, passes systemd-analyze verify", async () => {
+  const root = await scratchRoot();
+  const units = `${root}/etc/systemd/system`;
+  await Deno.copyFile(`${ROOT}units/examples/queue-secretary@.service`, `${units}/queue-secretary@.service`);
+  await Deno.writeTextFile(
+    `${units}/queue@.service`,
+    "# a stand-in for verify: the team's own service\n[Unit]\nDescription=queue stand-in\n\n" +
+      "[Service]\nExecStart=/usr/bin/docker\n",
+  );
+  await Deno.symlink("queue-secretary@.service", `${units}/queue-secretary@9000.service`);
+  try {
+    const out = await sh("systemd-analyze", ["verify", `--root=${root}`, `${units}/queue-secretary@9000.service`]);
+    assert.equal(out.code, 0, out.stderr);
+    assert.deepEqual(`${out.stdout}${out.stderr}`.split("\n").filter((l) => l.trim()), [], "verify complained");
+  } finally {
+    for (const name of ["queue-secretary@9000.service", "queue-secretary@.service", "queue@.service"]) {
+      await Deno.remove(`${units}/${name}`);
+    }
+  }
+});
