@@ -8,17 +8,20 @@
  * Phases that do not disturb each other's figures run together: the removal
  * trials (ours, and the article's loop at 20 s, which mostly sleeps) beside
  * the idle cost window; then the article's loop at 2 s; then the reads; then
- * 100 sidekicks, alone, as they load the host. About 10 minutes on 2 cores.
+ * what each check kind costs, one sidekick at a time, alone, as it measures
+ * CPU; then 100 sidekicks, alone, as they load the host. About 11 minutes on
+ * 2 cores.
  *
  * ```sh
  * node_modules/.bin/deno task bench                 # the full suite
- * node_modules/.bin/deno run -A bench/all.ts --quick  # few trials, short windows (about 5 min), for development
+ * node_modules/.bin/deno run -A bench/all.ts --quick  # few trials, short windows (about 7 min), for development
  * ```
  *
  * @module
  */
 import { parseArgs } from "node:util";
 import { ROOT } from "../lib/testbed.ts";
+import type { CheckCost, ChecksFigures } from "./checks.ts";
 import type { CostFigures, HostCost } from "./cost.ts";
 import { bundlesBuilt, formatMiB, formatMs, summarize } from "./lib.ts";
 import type { ReadsFigures } from "./reads.ts";
@@ -153,6 +156,16 @@ function memory(hosts: HostCost[]): string {
   return hosts.length ? formatMiB(medianOf(hosts, "rssKiB")) : "n/a";
 }
 
+/** `http: 10; tcp: 9.4; …`: one figure per check kind, of the kinds `which` picks. */
+function byCheck(
+  c: ChecksFigures | undefined,
+  show: (x: CheckCost) => string,
+  which: (x: CheckCost) => boolean = () => true,
+): string {
+  const shown = c?.checks.filter(which) ?? [];
+  return shown.length ? shown.map((x) => `${x.label}: ${show(x)}`).join("; ") : "n/a";
+}
+
 function table(results: Map<string, PhaseResult>): string {
   const fig = <T>(name: string) => results.get(name)?.figures as T | undefined;
   const ours = fig<RemovalFigures>("removal-ours");
@@ -161,6 +174,8 @@ function table(results: Map<string, PhaseResult>): string {
   const cost = fig<CostFigures>("cost");
   const reads = fig<ReadsFigures>("reads");
   const scale = fig<ScaleFigures>("scale");
+  const checks = fig<ChecksFigures>("checks");
+  const isExec = (x: CheckCost) => x.label.startsWith("exec");
   const etcdOf = (label: string) => cost?.etcd.find((e) => e.label.startsWith(label));
   const [e, e20, e2] = [etcdOf("ours"), etcdOf("article's loop, 20"), etcdOf("article's loop, 2 ")];
   const cluster = (x: typeof e) =>
@@ -308,6 +323,42 @@ function table(results: Map<string, PhaseResult>): string {
       rate(medianOf(loop2, "cpuSecondsPerHour")),
       "",
     ],
+    [
+      "CPU seconds per hour, one sidekick, by check (of it, exited children)",
+      "",
+      byCheck(checks, (x) => `${rate(x.cpuSecondsPerHour)} (${rate(x.childCpuSecondsPerHour)})`),
+      "n/a",
+      "n/a",
+      "",
+    ],
+    [
+      "processes started per minute, exec check",
+      "",
+      byCheck(
+        checks,
+        (x) => `${rate(x.processesPerMinute)}${x.processesCountedBy === "perf" ? "" : " (one a check, not counted)"}`,
+        isExec,
+      ),
+      "n/a",
+      "n/a",
+      "",
+    ],
+    [
+      "revision growth per healthy instance-minute, by check",
+      "0",
+      byCheck(checks, (x) => rate(x.revisionsPerMinute)),
+      "n/a",
+      "n/a",
+      met(checks && checks.checks.every((x) => x.revisionsPerMinute === 0)),
+    ],
+    [
+      "resident memory after an idle minute, by check",
+      "",
+      byCheck(checks, (x) => formatMiB(x.rssKiB)),
+      "n/a",
+      "n/a",
+      "",
+    ],
     ["`registry ls` of 1,000 (x etcdctl)", "", ls(1000), "n/a", "n/a", ""],
     ["`registry ls` of 10,000 (x etcdctl)", "at most 2x etcdctl", ls(10_000), "n/a", "n/a", met(lsRatio(10_000))],
     [
@@ -416,6 +467,11 @@ How each figure is taken:
   cluster-wide proposals. Memory is VmRSS at the end of the window; CPU is utime + stime over the window (the loop's
   with its exited children, over whole passes); the loop's processes are counted by shims on its PATH, ours by
   looking for children every 500 ms (there are none: one long-lived process).
+- Checks ([checks.ts](checks.ts)): one sidekick at a time, alone on the benchmark's etcd, for each check kind: http and tcp against a
+  target, exec of \`/bin/true\`, and exec of \`sh -c "echo '{…}'"\`, whose JSON status is in the record before the
+  window starts and never changes. An idle window one interval after it registered; CPU is utime + stime + cutime +
+  cstime (with its exited children) over the window; processes are the execs \`perf stat\` counts in the sidekick and
+  everything it starts (its output also has perf's task-clock, to the nanosecond, beside the 10 ms ticks of \`/proc\`).
 - Reads ([reads.ts](reads.ts)): wall time of each whole process, median of several runs, against the same etcd in the
   same run. Watch latency: from just before each put or delete to its line on \`registry watch\`'s stdout.
 - Scale ([scale.ts](scale.ts)): sidekicks started 4 a second (about what two cores start without falling behind),
@@ -462,6 +518,7 @@ async function main(): Promise<void> {
       limitMinutes: 5,
     }]);
     await stage([{ name: "reads", script: "reads.ts", args: q, limitMinutes: 5 }]);
+    await stage([{ name: "checks", script: "checks.ts", args: q, limitMinutes: 8 }]);
     await stage([{ name: "scale", script: "scale.ts", args: q, limitMinutes: 8 }]);
   } finally {
     await Deno.remove(dir, { recursive: true }).catch(() => {});
