@@ -43,14 +43,14 @@ Deno.test("registry ls prints a table sorted by service then address, a bad valu
     const all = await runScript("registry.ts", ["ls", flag], FLAGS);
     assert.equal(all.code, 0, all.stderr);
     const rows = all.stdout.trimEnd().split("\n").map((l) => l.split(/\s{2,}/));
-    assert.deepEqual(rows[0], ["SERVICE", "ADDRESS", "HOST", "AGE", "META"]);
+    assert.deepEqual(rows[0], ["SERVICE", "ADDRESS", "HOST", "AGE", "STATUS", "META"]);
     assert.deepEqual(rows.slice(1).map((r) => `${r[0]} ${r[1]}`), [
       "apache 10.0.0.9:8081",
       "apache 10.0.0.10:8080",
       "apache 10.0.0.99:1",
       "redis 10.0.0.1:6379",
     ]);
-    assert.deepEqual(rows[1].slice(2), ["host-10.0.0.9", "5m", "zone=b"]);
+    assert.deepEqual(rows[1].slice(2), ["host-10.0.0.9", "5m", "-", "zone=b"]);
     assert.match(all.stdout, /10\.0\.0\.99:1 .*\(not a record: "not json"\)/);
 
     const redis = await runScript("registry.ts", ["ls", "redis", flag], FLAGS);
@@ -58,7 +58,7 @@ Deno.test("registry ls prints a table sorted by service then address, a bad valu
 
     const none = await runScript("registry.ts", ["ls", "nginx", flag], FLAGS);
     assert.equal(none.code, 0);
-    assert.equal(none.stdout.trim(), "SERVICE  ADDRESS  HOST  AGE  META");
+    assert.equal(none.stdout.trim(), "SERVICE  ADDRESS  HOST  AGE  STATUS  META");
   });
 });
 

@@ -36,10 +36,10 @@ Deno.test("formatTable() sorts by service then address, numerically, and shows a
   assert.equal(
     formatTable(entries, now),
     [
-      "SERVICE  ADDRESS       HOST     AGE  META",
-      'aaa      1.1.1.1:1     -        -    (not a record: "oops")',
-      "apache   10.0.0.9:80   core-01  10m  zone=a",
-      "apache   10.0.0.10:80  core-01  10m  -",
+      "SERVICE  ADDRESS       HOST     AGE  STATUS  META",
+      'aaa      1.1.1.1:1     -        -    -       (not a record: "oops")',
+      "apache   10.0.0.9:80   core-01  10m  -       zone=a",
+      "apache   10.0.0.10:80  core-01  10m  -       -",
     ].join("\n"),
   );
 });
