@@ -38,6 +38,7 @@ import {
   type CheckSpec,
   ConnectionWatch,
   describeCheck,
+  killRunningChecks,
   oneLine,
   parseHeader,
   parseStatusRange,
@@ -706,6 +707,7 @@ export interface LoopEffects {
  * connection to it. When that closes, the next check runs at once, and while
  * checks then fail they come every SUSPECT_RECHECK_MS until `fall` is reached
  * or one passes (a close that was not a death costs that one check).
+ * `first` is a result already in hand, used in place of the first check.
  */
 export async function runChecks(
   config: Pick<Config, "intervalMs" | "rise" | "fall">,
@@ -713,6 +715,7 @@ export async function runChecks(
   registrar: Registrar,
   effects: LoopEffects,
   signal: AbortSignal,
+  first?: CheckResult,
 ): Promise<void> {
   let health = INITIAL_HEALTH;
   let lastReason = "";
@@ -729,7 +732,8 @@ export async function runChecks(
   while (!signal.aborted) {
     const started = effects.now();
     wake = new AbortController();
-    const result = await check();
+    const result = first ?? await check();
+    first = undefined;
     if (signal.aborted) break;
     const { health: next, changed } = step(health, result.passed, config);
     if (result.reason !== lastReason && (!result.passed || lastReason !== "")) {
@@ -809,7 +813,7 @@ async function main(args: string[]): Promise<number> {
     return 0;
   }
   const cfg = config;
-  const refusal = await preflight(cfg);
+  const refusal = preflight(cfg);
   if (refusal) {
     process.stderr.write(`secretary: ${refusal}\n`);
     return 2;
@@ -820,6 +824,18 @@ async function main(args: string[]): Promise<number> {
     // a second signal cuts the drain short
     process.on(name, () => (stop.signal.aborted ? drained.abort() : stop.abort(name)));
   }
+  // a check in flight dies with its children when the secretary stops, not after it
+  stop.signal.addEventListener("abort", killRunningChecks);
+  const stopped = new Promise<void>((resolve) => stop.signal.addEventListener("abort", () => resolve()));
+  const target = { ip: cfg.ip, port: cfg.port, service: cfg.service, timeoutMs: cfg.timeoutMs };
+  // nothing is logged or sent to etcd (not even a lease) before the first check shows the command can run at all
+  const first = await Promise.race([runCheck(cfg.check, target), stopped]);
+  if (first?.fatal) {
+    const command = cfg.check.kind === "exec" ? cfg.check.argv.join(" ") : "";
+    process.stderr.write(`secretary: Cannot use --command "${command}": ${first.reason}\n`);
+    return 2;
+  }
+  if (!first) return 0; // stopped during the first check
   const registrar = new EtcdRegistrar(cfg, new Etcd(cfg.etcd), { now: Date.now, random: Math.random, log });
   log("info", "started", {
     key: registrar.key,
@@ -830,7 +846,6 @@ async function main(args: string[]): Promise<number> {
     maintenance_file: cfg.maintenanceFile,
     watch_connection: cfg.watchConnection,
   });
-  const target = { ip: cfg.ip, port: cfg.port, service: cfg.service, timeoutMs: cfg.timeoutMs };
   const file = cfg.maintenanceFile;
   const checks = runChecks(
     cfg,
@@ -846,9 +861,10 @@ async function main(args: string[]): Promise<number> {
         : undefined,
     },
     stop.signal,
+    first,
   );
   const reconciling = registrar.run(stop.signal);
-  await new Promise<void>((resolve) => stop.signal.addEventListener("abort", () => resolve()));
+  await stopped;
   // revoke at once, without waiting for a check or an etcd call in flight
   const held = registrar.registered;
   const removed = (await registrar.stop()) && held;
@@ -865,11 +881,12 @@ async function main(args: string[]): Promise<number> {
 }
 
 /**
- * What must hold before anything is written, checked once at start: an exec
- * check's command can be started (it is run once), and the maintenance file
- * can be looked for. Returns the one-line refusal, or undefined.
+ * What must hold before anything else happens: the maintenance file can be
+ * looked for, and deno lets an exec check kill its command's process group.
+ * (That the command can start at all is shown by the first check.) Returns
+ * the one-line refusal, or undefined.
  */
-async function preflight(cfg: Config): Promise<string | undefined> {
+function preflight(cfg: Config): string | undefined {
   if (cfg.maintenanceFile) {
     try {
       fileExists(cfg.maintenanceFile);
@@ -882,13 +899,7 @@ async function preflight(cfg: Config): Promise<string | undefined> {
   if (deno && deno.permissions.querySync({ name: "run" }).state !== "granted") {
     return "Cannot use --check exec: expected deno's --allow-run without a list (the command's process group is killed as one)";
   }
-  const first = await runCheck(cfg.check, {
-    ip: cfg.ip,
-    port: cfg.port,
-    service: cfg.service,
-    timeoutMs: cfg.timeoutMs,
-  });
-  return first.fatal ? `Cannot use --command "${cfg.check.argv.join(" ")}": ${first.reason}` : undefined;
+  return undefined;
 }
 
 function readOptional(path: string): string | undefined {

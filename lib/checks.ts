@@ -304,6 +304,21 @@ function readPath(): string | undefined {
 /** How long an exec check waits for its pipes to close after the command exits or is killed. */
 const PIPE_GRACE_MS = 250;
 
+/** The process groups of exec checks in flight, killed by killRunningChecks when the secretary stops. */
+const running = new Set<number>();
+
+/** Kills every exec check still running (with its children), so none outlives a stopped secretary. */
+export function killRunningChecks(): void {
+  for (const pgid of running) {
+    try {
+      process.kill(-pgid, "SIGKILL");
+    } catch {
+      // gone already
+    }
+  }
+  running.clear();
+}
+
 /**
  * Runs the command in its own process group with a clean environment. At the
  * timeout the whole group is killed, and so are any children it left behind
@@ -337,9 +352,11 @@ function checkExec(argv: string[], target: Target): Promise<CheckResult> {
     let exit: { code: number | null; signal: string | null } | undefined;
     let settled = false;
     let grace: ReturnType<typeof setTimeout> | undefined;
+    if (child.pid) running.add(child.pid);
     const settle = (result: CheckResult) => {
       if (settled) return;
       settled = true;
+      if (child.pid) running.delete(child.pid);
       clearTimeout(timer);
       clearTimeout(grace);
       child.stdout!.destroy();

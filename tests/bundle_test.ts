@@ -8,9 +8,10 @@
 import assert from "node:assert/strict";
 import { fromJSON } from "@grpc/proto-loader";
 import { embedProto, protoDescriptor } from "../build.ts";
+import { splitCommand } from "../lib/checks.ts";
 import { type Etcd } from "../lib/etcd.ts";
 import { decodeEntry, encodeRecord, instanceKey } from "../lib/record.ts";
-import { EtcdCluster, makeCerts, ROOT, Script, Target, waitFor } from "../lib/testbed.ts";
+import { delay, EtcdCluster, makeCerts, ROOT, Script, Target, waitFor } from "../lib/testbed.ts";
 
 /** The variables the registry wrapper install.sh writes lets deno read; the test checks the wrapper says the same. */
 const REGISTRY_ENV = "ETCDCTL_CACERT,ETCDCTL_CERT,ETCDCTL_KEY,ETCDCTL_USER,GRPC_*";
@@ -54,7 +55,8 @@ async function emptyFolderWith(files: string[]): Promise<{ dir: string; remove: 
 async function execStart(file: string, vars: Record<string, string>, dir = "/opt/bin"): Promise<string[]> {
   const text = await Deno.readTextFile(`${ROOT}units/${file}`);
   const line = [...text.matchAll(/^ExecStart=(.*)$/gm)].map((m) => m[1]).filter((l) => l !== "").at(-1)!;
-  return line.split(/\s+/).map((word) =>
+  // systemd's quoting, as far as the units use it ("…" around one argument), is a shell's
+  return splitCommand(line).map((word) =>
     word
       .replace(/%([iH])/g, (_, c: string) => vars[`%${c}`])
       .replace(/\$\{(\w+)\}/g, (_, name: string) => vars[name] ?? "")
@@ -511,4 +513,61 @@ Deno.test("source maps: deno and node report the bundle's frames at their TypeSc
     await folder.remove();
     await Deno.remove(preloadDir, { recursive: true });
   }
+});
+
+Deno.test("the example exec unit's ExecStart, bundle under deno: status published, maintenance honoured, drain on SIGTERM; exec under node", async () => {
+  await withBed(async (bed) => {
+    const target = await Target.start("127.0.0.24"); // the worker listens, so the watch has a connection to hold
+    try {
+      await Deno.writeTextFile(
+        `${bed.dir}/check-queue`,
+        '#!/bin/sh\nsleep 30 &\necho "{\\"depth\\":7,\\"args\\":\\"$*\\",\\"port\\":\\"$SECRETARY_PORT\\"}"\n',
+        { mode: 0o755 },
+      );
+      const environment = { COREOS_PUBLIC_IPV4: target.host, SECRETARY_ETCD: bed.etcdHostPort };
+      const vars = { ...environment, "%i": String(target.port), "%H": "bundle-host" };
+      const argv = (await execStart("examples/queue-secretary@.service", vars, bed.dir))
+        .map((word) => word.replaceAll("/run/", `${bed.dir}/`));
+      const p = proc(argv[0], [...argv.slice(1), ...FAST], bed.dir, { ...environment, JOURNAL_STREAM: "8:4242" });
+      bed.procs.push(p);
+      const key = instanceKey("/services", "queue", target.host, target.port);
+      const present = async () => (await bed.etcd.get(key)) !== undefined;
+      await waitFor(present, `registered\n${p.stderr}`, 10_000);
+      const record = decodeEntry(key, (await bed.etcd.get(key))!.value).record!;
+      assert.deepEqual(record.status, { depth: 7, args: `--port ${target.port}`, port: String(target.port) });
+
+      const file = `${bed.dir}/queue@${target.port}.maintenance`;
+      await Deno.writeTextFile(file, "");
+      await waitFor(async () => !(await present()), "deregistered in maintenance", 3000);
+      await Deno.remove(file);
+      await waitFor(present, "registered after maintenance", 3000);
+
+      p.kill("SIGTERM");
+      await waitFor(async () => !(await present()), "record gone at once", 1000);
+      await delay(1000);
+      assert.ok(p.running, "draining (--drain 5s)");
+      p.kill("SIGTERM");
+      assert.equal((await p.finished(3000)).code, 0);
+      assert.doesNotMatch(p.stderr, /NotCapable|Requires \w+ access|Warning/);
+
+      const n = proc(
+        "node",
+        [
+          "secretary.mjs",
+          String(target.port),
+          ...["--ip", target.host, "--hostname", "bundle-host", "--endpoints", bed.etcdHostPort, "--service", "queue"],
+          ...["--check", "exec", "--command", `${bed.dir}/check-queue --port 1`, ...FAST],
+        ],
+        bed.dir,
+        {},
+      );
+      bed.procs.push(n);
+      await waitFor(present, `registered under node\n${n.stderr}`, 10_000);
+      assert.equal(decodeEntry(key, (await bed.etcd.get(key))!.value).record?.status?.args, "--port 1");
+      n.kill("SIGTERM");
+      assert.equal((await n.finished(5000)).code, 0);
+    } finally {
+      await target.close();
+    }
+  });
 });

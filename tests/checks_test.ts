@@ -138,6 +138,20 @@ Deno.test("exec check: at the timeout the command's process group dies, children
   });
 });
 
+Deno.test("exec check: a command still running when the secretary stops dies with its children", async () => {
+  await withBed(async (bed) => {
+    const check = await execCheck(bed, "hang");
+    const address: Address = { host: "127.0.0.17", port: await freePort("127.0.0.17") };
+    const s = bed.secretary(address, ["--check=exec", check.command, "--interval=10s", "--timeout=9s"], EXEC_FLAGS);
+    const child = Number(
+      await waitFor(() => Deno.readTextFile(`${check.dir}/child`).catch(() => false), "a check", 10_000),
+    );
+    s.kill("SIGTERM");
+    assert.equal((await s.finished(5000)).code, 0);
+    await waitFor(() => !alive(child), `the check's child ${child} killed`, 2000);
+  });
+});
+
 Deno.test("exec check: megabytes of output, text and broken JSON pass without a status and stall nothing", async () => {
   await withBed(async (bed) => {
     const check = await execCheck(bed);
