@@ -14,10 +14,7 @@
 import assert from "node:assert/strict";
 import { type Etcd } from "../lib/etcd.ts";
 import { decodeEntry, instanceKey } from "../lib/record.ts";
-import { EtcdCluster, ROOT, Script, waitFor } from "../lib/testbed.ts";
-
-const APACHE = "/usr/sbin/apache2";
-const MODULES = "/usr/lib/apache2/modules";
+import { Apache, EtcdCluster, httpStatus, ROOT, Script, waitFor } from "../lib/testbed.ts";
 
 /** The secretary's defaults, which the unit keeps: how long until a dead instance's record must be gone. */
 const INTERVAL_MS = 2000;
@@ -114,30 +111,9 @@ function proc(argv: string[], env: Record<string, string>): Script {
   return new Script(argv[0], argv.slice(1), env, { cwd: "/", clearEnv: true });
 }
 
-/** Sends a GET and returns the status code, or undefined when nothing answers. */
-async function httpStatus(ip: string, port: number): Promise<number | undefined> {
-  let conn: Deno.TcpConn | undefined;
-  const timer = setTimeout(() => conn?.close(), 1000);
-  try {
-    conn = await Deno.connect({ hostname: ip, port });
-    await conn.write(new TextEncoder().encode(`GET / HTTP/1.0\r\nHost: ${ip}\r\n\r\n`));
-    const buf = new Uint8Array(64);
-    const n = await conn.read(buf);
-    const status = /^HTTP\/1\.\d (\d{3})/.exec(new TextDecoder().decode(buf.subarray(0, n ?? 0)));
-    return status ? Number(status[1]) : undefined;
-  } catch {
-    return undefined;
-  } finally {
-    clearTimeout(timer);
-    try {
-      conn?.close();
-    } catch { /* closed by the timer */ }
-  }
-}
-
 /** One of the article's hosts: its address, its /etc/environment, its Apache and its secretary. */
 class Host {
-  apache?: Script;
+  apache?: Apache;
   secretary?: Script;
 
   constructor(
@@ -165,50 +141,13 @@ class Host {
    * `docker kill` kills a container.
    */
   async startApache(): Promise<void> {
-    const conf = `${this.dir}/httpd.conf`;
-    await Deno.mkdir(`${this.dir}/htdocs`, { recursive: true });
-    await Deno.writeTextFile(`${this.dir}/htdocs/index.html`, `<h1>apache@${this.port} on ${this.name}</h1>\n`);
-    await Deno.writeTextFile(
-      conf,
-      [
-        `ServerRoot "${this.dir}"`,
-        `ServerName ${this.name}`,
-        `Listen ${this.ip}:${this.port}`,
-        `PidFile "${this.dir}/httpd.pid"`,
-        `DefaultRuntimeDir "${this.dir}"`,
-        `Mutex file:${this.dir} default`,
-        `LoadModule mpm_event_module ${MODULES}/mod_mpm_event.so`,
-        `LoadModule authz_core_module ${MODULES}/mod_authz_core.so`,
-        `LoadModule dir_module ${MODULES}/mod_dir.so`,
-        "User nobody",
-        "Group nogroup",
-        "ErrorLog /dev/stderr",
-        "LogLevel notice",
-        `DocumentRoot "${this.dir}/htdocs"`,
-        "DirectoryIndex index.html",
-        `<Directory "${this.dir}/htdocs">`,
-        "  Require all granted",
-        "</Directory>",
-        "",
-      ].join("\n"),
-    );
-    // the workers run as nobody: they must be able to reach and read the document root
-    for (const path of [`${this.dir}/..`, this.dir, `${this.dir}/htdocs`]) await Deno.chmod(path, 0o755);
-    await Deno.chmod(`${this.dir}/htdocs/index.html`, 0o644);
-    this.apache = proc(["setsid", APACHE, "-f", conf, "-D", "FOREGROUND"], { PATH: SYSTEMD_ENV.PATH });
-    let last: number | undefined;
-    await waitFor(
-      async () => (last = await httpStatus(this.ip, this.port)) === 200 || (!this.apache!.running && "exited"),
-      `Apache on ${this.ip}:${this.port}`,
-      15_000,
-    ).catch((err) => {
-      throw new Error(`${err.message}: last status ${last}\n${this.apache!.stderr}`);
+    this.apache = await Apache.start({
+      ip: this.ip,
+      port: this.port,
+      dir: this.dir,
+      serverName: this.name,
+      index: `<h1>apache@${this.port} on ${this.name}</h1>\n`,
     });
-    assert.ok(this.apache.running, `Apache on ${this.name} exited:\n${this.apache.stderr}`);
-    // setsid made it a process group leader (setsid execs in place: same PID)
-    const stat = await Deno.readTextFile(`/proc/${this.apache.child.pid}/stat`);
-    const pgid = Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[2]);
-    assert.equal(pgid, this.apache.child.pid, "Apache leads its own process group");
   }
 
   /** The secretary, as apache-secretary@<port>.service's ExecStart starts it on this host. */
@@ -227,12 +166,7 @@ class Host {
   /** Kills whatever still runs, by PID (Apache by its process group); for cleanup. */
   async stopAll(): Promise<void> {
     if (this.secretary?.running) this.secretary.kill("SIGKILL");
-    if (this.apache?.running) {
-      try {
-        Deno.kill(-this.apache.child.pid, "SIGKILL");
-      } catch { /* gone */ }
-    }
-    await Promise.all([this.secretary?.finished(), this.apache?.finished()]);
+    await Promise.all([this.secretary?.finished(), this.apache?.killGroup()]);
   }
 }
 
@@ -328,8 +262,8 @@ Deno.test({
       assert.equal((await hostA.secretary!.finished()).code, 0, hostA.secretary!.stderr);
       assert.equal(await etcd.get(hostA.key), undefined, "the record outlived the secretary");
       assert.equal(await httpStatus(hostA.ip, hostA.port), 200, "Apache still answers: the record went first");
-      hostA.apache!.kill("SIGTERM"); // docker stop
-      assert.equal((await hostA.apache!.finished()).success, true, hostA.apache!.stderr);
+      hostA.apache!.process.kill("SIGTERM"); // docker stop
+      assert.equal((await hostA.apache!.process.finished()).success, true, hostA.apache!.process.stderr);
 
       assert.deepEqual(await listed(root, etcdHostPort), [`${hostB.ip}:${hostB.port}`]);
       const get = await registry(root, etcdHostPort, ["get", "apache", `${hostA.ip}:${hostA.port}`]);
@@ -340,9 +274,8 @@ Deno.test({
       assert.equal(JSON.parse(getB.stdout).host, "host-b");
 
       // Apache on host-b killed outright, the whole process group (docker kill): no goodbye
-      Deno.kill(-hostB.apache!.child.pid, "SIGKILL");
       const killedAt = Date.now();
-      await hostB.apache!.finished();
+      await hostB.apache!.killGroup();
       await waitFor(
         async () => (await etcd!.get(hostB.key)) === undefined,
         `host-b's record gone within ${REMOVAL_BOUND_MS} ms\n${hostB.secretary!.stderr}`,
