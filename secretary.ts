@@ -38,6 +38,7 @@ import {
   type CheckSpec,
   ConnectionWatch,
   describeCheck,
+  greetingFor,
   killRunningChecks,
   oneLine,
   parseHeader,
@@ -857,7 +858,7 @@ async function main(args: string[]): Promise<number> {
       log,
       maintenance: file ? () => (fileExists(file) ? `maintenance file ${file} exists` : undefined) : undefined,
       watch: cfg.watchConnection
-        ? (onLost) => new ConnectionWatch(cfg.ip, cfg.port, cfg.intervalMs, onLost)
+        ? (onLost) => new ConnectionWatch(cfg.ip, cfg.port, cfg.intervalMs, onLost, greetingFor(cfg.check.kind))
         : undefined,
     },
     stop.signal,

@@ -22,6 +22,7 @@
 import { parseArgs } from "node:util";
 import { ROOT } from "../lib/testbed.ts";
 import type { CheckCost, ChecksFigures } from "./checks.ts";
+import type { KilledFigures } from "./killed.ts";
 import type { CostFigures, HostCost } from "./cost.ts";
 import { bundlesBuilt, formatMiB, formatMs, summarize } from "./lib.ts";
 import type { ReadsFigures } from "./reads.ts";
@@ -175,6 +176,17 @@ function table(results: Map<string, PhaseResult>): string {
   const reads = fig<ReadsFigures>("reads");
   const scale = fig<ScaleFigures>("scale");
   const checks = fig<ChecksFigures>("checks");
+  const killed = fig<KilledFigures>("killed");
+  const killedRow = (target: string, watch: boolean) =>
+    killed?.rows.find((r) => r.target === target && r.watch === watch)?.times;
+  const killedRows = (["process", "apache"] as const).map((target) => [
+    `killed ${target === "apache" ? "Apache (its process group)" : "server process"} to gone, SIGKILL, watch on / off`,
+    "worst 0.5 s (watch on)",
+    `on: ${mw(killedRow(target, true))}; off: ${mw(killedRow(target, false))}`,
+    "n/a",
+    "n/a",
+    met(killed && worst(killedRow(target, true)) <= 500),
+  ]);
   const isExec = (x: CheckCost) => x.label.startsWith("exec");
   const etcdOf = (label: string) => cost?.etcd.find((e) => e.label.startsWith(label));
   const [e, e20, e2] = [etcdOf("ours"), etcdOf("article's loop, 20"), etcdOf("article's loop, 2 ")];
@@ -218,6 +230,7 @@ function table(results: Map<string, PhaseResult>): string {
       mw(a2?.killed),
       met(ours && worst(ours.killed) <= 2500),
     ],
+    ...killedRows,
     [
       "hung target to gone",
       "worst 4.5 s",
@@ -467,6 +480,10 @@ How each figure is taken:
   cluster-wide proposals. Memory is VmRSS at the end of the window; CPU is utime + stime over the window (the loop's
   with its exited children, over whole passes); the loop's processes are counted by shims on its PATH, ours by
   looking for children every 500 ms (there are none: one long-lived process).
+- Killed ([killed.ts](killed.ts)): a server in its own process (\`deno eval\` of Deno.serve) killed with SIGKILL, and
+  Debian's Apache (mpm_event, its own minimal config) with its whole process group killed with SIGKILL, as a crash or
+  systemd's KillMode=control-group takes it; each with the connection watch on (the default) and off, 20 trials each,
+  four lanes side by side; each kill comes a random phase of the interval after the record is back.
 - Checks ([checks.ts](checks.ts)): one sidekick at a time, alone on the benchmark's etcd, for each check kind: http and tcp against a
   target, exec of \`/bin/true\`, and exec of \`sh -c "echo '{…}'"\`, whose JSON status is in the record before the
   window starts and never changes. An idle window one interval after it registered; CPU is utime + stime + cutime +
@@ -518,6 +535,7 @@ async function main(): Promise<void> {
       limitMinutes: 5,
     }]);
     await stage([{ name: "reads", script: "reads.ts", args: q, limitMinutes: 5 }]);
+    await stage([{ name: "killed", script: "killed.ts", args: q, limitMinutes: 6 }]);
     await stage([{ name: "checks", script: "checks.ts", args: q, limitMinutes: 8 }]);
     await stage([{ name: "scale", script: "scale.ts", args: q, limitMinutes: 8 }]);
   } finally {

@@ -13,28 +13,22 @@
  *
  * The secretary is the deno bundle (dist/secretary.mjs, as its unit runs it)
  * at its defaults (interval 2 s, timeout 1 s, rise 2, fall 2, TTL 10 s).
- * Each trial lets the target run registered for `--settle` seconds (one
- * interval by default) and then a random phase of the check interval, kills
- * it, starts it again on the same port and waits for the record to be back.
- * The settle is there because the watch counts a connection that closed
- * within an interval as short-lived and backs off (250 ms, doubling), as it
- * must against a server that drops idle connections: kills that come sooner
- * after registration, trial after trial, measure that backoff instead of the
- * watch (`--settle 0` shows it). The four combinations run side by side, one
- * lane each (its own address 127.0.3.x, target and secretary), against one
- * etcd. About 2.5 minutes.
+ * Each trial kills the target at a random phase of the check interval after
+ * its record is back (plus `--settle` seconds, none by default), starts it
+ * again on the same port and waits for the record to be back. The four
+ * combinations run side by side, one lane each (its own address 127.0.3.x,
+ * target and secretary), against one etcd. About 2 minutes.
  *
  * Apache on Linux defers accepting a connection until it sends data
- * (`AcceptFilter http data`, TCP_DEFER_ACCEPT, the default): for about 30 s
- * the watch's idle connection waits in the kernel (SYN-RECV on Apache's
- * side), and a kill in that time tells its client nothing. Only then does
- * Apache accept it (and close it at its `Timeout`, 60 s later). So at the
- * default settle the apache rows with the watch on measure the periodic
- * check; `--settle 35` shows the watch once Apache holds the connection.
+ * (`AcceptFilter http data`, TCP_DEFER_ACCEPT, the default): a connection that
+ * has sent nothing waits in the kernel for about 30 s (SYN-RECV on Apache's
+ * side), and a kill in that time tells its client nothing. So the watch sends
+ * an HTTP instance an empty line, which HTTP servers ignore before a request,
+ * and Apache takes the connection at once (lib/checks.ts, Greeting).
  *
  * ```sh
  * node_modules/.bin/deno task bundle                      # when dist/ is older than the source
- * node_modules/.bin/deno run -A bench/killed.ts [--trials 20] [--settle 2] [--json killed.json]
+ * node_modules/.bin/deno run -A bench/killed.ts [--trials 20] [--settle 0] [--json killed.json]
  * node_modules/.bin/deno run -A bench/killed.ts --quick   # 4 trials, for development
  * ```
  *
@@ -201,7 +195,7 @@ async function main(): Promise<void> {
     args: Deno.args,
     options: {
       trials: { type: "string" },
-      settle: { type: "string", default: String(INTERVAL_MS / 1000) },
+      settle: { type: "string", default: "0" },
       quick: { type: "boolean", default: false },
       json: { type: "string" },
     },

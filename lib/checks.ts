@@ -420,13 +420,29 @@ export function reconnectDelayMs(shortLived: number): number {
 }
 
 /**
- * Holds one idle TCP connection to the instance (a plain connect, nothing
- * sent) and calls `onLost` when it closes or cannot open: a process that dies
- * has its sockets closed by the kernel at once. After `onLost` the watch is
+ * What the watch sends so that the instance takes its connection. Apache on
+ * Linux (`AcceptFilter http data`, TCP_DEFER_ACCEPT) leaves a connection that
+ * has sent nothing in the kernel for 30 s, where a kill tells its client
+ * nothing. So an HTTP instance gets an empty line, which HTTP servers ignore
+ * before a request (RFC 9112 2.2), and an HTTPS one a TLS handshake; any
+ * other instance a plain connect, nothing sent.
+ */
+export type Greeting = "none" | "crlf" | "tls";
+
+/** The greeting for a check kind. */
+export function greetingFor(kind: CheckSpec["kind"]): Greeting {
+  return kind === "http" ? "crlf" : kind === "https" ? "tls" : "none";
+}
+
+/**
+ * Holds one idle connection to the instance (connect, greet, then nothing)
+ * and calls `onLost` when it closes or cannot open: a process that dies has
+ * its sockets closed by the kernel at once. After `onLost` the watch is
  * idle until `arm()` is called again, which reconnects after
  * reconnectDelayMs. A connection that lived at least `intervalMs` counts as
  * long-lived, so a server that drops idle connections costs at most one extra
- * check per interval.
+ * check per interval. `disarm()` (the instance is down, or the secretary
+ * stops) forgets the backoff: the next connection is to a new process.
  */
 export class ConnectionWatch {
   /** Connections opened so far, for logs and tests. */
@@ -441,6 +457,7 @@ export class ConnectionWatch {
     readonly port: number,
     readonly intervalMs: number,
     readonly onLost: (reason: string) => void,
+    readonly greeting: Greeting = "none",
   ) {}
 
   /** Opens the connection (after the backoff) unless it is open or opening already. */
@@ -453,6 +470,7 @@ export class ConnectionWatch {
   /** Closes the connection and forgets any pending reconnect. */
   disarm(): void {
     this.#armed = false;
+    this.#shortLived = 0;
     clearTimeout(this.#timer);
     const socket = this.#socket;
     this.#socket = undefined;
@@ -461,10 +479,17 @@ export class ConnectionWatch {
 
   #connect(): void {
     this.attempts++;
-    const socket = tcpConnect({ host: this.ip, port: this.port });
+    const tls = this.greeting === "tls";
+    // the handshake only: the watch reads nothing, so the certificate does not matter
+    const socket = tls
+      ? tlsConnect({ host: this.ip, port: this.port, rejectUnauthorized: false })
+      : tcpConnect({ host: this.ip, port: this.port });
     this.#socket = socket;
     let openedAt = 0;
-    socket.on("connect", () => (openedAt = Date.now()));
+    socket.on(tls ? "secureConnect" : "connect", () => {
+      openedAt = Date.now();
+      if (this.greeting === "crlf") socket.write("\r\n");
+    });
     socket.on("data", () => {}); // whatever the server says (Apache's 408 at its request timeout), the close matters
     socket.on("error", () => {}); // "close" follows
     socket.on("close", () => {

@@ -236,7 +236,7 @@ export class Target {
   #server?: Server;
   #sockets = new Set<Socket>();
   requests = 0;
-  /** Connections accepted, and those closed without sending a byte (a connection watch's). */
+  /** Connections accepted, and those closed without sending a request (a connection watch's). */
   connections = 0;
   silent = 0;
   /** Close a connection that has sent nothing after this long, as servers drop idle connections. */
@@ -266,7 +266,9 @@ export class Target {
         if (!spoke) this.silent++;
       });
       socket.on("error", () => {});
-      socket.once("data", () => {
+      socket.on("data", (chunk: Uint8Array) => {
+        // blank lines before a request are ignored, as HTTP servers do (RFC 9112 2.2)
+        if (spoke || new TextDecoder().decode(chunk).trim() === "") return;
         spoke = true;
         clearTimeout(idle);
         this.requests++;
