@@ -451,6 +451,11 @@ export class EtcdRegistrar implements Registrar {
     return this.#holding === "ours";
   }
 
+  /** Whether the record may be listed: registered, or wanted (a put may be in flight). */
+  get mayBeListed(): boolean {
+    return this.#holding === "ours" || this.#desired;
+  }
+
   get key(): string {
     return instanceKey(this.config.prefix, this.config.service, this.config.ip, this.config.port);
   }
@@ -868,8 +873,9 @@ async function main(args: string[]): Promise<number> {
   await stopped;
   // revoke at once, without waiting for a check or an etcd call in flight
   const held = registrar.registered;
+  // a proxy may have seen the record even if the put's answer is still on its way: drain then too
+  const draining = registrar.mayBeListed && cfg.drainMs > 0;
   const removed = (await registrar.stop()) && held;
-  const draining = held && cfg.drainMs > 0;
   log("notice", removed ? "stopped; record removed" : "stopped", {
     key: registrar.key,
     signal: stop.signal.reason,

@@ -750,11 +750,12 @@ export async function target(bed: Bed, host: string): Promise<Target> {
   return t;
 }
 
-/** A target on `host` and its secretary, once the record is in etcd. */
+/** A target on `host` and its secretary, once the record is in etcd and the secretary has logged it. */
 export async function registered(bed: Bed, host: string): Promise<{ t: Target; s: Script; key: string }> {
   const t = await target(bed, host);
   const s = bed.secretary(t);
   const key = bed.key(t);
   await waitFor(() => bed.present(key), "registered", 5000);
+  await s.waitForLog(/^registered key=/); // the secretary knows it too (the line follows the put's answer)
   return { t, s, key };
 }

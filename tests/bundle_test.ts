@@ -145,6 +145,7 @@ async function registerAndDeregister(
   const p = start();
   bed.procs.push(p);
   await waitFor(async () => (await bed.etcd.get(key)) !== undefined, `registered\n${p.stderr}`, 10_000);
+  await p.waitForLog(/^(<\d>)?registered key=/); // the line follows the put's answer
   const stored = decodeEntry(key, (await bed.etcd.get(key))!.value);
   assert.equal(stored.record?.host, "bundle-host");
   assert.equal(stored.record?.port, target.port);

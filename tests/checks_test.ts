@@ -315,6 +315,7 @@ Deno.test("--drain: SIGTERM removes the record at once, then the process waits t
     const s = bed.secretary(t, ["--drain=2s"]);
     const key = bed.key(t);
     await waitFor(() => bed.present(key), "registered", 5000);
+    await s.waitForLog(/^registered key=/);
     const began = Date.now();
     s.kill("SIGTERM");
     await waitFor(async () => !(await bed.present(key)), "record gone at once", 1000);
