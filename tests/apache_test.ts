@@ -253,7 +253,7 @@ Deno.test({
         const record = decodeEntry(h.key, value).record!;
         assert.deepEqual([record.host, record.ipv4_addr, record.port], [h.name, h.ip, h.port]);
         // under systemd (JOURNAL_STREAM set) the log lines carry journald priorities
-        assert.match(h.secretary!.stderr, /^<5>registered key=\/services\/apache\/127\.0\.0\.\d:808\d /m);
+        await h.secretary!.waitForLog(/^<5>registered key=\/services\/apache\/127\.0\.0\.\d:808\d /);
       }
 
       // systemctl stop apache@8080: the secretary first (it is ordered After= Apache), then Apache
