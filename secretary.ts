@@ -734,7 +734,6 @@ export async function runChecks(
     effects.log("debug", "watch connection closed; checking now", { reason });
     wake.abort();
   });
-  signal.addEventListener("abort", () => watch?.disarm());
   while (!signal.aborted) {
     const started = effects.now();
     wake = new AbortController();

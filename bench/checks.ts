@@ -222,21 +222,16 @@ async function measure(
 
   const counter = TaskCounter.start(script.pid);
   await delay(500); // perf attached
-  const before = {
+  const sample = async () => ({
     at: now(),
     cpu: cpuSecondsOf(script.pid, true),
     own: cpuSecondsOf(script.pid),
     revision: Number(await client.revision()),
     metrics: await scrapeMetrics(cluster.endpoints[0]),
-  };
+  });
+  const before = await sample();
   await delay(windowMs);
-  const after = {
-    at: now(),
-    cpu: cpuSecondsOf(script.pid, true),
-    own: cpuSecondsOf(script.pid),
-    revision: Number(await client.revision()),
-    metrics: await scrapeMetrics(cluster.endpoints[0]),
-  };
+  const after = await sample();
   const counted = await counter?.stop();
   const memory = memoryOf(script.pid);
   const stillThere = await client.get(key);

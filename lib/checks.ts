@@ -231,7 +231,7 @@ function checkSocket(spec: Exclude<CheckSpec, { kind: "exec" }>, target: Target)
     });
     if (spec.kind === "tcp") return;
     const judge = (complete: boolean): CheckResult | undefined => {
-      const bytes = concat(chunks, received);
+      const bytes = concat(chunks, BODY_MAX_BYTES);
       const statusLine = /^HTTP\/\d(?:\.\d)? (\d{3})/.exec(new TextDecoder().decode(bytes.subarray(0, 64)));
       if (!statusLine) {
         return complete || received >= 1024 ? { passed: false, reason: "not an HTTP response" } : undefined;
@@ -272,8 +272,9 @@ function indexOfHeadEnd(bytes: Uint8Array): number {
   return -1;
 }
 
-function concat(chunks: Uint8Array[], total: number): Uint8Array {
-  const out = new Uint8Array(Math.min(total, BODY_MAX_BYTES + 65536));
+/** The chunks as one array, cut at `max` bytes. */
+function concat(chunks: Uint8Array[], max: number): Uint8Array {
+  const out = new Uint8Array(Math.min(max, chunks.reduce((n, c) => n + c.length, 0)));
   let offset = 0;
   for (const c of chunks) {
     const n = Math.min(c.length, out.length - offset);
@@ -373,7 +374,7 @@ function checkExec(argv: string[], target: Target): Promise<CheckResult> {
     const verdict = (): CheckResult => {
       if (timedOut) return { passed: false, reason: `no exit within ${target.timeoutMs}ms, killed` };
       const { code, signal } = exit ?? { code: null, signal: "SIGKILL" };
-      const { status, note } = parseStatus(concat(out, Math.min(outBytes, STATUS_MAX_BYTES + 1)), outBytes);
+      const { status, note } = parseStatus(concat(out, STATUS_MAX_BYTES + 1), outBytes);
       if (code === 0) {
         return { passed: true, reason: note ? `exit 0, ${note}` : "exit 0", ...(status ? { status } : {}) };
       }

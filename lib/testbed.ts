@@ -750,10 +750,19 @@ export async function target(bed: Bed, host: string): Promise<Target> {
   return t;
 }
 
-/** A target on `host` and its secretary, once the record is in etcd and the secretary has logged it. */
-export async function registered(bed: Bed, host: string): Promise<{ t: Target; s: Script; key: string }> {
+/**
+ * A target on `host` and its secretary (`extra` arguments, deno `flags`), once
+ * the record is in etcd and the secretary has logged it. `idleCloseMs` is the
+ * target's, set before the secretary starts.
+ */
+export async function registered(
+  bed: Bed,
+  host: string,
+  options: { extra?: string[]; flags?: string[]; idleCloseMs?: number } = {},
+): Promise<{ t: Target; s: Script; key: string }> {
   const t = await target(bed, host);
-  const s = bed.secretary(t);
+  t.idleCloseMs = options.idleCloseMs;
+  const s = bed.secretary(t, options.extra, options.flags);
   const key = bed.key(t);
   await waitFor(() => bed.present(key), "registered", 5000);
   await s.waitForLog(/^registered key=/); // the secretary knows it too (the line follows the put's answer)

@@ -18,7 +18,6 @@ import {
   runScript,
   type Script,
   SOURCE_FLAGS,
-  target,
   waitFor,
   withBed,
 } from "../lib/testbed.ts";
@@ -311,11 +310,7 @@ Deno.test("https check: --insecure accepts a self-signed instance; without it th
 
 Deno.test("--drain: SIGTERM removes the record at once, then the process waits the drain before exiting; a second signal cuts it short", async () => {
   await withBed(async (bed) => {
-    const t = await target(bed, "127.0.0.9");
-    const s = bed.secretary(t, ["--drain=2s"]);
-    const key = bed.key(t);
-    await waitFor(() => bed.present(key), "registered", 5000);
-    await s.waitForLog(/^registered key=/);
+    const { t, s, key } = await registered(bed, "127.0.0.9", { extra: ["--drain=2s"] });
     const began = Date.now();
     s.kill("SIGTERM");
     await waitFor(async () => !(await bed.present(key)), "record gone at once", 1000);
@@ -342,10 +337,7 @@ Deno.test("--maintenance-file: deregistered while it exists whatever the checks 
     bed.cleanups.push(() => Deno.remove(dir, { recursive: true }));
     const file = `${dir}/apache.maintenance`;
     const flags = ["--allow-net", "--allow-env", `--allow-read=/etc/environment,node_modules,${dir}`];
-    const t = await target(bed, "127.0.0.10");
-    const s = bed.secretary(t, [`--maintenance-file=${file}`], flags);
-    const key = bed.key(t);
-    await waitFor(() => bed.present(key), "registered", 5000);
+    const { t, s, key } = await registered(bed, "127.0.0.10", { extra: [`--maintenance-file=${file}`], flags });
 
     await Deno.writeTextFile(file, "");
     await waitFor(async () => !(await bed.present(key)), "deregistered in maintenance", 2000);

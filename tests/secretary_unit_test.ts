@@ -249,12 +249,23 @@ Deno.test("parseCli() splits an exec check's --command like a shell, without one
   assert.deepEqual(config.check, { kind: "exec", argv: ["/opt/bin/check", "--name", "a b", "c d", "e f"] });
 });
 
-/** Runs the loop over scripted results, recording what the registrar was told. */
-async function loop(script: CheckResult[], maintenance: (i: number) => string | undefined = () => undefined) {
+/**
+ * Runs the loop over scripted results with a fake watch, recording what the
+ * registrar was told, the watch's arm and disarm calls, and each sleep (0 when
+ * cut short). `closeAfter` N: the watch reports a close while the loop sleeps
+ * after check N.
+ */
+async function loop(
+  script: CheckResult[],
+  options: { maintenance?: (i: number) => string | undefined; closeAfter?: number } = {},
+) {
   const stop = new AbortController();
   const wants: [boolean, string][] = [];
+  const events: string[] = [];
   const reports: unknown[] = [];
   const logs: string[] = [];
+  const sleeps: number[] = [];
+  let lost: (reason: string) => void = () => {};
   let i = 0;
   await runChecks(
     { intervalMs: 2000, ...policy },
@@ -262,16 +273,30 @@ async function loop(script: CheckResult[], maintenance: (i: number) => string | 
       if (i === script.length) stop.abort(); // every scripted result has been seen
       return Promise.resolve(script[Math.min(i++, script.length - 1)]);
     },
-    { want: (registered, reason) => wants.push([registered, reason]), report: (s) => reports.push(s) },
+    {
+      want: (registered, reason) => {
+        wants.push([registered, reason]);
+        events.push(`want ${registered} ${reason}`);
+      },
+      report: (s) => reports.push(s),
+    },
     {
       now: () => 0,
-      sleep: () => Promise.resolve(),
+      sleep: (ms, signal) => {
+        if (i === options.closeAfter) lost("closed after 2000ms");
+        sleeps.push(signal.aborted ? 0 : ms);
+        return Promise.resolve();
+      },
       log: (_level, event, fields) => logs.push(`${event} ${fields?.reason}`),
-      maintenance: () => maintenance(i),
+      maintenance: () => options.maintenance?.(i),
+      watch: (onLost) => {
+        lost = onLost;
+        return { arm: () => events.push("arm"), disarm: () => events.push("disarm") };
+      },
     },
     stop.signal,
   );
-  return { wants, reports, logs };
+  return { wants, events, reports, logs, sleeps };
 }
 
 Deno.test("runChecks() keeps an instance out while in maintenance, and lets the checks decide once it ends", async () => {
@@ -279,7 +304,9 @@ Deno.test("runChecks() keeps an instance out while in maintenance, and lets the 
   const bad: CheckResult = { passed: false, reason: "exit 1" };
   const file = "maintenance file /m exists";
   // checks 1-2 healthy; 3-5 maintenance (check 4 fails, 5 passes); 6 on: back
-  const { wants, logs } = await loop([ok, ok, ok, bad, ok, ok], (i) => (i >= 3 && i <= 5 ? file : undefined));
+  const { wants, logs } = await loop([ok, ok, ok, bad, ok, ok], {
+    maintenance: (i) => (i >= 3 && i <= 5 ? file : undefined),
+  });
   assert.deepEqual(wants, [[true, "2 checks passed"], [false, file], [true, "maintenance over"]]);
   assert.ok(logs.includes(`maintenance on ${file}`), logs.join("; "));
   assert.ok(logs.includes(`maintenance off ${file}`), logs.join("; "));
@@ -288,7 +315,7 @@ Deno.test("runChecks() keeps an instance out while in maintenance, and lets the 
 
 Deno.test("runChecks() never registers an instance whose maintenance starts before it is healthy", async () => {
   const ok: CheckResult = { passed: true, reason: "exit 0" };
-  const { wants } = await loop([ok, ok, ok], () => "maintenance file /m exists");
+  const { wants } = await loop([ok, ok, ok], { maintenance: () => "maintenance file /m exists" });
   assert.deepEqual(wants, []);
 });
 
@@ -302,40 +329,10 @@ Deno.test("runChecks() reports the status of passing checks only", async () => {
 });
 
 Deno.test("runChecks() checks at once when the watch connection closes, then every 100 ms until fall", async () => {
-  const stop = new AbortController();
-  const events: string[] = [];
-  let lost: (reason: string) => void = () => {};
-  // checks pass until the watch reports the close, then fail: the instance died
-  let dead = false;
-  let checks = 0;
-  const sleeps: number[] = [];
-  await runChecks(
-    { intervalMs: 2000, ...policy },
-    () => {
-      checks++;
-      if (checks === 6) stop.abort();
-      return Promise.resolve(dead ? { passed: false, reason: "ECONNREFUSED" } : { passed: true, reason: "status 200" });
-    },
-    { want: (registered, reason) => events.push(`want ${registered} ${reason}`), report: () => {} },
-    {
-      now: () => 0,
-      sleep: (ms, signal) => {
-        if (sleeps.length === 2) {
-          // the instance dies while the loop sleeps after its third check
-          dead = true;
-          lost("closed after 2000ms");
-        }
-        sleeps.push(signal.aborted ? 0 : ms);
-        return Promise.resolve();
-      },
-      log: () => {},
-      watch: (onLost) => {
-        lost = onLost;
-        return { arm: () => events.push("arm"), disarm: () => events.push("disarm") };
-      },
-    },
-    stop.signal,
-  );
+  const ok: CheckResult = { passed: true, reason: "status 200" };
+  const dead: CheckResult = { passed: false, reason: "ECONNREFUSED" };
+  // the instance dies while the loop sleeps after its third check
+  const { events, sleeps } = await loop([ok, ok, ok, dead, dead], { closeAfter: 3 });
   assert.deepEqual(events, [
     "disarm", // not healthy yet: no watch
     "want true 2 checks passed",
@@ -343,40 +340,17 @@ Deno.test("runChecks() checks at once when the watch connection closes, then eve
     "arm",
     "want false ECONNREFUSED",
     "disarm",
-    "disarm",
-    "disarm",
+    "disarm", // stopped
   ]);
   // 250 (rising), 2000, the third sleep cut short by the close, 100 ms between failures, then the interval
   assert.deepEqual(sleeps, [250, 2000, 0, 100, 2000]);
 });
 
 Deno.test("runChecks() treats a close followed by a passing check as no death: no want, the watch armed again", async () => {
-  const stop = new AbortController();
-  const events: string[] = [];
-  let lost: (reason: string) => void = () => {};
-  let checks = 0;
-  await runChecks(
-    { intervalMs: 2000, ...policy },
-    () => {
-      checks++;
-      if (checks === 6) stop.abort();
-      return Promise.resolve({ passed: true, reason: "status 200" });
-    },
-    { want: (registered) => events.push(`want ${registered}`), report: () => {} },
-    {
-      now: () => 0,
-      sleep: () => {
-        if (checks === 3) lost("closed after 20000ms"); // the server dropped an idle connection
-        return Promise.resolve();
-      },
-      log: () => {},
-      watch: (onLost) => {
-        lost = onLost;
-        return { arm: () => events.push("arm"), disarm: () => events.push("disarm") };
-      },
-    },
-    stop.signal,
-  );
-  assert.deepEqual(events.filter((e) => e.startsWith("want")), ["want true"]);
-  assert.ok(events.filter((e) => e === "arm").length >= 3);
+  const ok: CheckResult = { passed: true, reason: "status 200" };
+  // the server drops the idle connection after the third check; the next check passes
+  const { wants, events, sleeps } = await loop([ok, ok, ok, ok, ok], { closeAfter: 3 });
+  assert.deepEqual(wants, [[true, "2 checks passed"]]);
+  assert.deepEqual(events.filter((e) => e === "arm").length, 4);
+  assert.deepEqual(sleeps, [250, 2000, 0, 2000, 2000]);
 });

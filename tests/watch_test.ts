@@ -5,7 +5,17 @@
  * removal does not wait for the next check.
  */
 import assert from "node:assert/strict";
-import { type Address, type Bed, delay, freePort, Script, target, waitFor, withBed } from "../lib/testbed.ts";
+import {
+  type Address,
+  type Bed,
+  delay,
+  freePort,
+  registered,
+  Script,
+  target,
+  waitFor,
+  withBed,
+} from "../lib/testbed.ts";
 
 /** An HTTP server in its own process, so that it can die as a process does; it prints a line per request. */
 async function serverProcess(bed: Bed, host: string): Promise<{ address: Address; proc: Script; requests(): number }> {
@@ -68,11 +78,10 @@ Deno.test("watch off (--no-watch-connection): no idle connection, and a killed t
 
 Deno.test("watch: a server that drops idle connections every second costs no flap and no write over a minute", async () => {
   await withBed(async (bed) => {
-    const t = await target(bed, "127.0.0.14");
-    t.idleCloseMs = 1000;
-    const s = bed.secretary(t, ["--interval=2s", "--timeout=1s"]);
-    const key = bed.key(t);
-    await waitFor(() => bed.present(key), "registered", 10_000);
+    const { t, s, key } = await registered(bed, "127.0.0.14", {
+      extra: ["--interval=2s", "--timeout=1s"],
+      idleCloseMs: 1000,
+    });
     const { revision } = await bed.etcd.list("/services/");
     const stored = await bed.etcd.get(key);
     await delay(60_000);
@@ -88,11 +97,8 @@ Deno.test("watch: a server that drops idle connections every second costs no fla
 
 Deno.test("watch: a server that refuses idle connections but answers checks stays registered, without a reconnect loop", async () => {
   await withBed(async (bed) => {
-    const t = await target(bed, "127.0.0.15");
-    t.idleCloseMs = 20; // drops a connection that has not spoken within 20 ms
-    const s = bed.secretary(t); // 500 ms interval
-    const key = bed.key(t);
-    await waitFor(() => bed.present(key), "registered", 5000);
+    // the target drops a connection that has not spoken within 20 ms; the secretary checks every 500 ms
+    const { t, s } = await registered(bed, "127.0.0.15", { idleCloseMs: 20 });
     const { revision } = await bed.etcd.list("/services/");
     const before = t.silent;
     await delay(10_000);
@@ -105,10 +111,7 @@ Deno.test("watch: a server that refuses idle connections but answers checks stay
 
 Deno.test("watch: a hung target keeps its connection open, and the periodic check still removes it", async () => {
   await withBed(async (bed) => {
-    const t = await target(bed, "127.0.0.16");
-    const s = bed.secretary(t);
-    const key = bed.key(t);
-    await waitFor(() => bed.present(key), "registered", 5000);
+    const { t, s, key } = await registered(bed, "127.0.0.16");
     await t.setMode("hang");
     await waitFor(async () => !(await bed.present(key)), "deregistered while hung", 4000);
     await s.waitForLog(/deregistered .*reason="no answer within 300ms"/);
