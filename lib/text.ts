@@ -1,0 +1,41 @@
+/**
+ * Text that reaches an operator's terminal or a log line: values from the
+ * command line or from a record are shown printable (no control character
+ * reaches the terminal raw: no escape sequence, no newline, no bidi override)
+ * and cut to a length, so one hostile or huge value can neither forge a line
+ * nor pad a table to a million columns.
+ *
+ * @module
+ */
+
+// C0, DEL and C1 controls, format characters (bidi overrides, zero-width), line and paragraph separators
+const UNPRINTABLE = /[\p{Cc}\p{Cf}\u2028\u2029]/gu;
+
+/** Whether `text` holds a control or format character (what `printable()` would escape). */
+export function hasControl(text: string): boolean {
+  UNPRINTABLE.lastIndex = 0;
+  return UNPRINTABLE.test(text);
+}
+
+/** `text` with every control and format character written as `\uXXXX`, cut to `max` characters. */
+export function printable(text: string, max = Infinity): string {
+  return cut(escapeControls(text), max);
+}
+
+/**
+ * A value as a usage error or log shows it: in double quotes, `"` and `\`
+ * escaped as JSON does, every control character as `\uXXXX`, cut to `max`.
+ */
+export function quote(text: string, max = 200): string {
+  const body = cut(text, max);
+  return escapeControls(JSON.stringify(body));
+}
+
+/** `text` cut to `max` characters, the last one an ellipsis when it was longer. */
+export function cut(text: string, max: number): string {
+  return text.length > max ? `${text.slice(0, Math.max(0, max - 1))}…` : text;
+}
+
+function escapeControls(text: string): string {
+  return text.replace(UNPRINTABLE, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`);
+}
