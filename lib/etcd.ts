@@ -13,6 +13,7 @@ import { readFileSync } from "node:fs";
 import { isIP } from "node:net";
 import tls from "node:tls";
 import {
+  castGrpcError,
   Etcd3,
   EtcdLeaseInvalidError,
   GRPCDeadlineExceededError,
@@ -36,6 +37,8 @@ export interface EtcdOptions {
   user?: { name: string; password: string };
   /** The deadline of each call to one member. @default 1500 */
   callTimeoutMs?: number;
+  /** How many keys one page of `list()` asks for. @default LIST_PAGE_SIZE (500) */
+  listPageSize?: number;
 }
 
 /** A key's value and the lease it is attached to ("0" for none). */
@@ -65,6 +68,36 @@ export class DeadlineError extends Error {
 }
 
 const DEFAULT_CALL_TIMEOUT_MS = 1500;
+
+/**
+ * How many keys one page of a listing asks for. A record is about 250 bytes,
+ * so a typical page is about 125 KB; with an exec status at its 4 KiB cap, a
+ * page is about 2.1 MB: still under grpc's default 4 MiB message, and a small
+ * part of one call's deadline on any LAN. kubectl lists in pages of the same
+ * size (its --chunk-size). Much smaller pages would cost more: a round trip
+ * each, and in etcd 3.4 a walk of the in-memory index over the rest of the
+ * prefix each (only the page's values are read from disk).
+ */
+export const LIST_PAGE_SIZE = 500;
+
+/**
+ * How many times in all a listing starts over when etcd compacts its revision
+ * before its last page. A listing takes seconds and compactions are minutes
+ * apart (etcd's auto-compaction, kube-apiserver's every 5 minutes), so a
+ * repeat means something compacts all the time: fail rather than loop.
+ */
+export const LIST_ATTEMPTS = 3;
+
+/**
+ * The largest message grpc-js accepts from etcd (its default is 4 MiB): the
+ * largest etcd sends (its gRPC `MaxSendMsgSize` is math.MaxInt32), as etcd's
+ * own Go client sets it. No smaller bound is safe: one value may be as large
+ * as etcd's `--max-request-bytes` (1.5 MiB by default, and configurable), a
+ * page holds LIST_PAGE_SIZE of them, and one watch answer holds every event of
+ * up to 1,000 revisions (a watch catching up) or every key one lease revoke
+ * deleted. The listing is kept in memory whole anyway; etcd is trusted.
+ */
+const MAX_RECEIVE_MESSAGE_BYTES = 2 ** 31 - 1;
 
 /**
  * grpc-js always sends the endpoint's host as the TLS server name; for an IP
@@ -102,6 +135,19 @@ export function prefixRangeEnd(prefix: string): Buffer {
   return Buffer.from([0]);
 }
 
+/**
+ * Where the next page of a listing starts: the first key after `lastKey` (the
+ * last key of this page) in etcd's byte order, which is `lastKey` + "\0".
+ */
+export function nextPageKey(lastKey: Uint8Array): Buffer {
+  return Buffer.concat([lastKey, Buffer.from([0])]);
+}
+
+/** Whether etcd refused a read because its revision was compacted (ErrCompacted). */
+export function isCompactedError(err: unknown): boolean {
+  return err instanceof Error && err.message.includes("required revision has been compacted");
+}
+
 /** Settles like `promise`, or rejects with DeadlineError after `ms`. */
 export function withDeadline<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
   let timer: ReturnType<typeof setTimeout> | undefined;
@@ -136,6 +182,7 @@ export function describeError(err: unknown): string {
 export class Etcd {
   readonly #options: EtcdOptions;
   readonly #callTimeoutMs: number;
+  readonly #listPageSize: number;
   readonly #credentials?: IOptions["credentials"];
   #member: number;
   #client: Etcd3;
@@ -143,6 +190,10 @@ export class Etcd {
   constructor(options: EtcdOptions) {
     this.#options = options;
     this.#callTimeoutMs = options.callTimeoutMs ?? DEFAULT_CALL_TIMEOUT_MS;
+    this.#listPageSize = options.listPageSize ?? LIST_PAGE_SIZE;
+    if (!Number.isInteger(this.#listPageSize) || this.#listPageSize < 1) {
+      throw new RangeError(`Cannot use listPageSize ${this.#listPageSize}: expected a positive integer`);
+    }
     if (options.cacert || options.cert) {
       this.#credentials = {
         // null: the system's roots
@@ -158,11 +209,15 @@ export class Etcd {
   #connect(): Etcd3 {
     const options = this.#options;
     const endpoint = new URL(options.endpoints[this.#member]);
-    // grpc-js would otherwise honour http_proxy and friends: etcd is never behind one
-    const grpcOptions: Record<string, string | number> = { "grpc.enable_http_proxy": 0 };
+    const grpcOptions: Record<string, string | number> = {
+      // grpc-js would otherwise honour http_proxy and friends: etcd is never behind one
+      "grpc.enable_http_proxy": 0,
+      // for every call and stream on this channel: list pages and watch answers alike
+      "grpc.max_receive_message_length": MAX_RECEIVE_MESSAGE_BYTES,
+    };
     const standIn = endpoint.protocol === "https:" ? standInServerName(endpoint.hostname) : undefined;
     if (standIn) grpcOptions["grpc.ssl_target_name_override"] = standIn;
-    return new Etcd3({
+    const client = new Etcd3({
       hosts: [options.endpoints[this.#member]],
       credentials: this.#credentials,
       auth: options.user && { username: options.user.name, password: options.user.password },
@@ -171,6 +226,8 @@ export class Etcd {
       // retries and failover are ours (#run); etcd3's circuit breaker would refuse calls for 5 s after etcd is back
       faultHandling: { host: () => noPolicy, global: noPolicy },
     });
+    if (options.user) authenticateOnOwnChannel(client);
+    return client;
   }
 
   /** The member this client talks to now. */
@@ -301,13 +358,47 @@ export class Etcd {
     return res.kvs[0] ? toStored(res.kvs[0]) : undefined;
   }
 
-  /** Reads every key under `prefix`, sorted by key, with the revision of the read. */
+  /**
+   * Reads every key under `prefix`, sorted by key, as one snapshot: each
+   * value as it was at the returned `revision`, so a watch from `revision + 1`
+   * misses no change. Works at any size etcd can hold.
+   *
+   * The range is read a page at a time (`listPageSize` keys), each page its
+   * own call with its own deadline and failover, so a large listing meets
+   * neither grpc's message limit nor a deadline meant for one small call.
+   * The first page is read at the current revision, every later one at the
+   * first page's. When etcd compacts that revision before the last page is
+   * read, the listing starts over at the current revision, LIST_ATTEMPTS
+   * times in all; then the compaction error is thrown.
+   */
   async list(prefix: string): Promise<{ values: StoredValue[]; revision: string }> {
-    const res = await this.#run(
-      "list",
-      (c) => c.kv.range({ key: Buffer.from(prefix), range_end: prefixRangeEnd(prefix) }),
-    );
-    return { values: res.kvs.map(toStored), revision: res.header.revision };
+    for (let attempt = 1;; attempt++) {
+      try {
+        return await this.#listPages(prefix);
+      } catch (err) {
+        if (!isCompactedError(err) || attempt >= LIST_ATTEMPTS) throw err;
+      }
+    }
+  }
+
+  /** One attempt of list(): pages from `prefix` to its end, all at the first page's revision. */
+  async #listPages(prefix: string): Promise<{ values: StoredValue[]; revision: string }> {
+    const rangeEnd = prefixRangeEnd(prefix);
+    const values: StoredValue[] = [];
+    let key: Buffer = Buffer.from(prefix);
+    let revision: string | undefined; // unset for the first page: the current revision
+    for (let page = 1;; page++) {
+      const at = revision;
+      const res = await this.#run(
+        `list page ${page}`,
+        (c) => c.kv.range({ key, range_end: rangeEnd, limit: this.#listPageSize, revision: at }),
+      );
+      revision ??= res.header.revision;
+      for (const kv of res.kvs) values.push(toStored(kv));
+      const last = res.kvs.at(-1);
+      if (!res.more || !last) return { values, revision };
+      key = nextPageKey(last.key);
+    }
   }
 
   /** The cluster's current revision (a cheap read). */
@@ -409,6 +500,46 @@ export class Etcd {
 
 function toStored(kv: IKeyValue): StoredValue {
   return { key: kv.key.toString(), value: kv.value.toString(), lease: kv.lease, modRevision: kv.mod_revision };
+}
+
+/** What authenticateOnOwnChannel() reaches into: etcd3 1.1.2's connection pool. */
+interface PoolInternals {
+  hosts?: { getServiceClient(name: "Auth"): AuthServiceClient }[];
+  authenticator?: {
+    getCredentialsFromHost(address: string, name: string, password: string, callOptions?: object): Promise<string>;
+  };
+}
+interface AuthServiceClient {
+  authenticate(
+    request: { name: string; password: string },
+    options: object,
+    callback: (err: Error | null, res?: { token: string }) => void,
+  ): void;
+}
+
+/**
+ * etcd3 fetches its auth token on a channel of its own, made without the
+ * channel options given to it: grpc-js then reads the proxy variables (under
+ * the units' --allow-env list, deno refuses with `Requires env access to
+ * "grpc_proxy"`, and etcd would be reached through a proxy), and over https
+ * by IP the stand-in server name is missing. This fetches the token on the
+ * client's own channel instead, which has both, and is no extra connection.
+ */
+function authenticateOnOwnChannel(client: Etcd3): void {
+  const pool = (client as unknown as { pool?: PoolInternals }).pool;
+  const authenticator = pool?.authenticator;
+  const host = pool?.hosts?.length === 1 ? pool.hosts[0] : undefined;
+  if (!host || typeof authenticator?.getCredentialsFromHost !== "function") {
+    throw new Error("etcd3's connection pool has changed shape: authentication cannot use the client's channel");
+  }
+  authenticator.getCredentialsFromHost = (_address, name, password, callOptions) =>
+    new Promise((resolve, reject) => {
+      host.getServiceClient("Auth").authenticate(
+        { name, password },
+        callOptions ?? {},
+        (err, res) => (err || !res ? reject(castGrpcError(err ?? new Error("no token"))) : resolve(res.token)),
+      );
+    });
 }
 
 /** cockatiel-compatible policies, kept local so callers need not know cockatiel. */

@@ -1,10 +1,36 @@
 import assert from "node:assert/strict";
 import tls from "node:tls";
-import { describeError, prefixRangeEnd, standInServerName } from "../lib/etcd.ts";
+import { describeError, Etcd, isCompactedError, nextPageKey, prefixRangeEnd, standInServerName } from "../lib/etcd.ts";
 
 Deno.test("prefixRangeEnd() is the first key after every key with the prefix", () => {
   assert.equal(prefixRangeEnd("/services/").toString(), "/services0");
   assert.equal(prefixRangeEnd("ab").toString(), "ac");
+});
+
+Deno.test("nextPageKey() is the first key after the last key of a page, in etcd's byte order", () => {
+  assert.deepEqual(nextPageKey(Buffer.from("/services/a/10.0.0.1:80")), Buffer.from("/services/a/10.0.0.1:80\0"));
+  // raw bytes, not text: a key that is not UTF-8 must continue where it stopped
+  assert.deepEqual(nextPageKey(Buffer.from([0x61, 0xff])), Buffer.from([0x61, 0xff, 0x00]));
+  // nothing sorts between a key and its successor; every longer key with the key as prefix sorts after it
+  const last = Buffer.from("/services/a/10.0.0.1:80");
+  const next = nextPageKey(last);
+  assert.ok(Buffer.compare(last, next) < 0);
+  for (const later of ["/services/a/10.0.0.1:800", "/services/a/10.0.0.1:81", "/services/a/10.0.0.2:80"]) {
+    assert.ok(Buffer.compare(next, Buffer.from(later)) <= 0, later);
+  }
+});
+
+Deno.test("isCompactedError() knows etcd's ErrCompacted, and nothing else", () => {
+  assert.ok(isCompactedError(new Error("11 OUT_OF_RANGE: etcdserver: mvcc: required revision has been compacted")));
+  assert.ok(!isCompactedError(new Error("11 OUT_OF_RANGE: etcdserver: mvcc: required revision is a future revision")));
+  assert.ok(!isCompactedError(new Error("14 UNAVAILABLE: No connection established")));
+  assert.ok(!isCompactedError("required revision has been compacted"));
+});
+
+Deno.test("new Etcd() refuses a list page size that is not a positive integer", () => {
+  for (const listPageSize of [0, -1, 1.5, NaN]) {
+    assert.throws(() => new Etcd({ endpoints: ["http://127.0.0.1:2379"], listPageSize }), RangeError);
+  }
 });
 
 Deno.test("standInServerName() names an IP endpoint for TLS, and leaves a host name alone", () => {
