@@ -59,6 +59,19 @@ if ! "$deno" --version >/dev/null 2>&1 || [ "$(head -c 4 "$deno" | od -An -c | t
   exit 2
 fi
 
+# SECRETARY_ETCD is deno's --allow-net list in the units: host:port, never a URL
+# (deno would refuse to start, exit 1, and Restart= would retry it every 2 s)
+environment="${root%/}/etc/environment"
+if [ -r "$environment" ]; then
+  etcd_list=$(sed -n 's/^SECRETARY_ETCD=//p' "$environment" | tail -n 1 | tr -d "\"'")
+  host='([A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\]):[0-9]{1,5}'
+  if [ -n "$etcd_list" ] && ! printf '%s' "$etcd_list" | grep -Eq "^$host(,$host)*\$"; then
+    shown=$(printf '%s' "$etcd_list" | head -c 200 | tr -c '[:print:]' '?')
+    echo "install: Cannot use SECRETARY_ETCD=\"$shown\" in $environment: expected host:port[,host:port...], not URLs" >&2
+    exit 2
+  fi
+fi
+
 bin="${root%/}/opt/bin"
 units="${root%/}/etc/systemd/system"
 install -d -m 0755 "$bin" "$units"
@@ -67,21 +80,46 @@ for name in secretary registry; do
   install -m 0644 "$from/$name.mjs" "$from/$name.mjs.map" "$bin/"
 done
 
-# `registry ls`, `registry get`, `registry watch` with the least privilege: the etcd
-# endpoints of SECRETARY_ETCD (from the environment or /etc/environment) and nothing else
+# `registry ls`, `registry get`, `registry watch` with the least privilege: its etcd
+# endpoints, and over TLS the certificate files, nothing else
 cat >"$bin/registry.tmp" <<'EOF'
 #!/bin/sh
 # registry: lists, gets and watches the records that secretaries keep in etcd.
-# Reaches only SECRETARY_ETCD (host:port[,host:port...]; from the environment,
-# else /etc/environment, else 127.0.0.1:2379). Installed by secretary's install.sh.
+# Installed by secretary's install.sh. Each setting comes from the environment,
+# else /etc/environment. It reaches only its etcd endpoints: ETCDCTL_ENDPOINTS
+# (URLs, for https), else SECRETARY_ETCD (host:port[,host:port...]), else
+# 127.0.0.1:2379; and reads only the files of ETCDCTL_CACERT, ETCDCTL_CERT and
+# ETCDCTL_KEY, or of --cacert, --cert and --key. ETCDCTL_USER works as for etcdctl.
 here=$(dirname "$(readlink -f "$0")")
-if [ -z "${SECRETARY_ETCD:-}" ] && [ -r /etc/environment ]; then
-  SECRETARY_ETCD=$(sed -n 's/^SECRETARY_ETCD=//p' /etc/environment | tail -n 1 | tr -d "\"'")
-fi
-etcd=${SECRETARY_ETCD:-127.0.0.1:2379}
-exec "$here/deno" run --allow-net="$etcd" \
+setting() {
+  eval "value=\${$1:-}"
+  if [ -z "$value" ] && [ -r /etc/environment ]; then
+    value=$(sed -n "s/^$1=//p" /etc/environment | tail -n 1 | tr -d "\"'")
+  fi
+  printf '%s' "$value"
+}
+endpoints=$(setting ETCDCTL_ENDPOINTS)
+[ -n "$endpoints" ] || endpoints=$(setting SECRETARY_ETCD)
+[ -n "$endpoints" ] || endpoints=127.0.0.1:2379
+# deno's --allow-net takes host:port: the endpoints without scheme or trailing /
+net=$(printf '%s' "$endpoints" | sed -E 's#[A-Za-z][A-Za-z0-9+.-]*://##g; s#/+(,|$)#\1#g')
+files=""
+for name in ETCDCTL_CACERT ETCDCTL_CERT ETCDCTL_KEY ETCDCTL_USER; do
+  value=$(setting "$name")
+  [ -n "$value" ] || continue
+  export "$name=$value"
+  [ "$name" = ETCDCTL_USER ] || files="$files,$value"
+done
+previous=""
+for arg in "$@"; do
+  case "$previous" in --cacert | --cert | --key) files="$files,$arg" ;; esac
+  case "$arg" in --cacert=* | --cert=* | --key=*) files="$files,${arg#*=}" ;; esac
+  previous=$arg
+done
+export DENO_NO_UPDATE_CHECK=1
+exec "$here/deno" run --allow-net="$net" ${files:+"--allow-read=${files#,}"} \
   --allow-env=ETCDCTL_CACERT,ETCDCTL_CERT,ETCDCTL_KEY,ETCDCTL_USER,GRPC_* \
-  "$here/registry.mjs" --endpoints "$etcd" "$@"
+  "$here/registry.mjs" --endpoints "$endpoints" "$@"
 EOF
 chmod 0755 "$bin/registry.tmp"
 mv -f "$bin/registry.tmp" "$bin/registry"

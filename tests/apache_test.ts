@@ -62,13 +62,13 @@ function parseEnvironmentFile(text: string): Record<string, string> {
 
 /**
  * The command line and environment systemd would run for a unit's ExecStart=:
- * specifiers (`%i`, `%H`, `%%`), then Environment=, then EnvironmentFile=
+ * specifiers (`%i`, `%H`, `%C`, `%%`), then Environment=, then EnvironmentFile=
  * (later files win), then `${VAR}` in the command. Anything else (quotes,
  * `$VAR` word splitting, unknown specifiers) throws rather than guess.
  */
 async function execStart(
   unitText: string,
-  specifiers: { i: string; H: string },
+  specifiers: { i: string; H: string; C: string },
   files: (path: string) => string,
 ): Promise<{ argv: string[]; env: Record<string, string> }> {
   const unit = parseUnit(unitText);
@@ -76,7 +76,7 @@ async function execStart(
   const expand = (text: string) =>
     text.replace(/%(.)/g, (_, c: string) => {
       if (c === "%") return "%";
-      if (c === "i" || c === "H") return specifiers[c];
+      if (c === "i" || c === "H" || c === "C") return specifiers[c];
       throw new Error(`specifier %${c} is not known to this test`);
     });
   const env: Record<string, string> = { ...SYSTEMD_ENV };
@@ -154,7 +154,8 @@ class Host {
     const unit = await Deno.readTextFile(`${scratchRoot}/etc/systemd/system/apache-secretary@.service`);
     const { argv, env } = await execStart(
       unit,
-      { i: String(this.port), H: this.name },
+      // %C: the cache root (/var/cache for a system unit), inside the scratch root here
+      { i: String(this.port), H: this.name, C: `${scratchRoot}/var/cache` },
       (path) => path === "/etc/environment" ? `${this.dir}/environment` : `${scratchRoot}${path}`,
     );
     // the unit's binaries are the ones install.sh put in the scratch root
@@ -250,7 +251,7 @@ Deno.test({
       );
       for (const h of hosts) {
         const value: string = (await etcd.get(h.key))!.value;
-        const record = decodeEntry(h.key, value).record!;
+        const record = decodeEntry("/services", h.key, value).record!;
         assert.deepEqual([record.host, record.ipv4_addr, record.port], [h.name, h.ip, h.port]);
         // under systemd (JOURNAL_STREAM set) the log lines carry journald priorities
         await h.secretary!.waitForLog(/^<5>registered key=\/services\/apache\/127\.0\.0\.\d:808\d /);

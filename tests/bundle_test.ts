@@ -8,10 +8,9 @@
 import assert from "node:assert/strict";
 import { fromJSON } from "@grpc/proto-loader";
 import { embedProto, protoDescriptor } from "../build.ts";
-import { splitCommand } from "../lib/checks.ts";
 import { type Etcd } from "../lib/etcd.ts";
 import { decodeEntry, encodeRecord, instanceKey } from "../lib/record.ts";
-import { delay, EtcdCluster, makeCerts, ROOT, Script, Target, waitFor } from "../lib/testbed.ts";
+import { bundles, delay, EtcdCluster, execStart, makeCerts, ROOT, Script, Target, waitFor } from "../lib/testbed.ts";
 
 /** The variables the registry wrapper install.sh writes lets deno read; the test checks the wrapper says the same. */
 const REGISTRY_ENV = "ETCDCTL_CACERT,ETCDCTL_CERT,ETCDCTL_KEY,ETCDCTL_USER,GRPC_*";
@@ -22,47 +21,12 @@ const FAST = ["--interval=500ms", "--timeout=300ms", "--ttl=5s"];
 // ---------------------------------------------------------------------------
 // helpers
 
-/** Builds the bundles into a fresh folder of this test module, once. */
-let built: Promise<string> | undefined;
-function bundles(): Promise<string> {
-  built ??= (async () => {
-    const dir = await Deno.makeTempDir({ prefix: "secretary-bundle-" });
-    globalThis.addEventListener("unload", () => Deno.removeSync(dir, { recursive: true }));
-    const out = await new Deno.Command(Deno.execPath(), {
-      args: ["run", "--allow-all", `${ROOT}build.ts`, "--out", dir, "--quiet"],
-      stdout: "piped",
-      stderr: "piped",
-    }).output();
-    if (!out.success) throw new Error(`build.ts failed:\n${new TextDecoder().decode(out.stderr)}`);
-    return dir;
-  })();
-  return built;
-}
-
 /** An empty folder holding only the named files from the build; removed by the returned function. */
 async function emptyFolderWith(files: string[]): Promise<{ dir: string; remove: () => Promise<void> }> {
   const from = await bundles();
   const dir = await Deno.makeTempDir({ prefix: "secretary-alone-" });
   for (const f of files) await Deno.copyFile(`${from}/${f}`, `${dir}/${f}`);
   return { dir, remove: () => Deno.remove(dir, { recursive: true }) };
-}
-
-/**
- * The words of a unit file's ExecStart= (the last one: a drop-in resets it
- * with an empty one first), with `%i`, `%H` and `${VAR}` expanded from `vars`,
- * and the bundle's /opt/bin path pointed at `dir`.
- */
-async function execStart(file: string, vars: Record<string, string>, dir = "/opt/bin"): Promise<string[]> {
-  const text = await Deno.readTextFile(`${ROOT}units/${file}`);
-  const line = [...text.matchAll(/^ExecStart=(.*)$/gm)].map((m) => m[1]).filter((l) => l !== "").at(-1)!;
-  // systemd's quoting, as far as the units use it ("…" around one argument), is a shell's
-  return splitCommand(line).map((word) =>
-    word
-      .replace(/%([iH])/g, (_, c: string) => vars[`%${c}`])
-      .replace(/\$\{(\w+)\}/g, (_, name: string) => vars[name] ?? "")
-      .replace(/^\/opt\/bin\/deno$/, Deno.execPath())
-      .replace(/^\/opt\/bin\//, `${dir}/`)
-  );
 }
 
 /** The unit's deno permissions (`--allow-*` words of its ExecStart), for one instance and one etcd. */
@@ -146,7 +110,7 @@ async function registerAndDeregister(
   bed.procs.push(p);
   await waitFor(async () => (await bed.etcd.get(key)) !== undefined, `registered\n${p.stderr}`, 10_000);
   await p.waitForLog(/^(<\d>)?registered key=/); // the line follows the put's answer
-  const stored = decodeEntry(key, (await bed.etcd.get(key))!.value);
+  const stored = decodeEntry("/services", key, (await bed.etcd.get(key))!.value);
   assert.equal(stored.record?.host, "bundle-host");
   assert.equal(stored.record?.port, target.port);
   p.kill("SIGTERM");
@@ -534,7 +498,7 @@ Deno.test("the example exec unit's ExecStart, bundle under deno: status publishe
       const key = instanceKey("/services", "queue", target.host, target.port);
       const present = async () => (await bed.etcd.get(key)) !== undefined;
       await waitFor(present, `registered\n${p.stderr}`, 10_000);
-      const record = decodeEntry(key, (await bed.etcd.get(key))!.value).record!;
+      const record = decodeEntry("/services", key, (await bed.etcd.get(key))!.value).record!;
       assert.deepEqual(record.status, { depth: 7, args: `--port ${target.port}`, port: String(target.port) });
 
       const file = `${bed.dir}/queue@${target.port}.maintenance`;
@@ -564,7 +528,7 @@ Deno.test("the example exec unit's ExecStart, bundle under deno: status publishe
       );
       bed.procs.push(n);
       await waitFor(present, `registered under node\n${n.stderr}`, 10_000);
-      assert.equal(decodeEntry(key, (await bed.etcd.get(key))!.value).record?.status?.args, "--port 1");
+      assert.equal(decodeEntry("/services", key, (await bed.etcd.get(key))!.value).record?.status?.args, "--port 1");
       n.kill("SIGTERM");
       assert.equal((await n.finished(5000)).code, 0);
     } finally {

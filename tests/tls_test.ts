@@ -1,37 +1,90 @@
 /**
- * TLS with client certificates and etcd authentication, with etcdctl's own
- * flags and variables, against a real etcd; and what a wrong CA, a wrong
- * password or a plain-http client gets: one clear line (registry, exit 1) or
- * retries with a logged reason (secretary), never a hang.
+ * TLS with client certificates and etcd authentication, against a real etcd,
+ * run as a host runs them: the bundles installed by `install.sh --root`, the
+ * secretary started with its installed unit's own ExecStart (the TLS drop-in's
+ * over TLS) and that unit's environment, `registry` through the installed
+ * wrapper, each with nothing in its environment but what the unit or an
+ * operator's shell would give it. And what a wrong CA, a wrong password or a
+ * plain-http client gets: one clear line (registry, exit 1) or retries with a
+ * logged reason (secretary), never a hang.
  */
 import assert from "node:assert/strict";
 import { Etcd } from "../lib/etcd.ts";
 import { instanceKey } from "../lib/record.ts";
-import { delay, EtcdCluster, makeCerts, runScript, Script, Target, waitFor } from "../lib/testbed.ts";
+import {
+  type Certs,
+  EtcdCluster,
+  execStart,
+  installed,
+  makeCerts,
+  Script,
+  Target,
+  unitEnvironment,
+  waitFor,
+} from "../lib/testbed.ts";
 
-const FAST = ["--hostname=h", "--interval=500ms", "--timeout=300ms", "--ttl=5s"];
+const FAST = ["--interval=500ms", "--timeout=300ms", "--ttl=5s"];
+const PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+const UNITS = "etc/systemd/system";
 
-function flagsFor(dir: string): string[] {
-  // the certificate files are read at start: the least privilege names them
-  return ["--allow-net", "--allow-env", `--allow-read=/etc/environment,node_modules,${dir}`];
+/** The installed secretary for `target`, started as systemd starts `unit` (a path under the root), with `env`. */
+async function secretary(
+  root: string,
+  unit: string,
+  target: Target,
+  env: Record<string, string>,
+  extra: string[] = [],
+): Promise<Script> {
+  const vars = { ...env, COREOS_PUBLIC_IPV4: target.host, "%i": String(target.port), "%H": "tls-host" };
+  const argv = await execStart(`${root}/${unit}`, vars, `${root}/opt/bin`);
+  const unitEnv = await unitEnvironment(`${root}/${UNITS}/apache-secretary@.service`);
+  for (const [k, v] of Object.entries(unitEnv)) unitEnv[k] = v.replaceAll("%C", `${root}/var/cache`);
+  return new Script(argv[0], [...argv.slice(1), ...FAST, ...extra], {
+    ...unitEnv,
+    COREOS_PUBLIC_IPV4: target.host,
+    ...env,
+  }, { clearEnv: true, cwd: root });
 }
 
-async function running(s: Script): Promise<boolean> {
-  return !(await Promise.race([s.status.then(() => true), delay(0).then(() => false)]));
+/** The installed `registry` wrapper, run to its end with only `env` (and PATH). */
+async function registry(
+  root: string,
+  args: string[],
+  env: Record<string, string>,
+): Promise<{ code: number; stdout: string; stderr: string }> {
+  const p = new Script(`${root}/opt/bin/registry`, args, { PATH, ...env }, { clearEnv: true, cwd: root });
+  const status = await p.finished(20_000);
+  return { code: status.code, stdout: p.stdout, stderr: p.stderr };
 }
 
-Deno.test("TLS with client certificates: flags and ETCDCTL_* variables work; a wrong CA or plain http gets one clear line", async () => {
+/** Adds user root with `password` and turns etcd's authentication on. */
+async function enableAuth(endpoint: string, password: string, certs?: Certs): Promise<void> {
+  const tls = certs ? [`--cacert=${certs.ca}`, `--cert=${certs.clientCert}`, `--key=${certs.clientKey}`] : [];
+  for (const args of [["user", "add", `root:${password}`, "--interactive=false"], ["auth", "enable"]]) {
+    const out = await new Deno.Command("etcdctl", {
+      args: [`--endpoints=${endpoint}`, ...tls, ...args],
+      env: { ETCDCTL_API: "3" },
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    assert.ok(out.success, new TextDecoder().decode(out.stderr));
+  }
+}
+
+function assertOneLine(r: { code: number; stderr: string }, pattern: RegExp): void {
+  assert.equal(r.code, 1, r.stderr);
+  assert.equal(r.stderr.trimEnd().split("\n").length, 1, r.stderr);
+  assert.match(r.stderr, pattern);
+}
+
+Deno.test("TLS with client certificates: the installed unit's drop-in and the registry wrapper work; a wrong CA or plain http gets one clear line", async () => {
+  const root = await installed();
   const certs = await makeCerts();
   const tls = { cacert: certs.ca, cert: certs.clientCert, key: certs.clientKey };
   const cluster = await EtcdCluster.create(1, {
     scheme: "https",
     extraArgs: [
-      "--cert-file",
-      certs.serverCert,
-      "--key-file",
-      certs.serverKey,
-      "--trusted-ca-file",
-      certs.ca,
+      ...["--cert-file", certs.serverCert, "--key-file", certs.serverKey, "--trusted-ca-file", certs.ca],
       "--client-cert-auth",
     ],
     clientOptions: tls,
@@ -39,57 +92,39 @@ Deno.test("TLS with client certificates: flags and ETCDCTL_* variables work; a w
   await cluster.start();
   const etcd = cluster.client();
   const endpoint = cluster.endpoints[0];
+  const hostPort = new URL(endpoint).host;
   const t = await Target.start("127.0.0.40");
   const key = instanceKey("/services", "apache", t.host, t.port);
-  const flags = flagsFor(certs.dir);
-  const good = Script.deno("secretary.ts", [
-    String(t.port),
-    `--ip=${t.host}`,
-    `--endpoints=${endpoint}`,
-    `--cacert=${certs.ca}`,
-    `--cert=${certs.clientCert}`,
-    `--key=${certs.clientKey}`,
-    ...FAST,
-  ], { flags });
-  const wrongCa = Script.deno("secretary.ts", [String(t.port), `--ip=${t.host}`, ...FAST, "--service=wrongca"], {
-    flags,
-    env: {
-      ETCDCTL_ENDPOINTS: endpoint,
-      ETCDCTL_CACERT: certs.otherCa,
-      ETCDCTL_CERT: certs.clientCert,
-      ETCDCTL_KEY: certs.clientKey,
-    },
-  });
+  const env = {
+    ETCDCTL_ENDPOINTS: endpoint,
+    SECRETARY_ETCD: hostPort,
+    ETCDCTL_CACERT: certs.ca,
+    ETCDCTL_CERT: certs.clientCert,
+    ETCDCTL_KEY: certs.clientKey,
+  };
+  const dropIn = `${UNITS}/apache-secretary@.service.d/tls.conf`;
+  const good = await secretary(root, dropIn, t, env);
+  const wrongCa = await secretary(root, dropIn, t, { ...env, ETCDCTL_CACERT: certs.otherCa }, ["--service=wrongca"]);
   try {
-    await waitFor(() => etcd.get(key), "registered over TLS", 10_000);
+    await waitFor(() => etcd.get(key), `registered over TLS\n${good.stderr}`, 15_000);
 
-    const env = {
-      ETCDCTL_ENDPOINTS: endpoint,
-      ETCDCTL_CACERT: certs.ca,
-      ETCDCTL_CERT: certs.clientCert,
-      ETCDCTL_KEY: certs.clientKey,
-    };
-    const ls = await runScript("registry.ts", ["ls"], { flags, env });
+    const ls = await registry(root, ["ls"], env);
     assert.equal(ls.code, 0, ls.stderr);
     assert.match(ls.stdout, new RegExp(`apache +${t.host}:${t.port} `));
 
-    const started = Date.now();
     const [badCa, plain, noCert] = await Promise.all([
-      runScript("registry.ts", ["ls"], { flags, env: { ...env, ETCDCTL_CACERT: certs.otherCa } }),
-      runScript("registry.ts", ["ls", `--endpoints=${endpoint.replace("https:", "http:")}`], { flags }),
-      runScript("registry.ts", ["ls", `--endpoints=${endpoint}`, `--cacert=${certs.ca}`], { flags }),
+      registry(root, ["ls"], { ...env, ETCDCTL_CACERT: certs.otherCa }),
+      registry(root, ["ls"], { SECRETARY_ETCD: hostPort }),
+      registry(root, ["ls"], { ETCDCTL_ENDPOINTS: endpoint, ETCDCTL_CACERT: certs.ca }),
     ]);
-    assert.ok(Date.now() - started < 15_000, "a hang");
     for (const r of [badCa, plain, noCert]) {
-      assert.equal(r.code, 1, r.stderr);
-      const lines = r.stderr.trimEnd().split("\n");
-      assert.equal(lines.length, 1, r.stderr);
-      assert.match(lines[0], /^registry: cannot read from etcd at https?:\/\/127\.0\.0\.1:\d+: \S/);
+      assertOneLine(r, /^registry: cannot read from etcd at https?:\/\/127\.0\.0\.1:\d+: \S/);
     }
 
-    await wrongCa.waitForLog(/^etcd call failed; retrying .*reason=/, 10_000);
-    assert.ok(await running(wrongCa));
+    await wrongCa.waitForLog(/^etcd call failed; retrying .*reason=/, 15_000);
+    assert.ok(wrongCa.running);
     assert.equal(await etcd.get(instanceKey("/services", "wrongca", t.host, t.port)), undefined);
+    for (const p of [good, wrongCa]) assert.doesNotMatch(p.stderr, /NotCapable|Requires \w+ access/);
   } finally {
     await good.stop("SIGTERM");
     await wrongCa.stop("SIGTERM");
@@ -98,63 +133,49 @@ Deno.test("TLS with client certificates: flags and ETCDCTL_* variables work; a w
     await cluster.stop();
     await Deno.remove(certs.dir, { recursive: true });
   }
-  assert.equal((await good.status).code, 0);
+  assert.equal((await good.status).code, 0, good.stderr);
+  assert.match(good.stderr, /stopped; record removed/);
 });
 
-Deno.test("etcd authentication: --user and ETCDCTL_USER work; a wrong password gets one clear line or logged retries", async () => {
+Deno.test("etcd authentication: the installed unit and the registry wrapper work with ETCDCTL_USER; a wrong password gets one clear line or logged retries", async () => {
+  const root = await installed();
   const cluster = await EtcdCluster.create(1);
   await cluster.start();
   const endpoint = cluster.endpoints[0];
-  const etcdctl = async (...args: string[]) => {
-    const out = await new Deno.Command("etcdctl", {
-      args: [`--endpoints=${endpoint}`, ...args],
-      env: { ETCDCTL_API: "3" },
-      stdout: "piped",
-      stderr: "piped",
-    }).output();
-    assert.ok(out.success, new TextDecoder().decode(out.stderr));
-  };
-  await etcdctl("user", "add", "root:s3cret", "--interactive=false");
-  await etcdctl("auth", "enable");
+  const hostPort = new URL(endpoint).host;
+  await enableAuth(endpoint, "s3cret");
   const etcd = new Etcd({ endpoints: [endpoint], user: { name: "root", password: "s3cret" } });
   const t = await Target.start("127.0.0.41");
   const key = instanceKey("/services", "apache", t.host, t.port);
-  const flags = ["--allow-net", "--allow-env", "--allow-read=/etc/environment,node_modules"];
-  const good = Script.deno("secretary.ts", [String(t.port), `--ip=${t.host}`, `--endpoints=${endpoint}`, ...FAST], {
-    flags,
-    env: { ETCDCTL_USER: "root:s3cret" },
-  });
-  const wrong = Script.deno("secretary.ts", [
-    String(t.port),
-    `--ip=${t.host}`,
-    `--endpoints=${endpoint}`,
-    "--user=root:wr0ngpw",
+  const unit = `${UNITS}/apache-secretary@.service`;
+  const good = await secretary(root, unit, t, { SECRETARY_ETCD: hostPort, ETCDCTL_USER: "root:s3cret" });
+  const wrong = await secretary(root, unit, t, { SECRETARY_ETCD: hostPort, ETCDCTL_USER: "root:wr0ngpw" }, [
     "--service=badpass",
-    ...FAST,
-  ], { flags });
+  ]);
   try {
-    await waitFor(() => etcd.get(key), "registered with --user", 10_000);
-    const ls = await runScript("registry.ts", ["ls", `--endpoints=${endpoint}`, "--user=root:s3cret"], { flags });
+    await waitFor(() => etcd.get(key), `registered with ETCDCTL_USER\n${good.stderr}`, 15_000);
+    const ls = await registry(root, ["ls"], { SECRETARY_ETCD: hostPort, ETCDCTL_USER: "root:s3cret" });
     assert.equal(ls.code, 0, ls.stderr);
     assert.match(ls.stdout, new RegExp(`apache +${t.host}:${t.port} `));
+    const withFlag = await registry(root, ["get", "apache", `${t.host}:${t.port}`, "--user=root:s3cret"], {
+      SECRETARY_ETCD: hostPort,
+    });
+    assert.equal(withFlag.code, 0, withFlag.stderr);
+    assert.equal(JSON.parse(withFlag.stdout).port, t.port);
 
     const [badPassword, noUser] = await Promise.all([
-      runScript("registry.ts", ["get", "apache", `${t.host}:${t.port}`, `--endpoints=${endpoint}`], {
-        flags,
-        env: { ETCDCTL_USER: "root:nope" },
-      }),
-      runScript("registry.ts", ["ls", `--endpoints=${endpoint}`], { flags }),
+      registry(root, ["get", "apache", `${t.host}:${t.port}`], { SECRETARY_ETCD: hostPort, ETCDCTL_USER: "root:nope" }),
+      registry(root, ["ls"], { SECRETARY_ETCD: hostPort }),
     ]);
     for (const r of [badPassword, noUser]) {
-      assert.equal(r.code, 1, r.stderr);
-      assert.equal(r.stderr.trimEnd().split("\n").length, 1, r.stderr);
-      assert.match(r.stderr, /^registry: cannot read from etcd at http:\/\/127\.0\.0\.1:\d+: \S/);
+      assertOneLine(r, /^registry: cannot read from etcd at http:\/\/127\.0\.0\.1:\d+: \S/);
     }
     assert.doesNotMatch(badPassword.stderr, /nope/, "the password is printed");
 
-    await wrong.waitForLog(/^etcd call failed; retrying .*reason=.*(authentication|password|auth)/i, 10_000);
-    assert.ok(await running(wrong));
+    await wrong.waitForLog(/^etcd call failed; retrying .*reason=.*(authentication|password|auth)/i, 15_000);
+    assert.ok(wrong.running);
     assert.doesNotMatch(wrong.stderr, /wr0ngpw/, "the password is printed");
+    for (const p of [good, wrong]) assert.doesNotMatch(p.stderr, /NotCapable|Requires \w+ access/);
   } finally {
     await good.stop("SIGTERM");
     await wrong.stop("SIGTERM");
@@ -162,5 +183,49 @@ Deno.test("etcd authentication: --user and ETCDCTL_USER work; a wrong password g
     etcd.close();
     await cluster.stop();
   }
-  assert.equal(await good.status.then((s) => s.code), 0);
+  assert.equal((await good.status).code, 0, good.stderr);
+  assert.match(good.stderr, /stopped; record removed/);
+});
+
+Deno.test("TLS and authentication together: the installed drop-in and the registry wrapper authenticate over https to an IP", async () => {
+  const root = await installed();
+  const certs = await makeCerts();
+  const tls = { cacert: certs.ca, cert: certs.clientCert, key: certs.clientKey };
+  const cluster = await EtcdCluster.create(1, {
+    scheme: "https",
+    extraArgs: [
+      ...["--cert-file", certs.serverCert, "--key-file", certs.serverKey, "--trusted-ca-file", certs.ca],
+      "--client-cert-auth",
+    ],
+    clientOptions: tls,
+  });
+  await cluster.start();
+  const endpoint = cluster.endpoints[0];
+  await enableAuth(endpoint, "s3cret", certs);
+  const etcd = new Etcd({ endpoints: [endpoint], ...tls, user: { name: "root", password: "s3cret" } });
+  const t = await Target.start("127.0.0.42");
+  const key = instanceKey("/services", "apache", t.host, t.port);
+  const env = {
+    ETCDCTL_ENDPOINTS: endpoint,
+    SECRETARY_ETCD: new URL(endpoint).host,
+    ETCDCTL_CACERT: certs.ca,
+    ETCDCTL_CERT: certs.clientCert,
+    ETCDCTL_KEY: certs.clientKey,
+    ETCDCTL_USER: "root:s3cret",
+  };
+  const good = await secretary(root, `${UNITS}/apache-secretary@.service.d/tls.conf`, t, env);
+  try {
+    await waitFor(() => etcd.get(key), `registered over TLS with a user\n${good.stderr}`, 15_000);
+    const ls = await registry(root, ["ls", "--json"], env);
+    assert.equal(ls.code, 0, ls.stderr);
+    assert.equal(JSON.parse(ls.stdout).length, 1);
+    assert.doesNotMatch(good.stderr, /NotCapable|Requires \w+ access|etcd call failed/);
+  } finally {
+    await good.stop("SIGTERM");
+    await t.close();
+    etcd.close();
+    await cluster.stop();
+    await Deno.remove(certs.dir, { recursive: true });
+  }
+  assert.equal((await good.status).code, 0, good.stderr);
 });

@@ -5,7 +5,7 @@
  * article's instance links there, offline (systemd need not be PID 1).
  */
 import assert from "node:assert/strict";
-import { ROOT } from "../lib/testbed.ts";
+import { bundles, ROOT } from "../lib/testbed.ts";
 
 const SECRETARY_UNIT = "apache-secretary@.service";
 const APACHE_UNIT = "apache@.service";
@@ -25,19 +25,6 @@ async function sh(
   const out = await new Deno.Command(command, { args, cwd: options.cwd, stdout: "piped", stderr: "piped" }).output();
   const decoder = new TextDecoder();
   return { code: out.code, stdout: decoder.decode(out.stdout), stderr: decoder.decode(out.stderr) };
-}
-
-/** Bundles built fresh into a folder of this test module, once. */
-let built: Promise<string> | undefined;
-function bundles(): Promise<string> {
-  built ??= (async () => {
-    const dir = await Deno.makeTempDir({ prefix: "secretary-units-bundle-" });
-    globalThis.addEventListener("unload", () => Deno.removeSync(dir, { recursive: true }));
-    const out = await sh(Deno.execPath(), ["run", "--allow-all", `${ROOT}build.ts`, "--out", dir, "--quiet"]);
-    if (out.code !== 0) throw new Error(`build.ts failed:\n${out.stderr}`);
-    return dir;
-  })();
-  return built;
 }
 
 /**
@@ -103,6 +90,44 @@ function setting(unit: Map<string, Map<string, string[]>>, section: string, key:
 // ---------------------------------------------------------------------------
 // install.sh and the instance links
 
+Deno.test("install.sh refuses a URL in /etc/environment's SECRETARY_ETCD, naming it, and installs nothing", async () => {
+  const root = await Deno.makeTempDir({ prefix: "secretary-envcheck-" });
+  try {
+    await Deno.mkdir(`${root}/etc`);
+    const cases: [string, number][] = [
+      ["SECRETARY_ETCD=http://10.0.0.5:2379", 2],
+      ['SECRETARY_ETCD="10.0.0.5:2379,https://10.0.0.6:2379"', 2],
+      ["SECRETARY_ETCD=10.0.0.5", 2],
+      ["SECRETARY_ETCD=10.0.0.5:2379,etcd-2.example:2379,[fd00::1]:2379", 0],
+    ];
+    for (const [line, code] of cases) {
+      await Deno.writeTextFile(`${root}/etc/environment`, `COREOS_PUBLIC_IPV4=10.0.0.5\n${line}\n`);
+      const out = await sh(`${ROOT}install.sh`, ["--root", root, "--from", await bundles()]);
+      assert.equal(out.code, code, `${line}: ${out.stderr}`);
+      if (code === 2) {
+        assert.match(
+          out.stderr,
+          /^install: Cannot use SECRETARY_ETCD="[^"]*" in .*: expected host:port\[,host:port\.\.\.\], not URLs\n$/,
+        );
+        assert.equal(await Deno.stat(`${root}/opt`).then(() => true, () => false), false, "installed anyway");
+      }
+    }
+  } finally {
+    await Deno.remove(root, { recursive: true });
+  }
+});
+
+Deno.test("the secretary units turn deno's update check off and give it a cache folder of their own", async () => {
+  for (const file of [SECRETARY_UNIT, "examples/queue-secretary@.service"]) {
+    const unit = parseUnit(await Deno.readTextFile(`${ROOT}units/${file}`));
+    const env = setting(unit, "Service", "Environment");
+    const name = file.replace(/^examples\//, "").replace(/@\.service$/, "");
+    assert.ok(env.includes("DENO_NO_UPDATE_CHECK=1"), `${file}: ${env}`);
+    assert.ok(env.includes(`DENO_DIR=%C/${name}`), `${file}: ${env}`);
+    assert.deepEqual(setting(unit, "Service", "CacheDirectory"), [name], file);
+  }
+});
+
 Deno.test("install.sh --root puts deno, the bundles, the registry command and the units in a scratch root", async () => {
   const root = await scratchRoot();
   const bin = `${root}/opt/bin`;
@@ -116,8 +141,9 @@ Deno.test("install.sh --root puts deno, the bundles, the registry command and th
   }
   assert.equal(mode(`${bin}/registry`), 0o755);
   const wrapper = await Deno.readTextFile(`${bin}/registry`);
-  assert.match(wrapper, /--allow-net="\$etcd"/);
+  assert.match(wrapper, /--allow-net="\$net"/);
   assert.match(wrapper, /--allow-env=ETCDCTL_CACERT,ETCDCTL_CERT,ETCDCTL_KEY,ETCDCTL_USER,GRPC_\* /);
+  assert.match(wrapper, /^export DENO_NO_UPDATE_CHECK=1$/m);
   for (const unit of [APACHE_UNIT, SECRETARY_UNIT]) {
     assert.equal(
       await Deno.readTextFile(`${root}/etc/systemd/system/${unit}`),
@@ -269,7 +295,7 @@ Deno.test("apache-secretary@.service is bound to its Apache and stops before it,
   assert.deepEqual(setting(unit, "Service", "KillMode"), [], "the default: SIGTERM to the secretary");
   assert.deepEqual(setting(unit, "X-Fleet", "MachineOf"), ["apache@%i.service"]);
   // the etcd address has a default that /etc/environment overrides (EnvironmentFile= wins over Environment=)
-  assert.deepEqual(setting(unit, "Service", "Environment"), ["SECRETARY_ETCD=127.0.0.1:2379"]);
+  assert.ok(setting(unit, "Service", "Environment").includes("SECRETARY_ETCD=127.0.0.1:2379"));
 
   const [exec] = setting(unit, "Service", "ExecStart");
   const words = exec.split(/\s+/);
