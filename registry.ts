@@ -29,7 +29,6 @@ import {
 } from "./lib/cli.ts";
 import { describeError, Etcd, type EtcdOptions, type StoredValue, type WatchHandle } from "./lib/etcd.ts";
 import {
-  addressOfKey,
   checkIpv4,
   checkPort,
   checkService,
@@ -38,9 +37,9 @@ import {
   type Entry,
   instanceKey,
   normalizePrefix,
-  serviceOfKey,
   servicePrefix,
 } from "./lib/record.ts";
+import { cut, hasControl, printable, printableJson, quote } from "./lib/text.ts";
 
 export const HELP = `Usage: registry <command> [options]
 
@@ -79,17 +78,19 @@ export function parseCli(args: readonly string[], env: Env): Command {
   switch (command) {
     case "ls":
     case "watch": {
-      if (rest.length > 1) throw new UsageError(`Cannot use arguments "${rest.join(" ")}": expected at most SERVICE`);
+      if (rest.length > 1) {
+        throw new UsageError(`Cannot use arguments ${quote(rest.join(" "))}: expected at most SERVICE`);
+      }
       const service = rest[0] === undefined ? undefined : asUsage(() => checkService(rest[0]));
       return { command, service, ...common() };
     }
     case "get": {
       if (rest.length !== 2) {
-        throw new UsageError(`Cannot use arguments "${rest.join(" ")}": expected SERVICE IP:PORT`);
+        throw new UsageError(`Cannot use arguments ${quote(rest.join(" "))}: expected SERVICE IP:PORT`);
       }
       const service = asUsage(() => checkService(rest[0]));
       const match = /^([^:]+):(\d{1,5})$/.exec(rest[1]);
-      if (!match) throw new UsageError(`Cannot use address "${rest[1]}": expected IP:PORT such as 10.0.0.5:8080`);
+      if (!match) throw new UsageError(`Cannot use address ${quote(rest[1])}: expected IP:PORT such as 10.0.0.5:8080`);
       const ip = asUsage(() => checkIpv4(match[1]));
       const port = asUsage(() => checkPort(Number(match[2])));
       return { command, service, ip, port, ...common() };
@@ -97,7 +98,7 @@ export function parseCli(args: readonly string[], env: Env): Command {
     case undefined:
       throw new UsageError("Missing command: expected ls, get or watch (see registry --help)");
     default:
-      throw new UsageError(`Cannot use command "${command}": expected ls, get or watch`);
+      throw new UsageError(`Cannot use command ${quote(command)}: expected ls, get or watch`);
   }
 }
 
@@ -115,10 +116,16 @@ export function formatAge(registeredAt: string, nowMs: number): string {
   return `${Math.floor(s / 86400)}d`;
 }
 
-/** One `--meta` set as `k=v,k=v`, or `-`. */
-export function formatMeta(meta: Record<string, string>): string {
+/**
+ * The most characters a field of a table row or a watch line shows: one huge
+ * record must not pad every row to its width (`--json` shows it whole).
+ */
+export const FIELD_MAX = 60;
+
+/** One `--meta` set as `k=v,k=v`, or `-`; printable, cut to `max` characters. */
+export function formatMeta(meta: Record<string, string>, max = FIELD_MAX): string {
   const pairs = Object.entries(meta).map(([k, v]) => `${k}=${v}`);
-  return pairs.length ? pairs.join(",") : "-";
+  return pairs.length ? printable(pairs.join(","), max) : "-";
 }
 
 /**
@@ -126,49 +133,61 @@ export function formatMeta(meta: Record<string, string>): string {
  * simple, everything else as JSON, so no value can break the line or the
  * terminal; cut to `max` characters.
  */
-export function formatStatus(status: Record<string, unknown> | undefined, max = 60): string {
+export function formatStatus(status: Record<string, unknown> | undefined, max = FIELD_MAX): string {
   if (status === undefined) return "-";
   const plain = (text: string) => (/^[\w.:/@+-]+$/.test(text) ? text : JSON.stringify(text));
   const text = Object.entries(status)
     .map(([k, v]) => `${plain(k)}=${typeof v === "string" ? plain(v) : JSON.stringify(v)}`)
     .join(",");
-  return text === "" ? "{}" : truncate(text, max);
+  // JSON.stringify escapes C0 controls only: C1, bidi overrides and U+2028 need printable()
+  return text === "" ? "{}" : printable(text, max);
 }
 
-/** Sorts by service, then by address (IP numerically, then port). */
+/** Sorts by service, then by address (IP numerically, then port); keys outside the layout last, by key. */
 export function sortEntries(entries: Entry[]): Entry[] {
   // one sort key per entry, computed once: 10,000 entries sort in milliseconds
   const ranked = entries.map((entry) => {
-    const [ip, port] = addressOfKey(entry.key).split(":");
+    if (entry.address === undefined) return { entry, rank: `1\0${entry.key}` };
+    const [ip, port] = entry.address.split(":");
     const octets = ip.split(".").map((o) => o.padStart(3, "0")).join(".");
-    return { entry, rank: `${serviceOfKey(entry.key)}\0${octets}\0${(port ?? "").padStart(5, "0")}` };
+    return { entry, rank: `0\0${entry.service}\0${octets}\0${port.padStart(5, "0")}` };
   });
   ranked.sort((a, b) => (a.rank < b.rank ? -1 : a.rank > b.rank ? 1 : 0));
   return ranked.map((r) => r.entry);
 }
 
-/** The `ls` table: SERVICE, ADDRESS, HOST, AGE, STATUS, META, columns padded. */
+/** A raw value in quotes, every control character escaped, at most FIELD_MAX characters. */
+function quoted(text: string): string {
+  return cut(quote(text, FIELD_MAX - 2), FIELD_MAX);
+}
+
+/** What is shown instead of a record: why the entry is not an instance. */
+function notRecord(e: Extract<Entry, { invalid: string }>): string {
+  return e.service === undefined ? `(not an instance key: ${quoted(e.key)})` : `(not a record: ${quoted(e.invalid)})`;
+}
+
+/** The SERVICE and ADDRESS of an entry, `-` for a key outside the layout. */
+function place(e: Entry): [string, string] {
+  return e.service === undefined ? ["-", "-"] : [printable(e.service, FIELD_MAX), printable(e.address, FIELD_MAX)];
+}
+
+/**
+ * The `ls` table: SERVICE, ADDRESS, HOST, AGE, STATUS, META, columns padded;
+ * one line a row, every field printable and at most FIELD_MAX characters.
+ */
 export function formatTable(entries: Entry[], nowMs: number): string {
   const rows = [["SERVICE", "ADDRESS", "HOST", "AGE", "STATUS", "META"]];
   for (const e of sortEntries(entries)) {
     rows.push(
       e.record
         ? [
-          serviceOfKey(e.key),
-          addressOfKey(e.key),
-          e.record.host || "-",
+          ...place(e),
+          printable(e.record.host || "-", FIELD_MAX),
           formatAge(e.record.registered_at, nowMs),
           formatStatus(e.record.status),
           formatMeta(e.record.meta),
         ]
-        : [
-          serviceOfKey(e.key),
-          addressOfKey(e.key),
-          "-",
-          "-",
-          "-",
-          `(not a record: ${JSON.stringify(truncate(e.invalid, 40))})`,
-        ],
+        : [...place(e), "-", "-", "-", notRecord(e)],
     );
   }
   const widths = rows[0].map((_, i) => Math.max(...rows.map((r) => r[i].length)));
@@ -177,41 +196,56 @@ export function formatTable(entries: Entry[], nowMs: number): string {
   );
 }
 
-function truncate(text: string, max: number): string {
-  return text.length > max ? `${text.slice(0, max - 1)}…` : text;
-}
-
-/** An entry as a JSON object: the record's fields with its key, or the key with the invalid value. */
+/**
+ * An entry as a JSON object: the record's fields with its key; or the key
+ * with the raw value in `invalid`, and `misplaced: true` when the key does not
+ * fit the layout.
+ */
 export function entryJson(e: Entry): Record<string, unknown> {
-  return e.record ? { key: e.key, ...e.record } : { key: e.key, invalid: e.invalid };
+  if (e.record) return { key: e.key, ...e.record };
+  return e.service === undefined
+    ? { key: e.key, invalid: e.invalid, misplaced: true }
+    : { key: e.key, invalid: e.invalid };
 }
 
-/** A change seen by `watch`. */
-export type Change = { kind: "+"; entry: Entry } | { kind: "-"; key: string };
+/**
+ * A change seen by `watch`: `+` an instance registered or changed (the entry
+ * now), `-` an instance gone (the entry as it was last seen).
+ */
+export type Change = { kind: "+" | "-"; entry: Entry };
 
-/** One `watch` line: `+ SERVICE ADDRESS host=… meta…`, `- SERVICE ADDRESS`, or JSON. */
+/**
+ * One `watch` line: `+ SERVICE ADDRESS host=… meta=…`, `- SERVICE ADDRESS`,
+ * printable and cut as the table is; or one JSON object.
+ */
 export function formatChange(change: Change, json: boolean): string {
+  const e = change.entry;
   if (json) {
-    return JSON.stringify(
-      change.kind === "+" ? { change: "registered", ...entryJson(change.entry) } : { change: "gone", key: change.key },
+    return printableJson(
+      change.kind === "+" ? { change: "registered", ...entryJson(e) } : { change: "gone", key: e.key },
     );
   }
-  if (change.kind === "-") return `- ${serviceOfKey(change.key)} ${addressOfKey(change.key)}`;
-  const e = change.entry;
+  const [service, address] = place(e);
+  if (change.kind === "-") return e.service === undefined ? `- - - ${notRecord(e)}` : `- ${service} ${address}`;
   const detail = e.record
-    ? `host=${e.record.host || "-"}${e.record.status ? ` status=${formatStatus(e.record.status)}` : ""} meta=${
-      formatMeta(e.record.meta)
-    }`
-    : `(not a record: ${JSON.stringify(truncate(e.invalid, 40))})`;
-  return `+ ${serviceOfKey(e.key)} ${addressOfKey(e.key)} ${detail}`;
+    ? `host=${printable(e.record.host || "-", FIELD_MAX)}${
+      e.record.status ? ` status=${formatStatus(e.record.status)}` : ""
+    } meta=${formatMeta(e.record.meta)}`
+    : notRecord(e);
+  return `+ ${service} ${address} ${detail}`;
 }
 
-/** What changed between what a watcher knew and a fresh listing: gone keys, then new or changed ones. */
-export function diffListing(known: Map<string, string>, listing: StoredValue[]): Change[] {
-  const fresh = new Map(listing.map((v) => [v.key, v.value]));
+/**
+ * What changed between what a watcher knew (key to value) and a fresh
+ * listing under `prefix`: gone keys, then new or changed ones.
+ */
+export function diffListing(prefix: string, known: Map<string, string>, listing: StoredValue[]): Change[] {
+  const fresh = new Set(listing.map((v) => v.key));
   const changes: Change[] = [];
-  for (const key of [...known.keys()].sort()) if (!fresh.has(key)) changes.push({ kind: "-", key });
-  const added = listing.filter((v) => known.get(v.key) !== v.value).map((v) => decodeEntry(v.key, v.value));
+  for (const [key, value] of [...known].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))) {
+    if (!fresh.has(key)) changes.push({ kind: "-", entry: decodeEntry(prefix, key, value) });
+  }
+  const added = listing.filter((v) => known.get(v.key) !== v.value).map((v) => decodeEntry(prefix, v.key, v.value));
   for (const entry of sortEntries(added)) changes.push({ kind: "+", entry });
   return changes;
 }
@@ -229,9 +263,19 @@ interface Io {
 
 async function ls(cmd: Extract<Command, { command: "ls" | "watch" }>, etcd: Etcd, io: Io): Promise<number> {
   const { values } = await etcd.list(servicePrefix(cmd.prefix, cmd.service));
-  const entries = values.map((v) => decodeEntry(v.key, v.value));
-  io.out(cmd.json ? JSON.stringify(sortEntries(entries).map(entryJson), null, 2) : formatTable(entries, Date.now()));
+  // entries are read relative to the whole prefix, even when listing one service's keys
+  const entries = values.map((v) => decodeEntry(cmd.prefix, v.key, v.value));
+  io.out(cmd.json ? printableJson(sortEntries(entries).map(entryJson), 2) : formatTable(entries, Date.now()));
   return 0;
+}
+
+/** A stored value with control characters: valid JSON stays valid JSON (compact, escaped); the rest printable. */
+function printableValue(value: string): string {
+  try {
+    return printableJson(JSON.parse(value));
+  } catch {
+    return printable(value);
+  }
 }
 
 async function get(cmd: Extract<Command, { command: "get" }>, etcd: Etcd, io: Io): Promise<number> {
@@ -241,7 +285,8 @@ async function get(cmd: Extract<Command, { command: "get" }>, etcd: Etcd, io: Io
     io.err(`registry: Key not found (${key})`);
     return 1;
   }
-  io.out(stored.value);
+  // the value as stored, unless it holds a character a terminal would act on
+  io.out(hasControl(stored.value) ? printableValue(stored.value) : stored.value);
   return 0;
 }
 
@@ -261,15 +306,18 @@ async function watch(
     let handle: WatchHandle | undefined;
     try {
       const { values, revision } = await etcd.list(prefix);
-      for (const change of diffListing(known, values)) io.out(formatChange(change, cmd.json));
+      for (const change of diffListing(cmd.prefix, known, values)) io.out(formatChange(change, cmd.json));
       known.clear();
       for (const v of values) known.set(v.key, v.value);
       handle = await etcd.watch(prefix, String(BigInt(revision) + 1n), (event) => {
+        const last = known.get(event.key);
         if (event.type === "delete") {
-          if (known.delete(event.key)) io.out(formatChange({ kind: "-", key: event.key }, cmd.json));
-        } else if (known.get(event.key) !== event.value) {
+          if (last === undefined) return;
+          known.delete(event.key);
+          io.out(formatChange({ kind: "-", entry: decodeEntry(cmd.prefix, event.key, last) }, cmd.json));
+        } else if (last !== event.value) {
           known.set(event.key, event.value);
-          io.out(formatChange({ kind: "+", entry: decodeEntry(event.key, event.value) }, cmd.json));
+          io.out(formatChange({ kind: "+", entry: decodeEntry(cmd.prefix, event.key, event.value) }, cmd.json));
         }
       });
       if (waiting) io.err(`registry: etcd answered again at ${etcd.endpoint}; watching`);

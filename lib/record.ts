@@ -4,15 +4,26 @@
  * file, so they always agree.
  *
  * Key:   `<prefix>/<service>/<ip>:<port>`, one per instance, so two instances
- *        on one host never overwrite or delete each other.
+ *        on one host never overwrite or delete each other: `<service>` a
+ *        service name (checkService), `<ip>` a dotted IPv4 address, `<port>`
+ *        an integer from 1 to 65535 without leading zeros, exactly as
+ *        instanceKey() writes it. A key is read relative to the prefix, so a
+ *        reader must know the prefix (parseKey). A key under the prefix that
+ *        does not fit (deeper, directly under the prefix, a bad service name
+ *        or address) is not an instance: readers report it as such, whatever
+ *        its value, and never guess a service or an address from it.
  * Value: a JSON object, a superset of the 2015 article's record:
  *        `{"host", "ipv4_addr", "port", "service", "registered_at", "meta"}`,
  *        plus `"status"` when an exec check reports data.
+ *        `meta` maps names to strings, as the secretary writes them; a reader
+ *        takes any other value as its JSON text (`1`, `true`, `null`,
+ *        `{"a":1}`), and a `meta` that is not an object as no meta.
  *        Readers ignore fields they do not know and report a value that is
  *        not a record instead of failing.
  *
  * @module
  */
+import { quote } from "./text.ts";
 
 /** One instance's record, as stored in etcd. */
 export interface ServiceRecord {
@@ -32,10 +43,16 @@ export interface ServiceRecord {
   status?: Record<string, unknown>;
 }
 
-/** What a reader found under the prefix: a record, or a value that is not one. */
+/**
+ * What a reader found under the prefix: an instance's record; or, in
+ * `invalid`, the raw value of an entry that is not one: its value is not a
+ * record, or its key does not fit the layout (then it has no `service` and no
+ * `address`).
+ */
 export type Entry =
-  | { key: string; record: ServiceRecord; invalid?: undefined }
-  | { key: string; record?: undefined; invalid: string };
+  | { key: string; service: string; address: string; record: ServiceRecord; invalid?: undefined }
+  | { key: string; service: string; address: string; record?: undefined; invalid: string }
+  | { key: string; service?: undefined; address?: undefined; record?: undefined; invalid: string };
 
 /** The prefix every record lives under. @default "/services" */
 export const DEFAULT_PREFIX = "/services";
@@ -47,7 +64,9 @@ const IPV4 = /^(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(\.(25[0-5]|2[0-4]\d|1\d\d|[1-9]
 export function checkService(name: string): string {
   if (!SERVICE_NAME.test(name) || name.length > 128) {
     throw new RangeError(
-      `Cannot use service "${name}": expected lower-case letters, digits, "-", "_" or "." (no "/"), starting with a letter or digit`,
+      `Cannot use service ${
+        quote(name)
+      }: expected lower-case letters, digits, "-", "_" or "." (no "/"), starting with a letter or digit`,
     );
   }
   return name;
@@ -56,7 +75,7 @@ export function checkService(name: string): string {
 /** Throws RangeError unless `ip` is a dotted IPv4 address. */
 export function checkIpv4(ip: string): string {
   if (!IPV4.test(ip)) {
-    throw new RangeError(`Cannot use IP "${ip}": expected an IPv4 address such as 10.0.0.5`);
+    throw new RangeError(`Cannot use IP ${quote(ip)}: expected an IPv4 address such as 10.0.0.5`);
   }
   return ip;
 }
@@ -64,16 +83,31 @@ export function checkIpv4(ip: string): string {
 /** Throws RangeError unless `port` is an integer from 1 to 65535. */
 export function checkPort(port: number): number {
   if (!Number.isInteger(port) || port < 1 || port > 65535) {
-    throw new RangeError(`Cannot use port "${port}": expected an integer from 1 to 65535`);
+    throw new RangeError(`Cannot use port ${quote(String(port))}: expected an integer from 1 to 65535`);
   }
   return port;
 }
 
-/** Normalises a key prefix to `/a/b` form; throws RangeError on an empty segment. */
+const PREFIX_SEGMENT = /^[A-Za-z0-9_.-]+$/;
+
+/**
+ * Normalises a key prefix to `/a/b` form (a trailing `/` dropped). Each
+ * segment is letters, digits, `_`, `.` and `-`, and not `.` or `..`: a
+ * prefix every reader can be given back on a command line and list, with no
+ * character that could break a terminal or a log line. Throws RangeError.
+ */
 export function normalizePrefix(prefix: string): string {
   const trimmed = prefix.replace(/\/+$/, "");
-  if (!trimmed.startsWith("/") || trimmed.split("/").slice(1).some((s) => s === "")) {
-    throw new RangeError(`Cannot use prefix "${prefix}": expected a path such as /services`);
+  const segments = trimmed.split("/").slice(1);
+  if (
+    !trimmed.startsWith("/") || trimmed.length > 256 ||
+    segments.some((s) => !PREFIX_SEGMENT.test(s) || s === "." || s === "..")
+  ) {
+    throw new RangeError(
+      `Cannot use prefix ${
+        quote(prefix)
+      }: expected a path such as /services, each segment letters, digits, "_", "." or "-", not "." or ".."`,
+    );
   }
   return trimmed;
 }
@@ -101,37 +135,44 @@ export function encodeRecord(record: ServiceRecord): string {
   });
 }
 
-/** Reads one stored value; never throws: a value that is not a record comes back as `invalid`. */
-export function decodeEntry(key: string, value: string): Entry {
+/**
+ * Reads one stored key and value under `prefix` (as normalizePrefix() gives
+ * it); never throws: a key that does not fit the layout, or a value that is
+ * not a record, comes back as `invalid`.
+ */
+export function decodeEntry(prefix: string, key: string, value: string): Entry {
+  const place = parseKey(prefix, key);
+  if (!place) return { key, invalid: value };
+  const record = decodeRecord(value, place.service);
+  return record ? { key, ...place, record } : { key, ...place, invalid: value };
+}
+
+function decodeRecord(value: string, service: string): ServiceRecord | undefined {
   let parsed: unknown;
   try {
     parsed = JSON.parse(value);
   } catch {
-    return { key, invalid: value };
+    return undefined;
   }
-  if (typeof parsed !== "object" || parsed === null || Array.isArray(parsed)) return { key, invalid: value };
-  const o = parsed as Record<string, unknown>;
+  if (!isObject(parsed)) return undefined;
+  const o = parsed;
   // the article's loop stored the port as a number or a string and the IP unquoted;
   // accept what can be read, reject what cannot
   const port = typeof o.port === "string" ? Number(o.port) : o.port;
-  if (typeof o.ipv4_addr !== "string" || typeof port !== "number" || !Number.isInteger(port)) {
-    return { key, invalid: value };
-  }
+  if (typeof o.ipv4_addr !== "string" || typeof port !== "number" || !Number.isInteger(port)) return undefined;
   const meta: Record<string, string> = {};
-  if (typeof o.meta === "object" && o.meta !== null && !Array.isArray(o.meta)) {
-    for (const [k, v] of Object.entries(o.meta)) meta[k] = String(v);
+  if (isObject(o.meta)) {
+    // String() would show an object as "[object Object]"
+    for (const [k, v] of Object.entries(o.meta)) meta[k] = typeof v === "string" ? v : JSON.stringify(v);
   }
   return {
-    key,
-    record: {
-      host: typeof o.host === "string" ? o.host : "",
-      ipv4_addr: o.ipv4_addr,
-      port,
-      service: typeof o.service === "string" ? o.service : serviceOfKey(key),
-      registered_at: typeof o.registered_at === "string" ? o.registered_at : "",
-      meta,
-      ...(isObject(o.status) ? { status: o.status } : {}),
-    },
+    host: typeof o.host === "string" ? o.host : "",
+    ipv4_addr: o.ipv4_addr,
+    port,
+    service: typeof o.service === "string" ? o.service : service,
+    registered_at: typeof o.registered_at === "string" ? o.registered_at : "",
+    meta,
+    ...(isObject(o.status) ? { status: o.status } : {}),
   };
 }
 
@@ -139,13 +180,29 @@ function isObject(value: unknown): value is Record<string, unknown> {
   return typeof value === "object" && value !== null && !Array.isArray(value);
 }
 
-/** The service segment of a key (`/services/apache/1.2.3.4:80` gives `apache`). */
-export function serviceOfKey(key: string): string {
-  const parts = key.split("/");
-  return parts.length >= 2 ? parts[parts.length - 2] : "";
+/**
+ * The service and address of an instance's key under `prefix`
+ * (`/services/apache/1.2.3.4:80` gives `apache` and `1.2.3.4:80`), or
+ * undefined when the key does not fit `<prefix>/<service>/<ip>:<port>`.
+ */
+export function parseKey(prefix: string, key: string): { service: string; address: string } | undefined {
+  if (!key.startsWith(`${prefix}/`)) return undefined;
+  const segments = key.slice(prefix.length + 1).split("/");
+  if (segments.length !== 2) return undefined;
+  const [service, address] = segments;
+  const match = /^([\d.]+):([1-9]\d{0,4})$/.exec(address);
+  if (!match || !fits(() => checkService(service), () => checkIpv4(match[1]), () => checkPort(Number(match[2])))) {
+    return undefined;
+  }
+  return { service, address };
 }
 
-/** The address segment of a key (`/services/apache/1.2.3.4:80` gives `1.2.3.4:80`). */
-export function addressOfKey(key: string): string {
-  return key.slice(key.lastIndexOf("/") + 1);
+/** Whether every check passes: the writer's own rules, so both sides agree on what fits. */
+function fits(...checks: (() => unknown)[]): boolean {
+  try {
+    for (const check of checks) check();
+    return true;
+  } catch {
+    return false;
+  }
 }

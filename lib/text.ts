@@ -10,6 +10,7 @@
 
 // C0, DEL and C1 controls, format characters (bidi overrides, zero-width), line and paragraph separators
 const UNPRINTABLE = /[\p{Cc}\p{Cf}\u2028\u2029]/gu;
+const UNPRINTABLE_IN_JSON = /[\u007f-\u009f\p{Cf}\u2028\u2029]/gu;
 
 /** Whether `text` holds a control or format character (what `printable()` would escape). */
 export function hasControl(text: string): boolean {
@@ -31,11 +32,27 @@ export function quote(text: string, max = 200): string {
   return escapeControls(JSON.stringify(body));
 }
 
+/**
+ * `value` as JSON text that no terminal acts on: JSON.stringify escapes C0
+ * controls but lets DEL, C1 controls, format characters (bidi overrides) and
+ * U+2028/U+2029 through; outside strings it writes none of them, so escaping
+ * them everywhere keeps the same, valid, JSON.
+ */
+export function printableJson(value: unknown, indent?: number): string {
+  // C0 controls are left alone: JSON.stringify has escaped those in strings, and the rest are its indentation
+  return escapeControls(JSON.stringify(value, null, indent), UNPRINTABLE_IN_JSON);
+}
+
 /** `text` cut to `max` characters, the last one an ellipsis when it was longer. */
 export function cut(text: string, max: number): string {
   return text.length > max ? `${text.slice(0, Math.max(0, max - 1))}…` : text;
 }
 
-function escapeControls(text: string): string {
-  return text.replace(UNPRINTABLE, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`);
+function escapeControls(text: string, unprintable = UNPRINTABLE): string {
+  // a character past U+FFFF (a tag character) is two UTF-16 units: both written, as JSON would
+  return text.replace(unprintable, (c) => [...Array(c.length).keys()].map((i) => unit(c.charCodeAt(i))).join(""));
+}
+
+function unit(code: number): string {
+  return `\\u${code.toString(16).padStart(4, "0")}`;
 }

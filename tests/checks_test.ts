@@ -77,7 +77,7 @@ async function revision(bed: Bed): Promise<bigint> {
 async function stored(bed: Bed, key: string) {
   const value = await bed.etcd.get(key);
   assert.ok(value, `${key} is registered`);
-  return decodeEntry(key, value.value).record!;
+  return decodeEntry("/services", key, value.value).record!;
 }
 
 function alive(pid: number): boolean {

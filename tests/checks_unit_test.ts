@@ -95,7 +95,7 @@ Deno.test("a status is data: it can change neither the record's fields nor its J
     meta: {},
     status,
   };
-  const entry = decodeEntry("/services/apache/10.0.0.5:80", encodeRecord(record));
+  const entry = decodeEntry("/services", "/services/apache/10.0.0.5:80", encodeRecord(record));
   assert.equal(entry.record?.host, "core-01");
   assert.equal(entry.record?.ipv4_addr, "10.0.0.5");
   assert.deepEqual(Object.keys(entry.record!.status!), ["host", "ipv4_addr", "__proto__", "k\n"]);
@@ -103,7 +103,10 @@ Deno.test("a status is data: it can change neither the record's fields nor its J
   const shown = formatStatus(entry.record!.status);
   // deno-lint-ignore no-control-regex
   assert.equal(/[\x00-\x1f]/.test(shown), false, shown);
-  assert.equal(decodeEntry("k", '{"ipv4_addr":"1.1.1.1","port":1,"status":[1]}').record?.status, undefined);
+  assert.equal(
+    decodeEntry("/services", "/services/x/1.1.1.1:1", '{"ipv4_addr":"1.1.1.1","port":1,"status":[1]}').record?.status,
+    undefined,
+  );
 });
 
 Deno.test("formatStatus() shows k=v pairs, JSON where a value is not simple, cut to a width", () => {

@@ -178,3 +178,91 @@ Deno.test("registry watch with etcd down says it is waiting, then lists once etc
     await cluster.stop();
   }
 });
+
+// What a record may hold to attack the operator's terminal: clear the screen, set the title, return to the
+// line's start, forge a row, a CSI in C1 form, reverse the text, a JavaScript line break, DEL.
+const HOSTILE = "\x1b[2J\x1b]0;owned\x07\rforged\napache  10.6.6.6:80  forged\u009b31m\u202e\u2028\x7f";
+// Characters, not bytes: in UTF-8, 0x80-0x9f are also the continuation bytes of "…" and any non-ASCII text.
+// deno-lint-ignore no-control-regex
+const RAW_OUTPUT = /[\x00-\x09\x0b-\x1f\x7f-\x9f\p{Cf}\u2028\u2029]/u;
+
+/** `stdout` is `lines` lines, none with a raw control character, each at most `width` characters. */
+function assertPrintable(stdout: string, lines: number, what: string, width = 400) {
+  const rows = stdout.trimEnd().split("\n");
+  assert.equal(rows.length, lines, `${what}:\n${stdout.slice(0, 5000)}`);
+  for (const row of rows) {
+    assert.doesNotMatch(row, RAW_OUTPUT, `${what}: ${JSON.stringify(row.slice(0, 500))}`);
+    assert.ok(row.length <= width, `${what}: a line of ${row.length} characters`);
+  }
+}
+
+Deno.test("registry ls and watch escape hostile records and mark keys outside the layout, one line each", async () => {
+  await withEtcd(async (_cluster, etcd, flag) => {
+    const lease = await etcd.grantLease(60);
+    const value = (ip: string, fields: Partial<ServiceRecord> = {}) => encodeRecord({ ...record(ip, 80), ...fields });
+    const stored: [string, string][] = [
+      ["/services/apache/10.0.0.1:80", value("10.0.0.1", { host: HOSTILE, meta: { [HOSTILE]: HOSTILE } })],
+      ["/services/apache/10.0.0.2:80", value("10.0.0.2", { host: "h".repeat(1_000_000) })],
+      ["/services/apache/10.0.0.3:80", HOSTILE], // not a record
+      ["/services/apache/10.0.0.4:80", JSON.stringify({ ...record("10.0.0.4", 80), meta: { o: { a: 1 } } })],
+      [`/services/apache${HOSTILE}/10.0.0.5:80`, value("10.0.0.5")],
+      [`/services/apache/10.0.0.6:80${HOSTILE}`, value("10.0.0.6")],
+      ["/services/apache/x/y", value("10.0.0.7")], // deeper: not service x, address y
+      ["/services/foo", value("10.0.0.8")], // directly under the prefix: not service "services"
+    ];
+    for (const [key, v] of stored) await etcd.putIfAbsent(key, v, lease);
+
+    const all = await runScript("registry.ts", ["ls", flag], FLAGS);
+    assert.equal(all.code, 0, all.stderr);
+    assertPrintable(all.stdout, 1 + stored.length, "ls");
+    assert.match(all.stdout, /\n-  +-  +-  +-  +-  +\(not an instance key: "\/services\/apache\/x\/y"\)\n/);
+    assert.match(all.stdout, /\(not an instance key: "\/services\/foo"\)/);
+    assert.match(all.stdout, /10\.0\.0\.4:80 .* o=\{"a":1\}\n/);
+    assert.doesNotMatch(all.stdout, /\[object Object\]|^(x|services) /m);
+
+    // one service's keys are read relative to the whole prefix too
+    const apache = await runScript("registry.ts", ["ls", "apache", flag], FLAGS);
+    assert.equal(apache.code, 0, apache.stderr);
+    assertPrintable(apache.stdout, 1 + 6, "ls apache");
+    assert.match(apache.stdout, /\(not an instance key: "\/services\/apache\/x\/y"\)/);
+
+    const json = await runScript("registry.ts", ["ls", "--json", flag], FLAGS);
+    assert.equal(json.code, 0, json.stderr);
+    assert.doesNotMatch(json.stdout, RAW_OUTPUT);
+    const parsed: Record<string, unknown>[] = JSON.parse(json.stdout);
+    assert.equal(parsed.length, stored.length);
+    assert.equal(parsed.find((e) => e.key === stored[0][0])?.host, HOSTILE); // complete
+    assert.equal((parsed.find((e) => e.key === stored[1][0])?.host as string).length, 1_000_000);
+    assert.deepEqual(parsed.find((e) => e.key === "/services/apache/x/y"), {
+      key: "/services/apache/x/y",
+      invalid: stored[6][1],
+      misplaced: true,
+    });
+
+    const watch = Script.deno("registry.ts", ["watch", flag], FLAGS);
+    const watchJson = Script.deno("registry.ts", ["watch", "--json", flag], FLAGS);
+    try {
+      const lines = (s: Script) => s.stdout.split("\n").length - 1;
+      await waitFor(() => lines(watch) >= stored.length && lines(watchJson) >= stored.length, "the listings", 8000);
+      await etcd.putIfAbsent("/services/apache/10.0.0.9:80", value("10.0.0.9", { host: HOSTILE }), lease);
+      await etcd.deleteIfLease(stored[5][0], lease);
+      await waitFor(
+        () => lines(watch) >= stored.length + 2 && lines(watchJson) >= stored.length + 2,
+        "two changes",
+        8000,
+      );
+      await delay(300); // nothing more may come
+      assertPrintable(watch.stdout, stored.length + 2, "watch");
+      assert.match(watch.stdout, /^\+ - - \(not an instance key: "\/services\/apache\/x\/y"\)$/m);
+      assert.match(watch.stdout, /^\+ apache 10\.0\.0\.9:80 host=\\u001b\[2J/m);
+      assert.match(watch.stdout, /^- - - \(not an instance key: "\/services\/apache\/10\.0\.0\.6:80\\u001b/m);
+      assertPrintable(watchJson.stdout, stored.length + 2, "watch --json", Infinity); // complete: not cut
+      const changes = watchJson.stdout.trimEnd().split("\n").map((l) => JSON.parse(l));
+      assert.equal(changes.find((c) => c.key === "/services/apache/10.0.0.9:80")?.host, HOSTILE);
+      assert.deepEqual(changes.at(-1), { change: "gone", key: stored[5][0] });
+    } finally {
+      await watch.stop("SIGTERM");
+      await watchJson.stop("SIGTERM");
+    }
+  });
+});

@@ -1,11 +1,15 @@
 import assert from "node:assert/strict";
-import { diffListing, formatAge, formatChange, formatTable, parseCli } from "../registry.ts";
-import { decodeEntry, encodeRecord, type ServiceRecord } from "../lib/record.ts";
+import { diffListing, entryJson, formatAge, formatChange, formatTable, parseCli, sortEntries } from "../registry.ts";
+import { printableJson } from "../lib/text.ts";
+import { decodeEntry, encodeRecord, type Entry, type ServiceRecord } from "../lib/record.ts";
 import { UsageError } from "../lib/cli.ts";
 
 const now = Date.parse("2026-01-01T00:10:00Z");
 function rec(ip: string, port: number, service = "apache", meta = {}): ServiceRecord {
   return { host: "core-01", ipv4_addr: ip, port, service, registered_at: "2026-01-01T00:00:00Z", meta };
+}
+function entry(key: string, value: string): Entry {
+  return decodeEntry("/services", key, value);
 }
 function stored(r: ServiceRecord) {
   return {
@@ -26,12 +30,12 @@ Deno.test("formatAge() is short and readable", () => {
 
 Deno.test("formatTable() sorts by service then address, numerically, and shows a bad value as such", () => {
   const entries = [
-    decodeEntry(stored(rec("10.0.0.10", 80)).key, stored(rec("10.0.0.10", 80)).value),
-    decodeEntry(
+    entry(stored(rec("10.0.0.10", 80)).key, stored(rec("10.0.0.10", 80)).value),
+    entry(
       stored(rec("10.0.0.9", 80, "apache", { zone: "a" })).key,
       stored(rec("10.0.0.9", 80, "apache", { zone: "a" })).value,
     ),
-    decodeEntry("/services/aaa/1.1.1.1:1", "oops"),
+    entry("/services/aaa/1.1.1.1:1", "oops"),
   ];
   assert.equal(
     formatTable(entries, now),
@@ -50,22 +54,181 @@ Deno.test("diffListing() reports gone keys and new or changed records, nothing f
   const c = stored(rec("10.0.0.3", 80));
   const known = new Map([[a.key, a.value], [b.key, b.value]]);
   const bChanged = { ...b, value: encodeRecord({ ...rec("10.0.0.2", 80), host: "core-02" }) };
-  const changes = diffListing(known, [bChanged, c]);
-  assert.deepEqual(changes.map((ch) => `${ch.kind} ${ch.kind === "-" ? ch.key : ch.entry.key}`), [
+  const changes = diffListing("/services", known, [bChanged, c]);
+  assert.deepEqual(changes.map((ch) => `${ch.kind} ${ch.entry.key}`), [
     `- ${a.key}`,
     `+ ${b.key}`,
     `+ ${c.key}`,
   ]);
-  assert.deepEqual(diffListing(new Map([[a.key, a.value]]), [a]), []);
+  assert.deepEqual(diffListing("/services", new Map([[a.key, a.value]]), [a]), []);
 });
 
 Deno.test("formatChange() prints + and - lines, or one JSON object a line", () => {
   const a = stored(rec("10.0.0.1", 80, "apache", { zone: "a" }));
-  const entry = decodeEntry(a.key, a.value);
-  assert.equal(formatChange({ kind: "+", entry }, false), "+ apache 10.0.0.1:80 host=core-01 meta=zone=a");
-  assert.equal(formatChange({ kind: "-", key: a.key }, false), "- apache 10.0.0.1:80");
-  assert.deepEqual(JSON.parse(formatChange({ kind: "-", key: a.key }, true)), { change: "gone", key: a.key });
-  assert.equal(JSON.parse(formatChange({ kind: "+", entry }, true)).ipv4_addr, "10.0.0.1");
+  const e = entry(a.key, a.value);
+  assert.equal(formatChange({ kind: "+", entry: e }, false), "+ apache 10.0.0.1:80 host=core-01 meta=zone=a");
+  assert.equal(formatChange({ kind: "-", entry: e }, false), "- apache 10.0.0.1:80");
+  assert.deepEqual(JSON.parse(formatChange({ kind: "-", entry: e }, true)), { change: "gone", key: a.key });
+  assert.equal(JSON.parse(formatChange({ kind: "+", entry: e }, true)).ipv4_addr, "10.0.0.1");
+});
+
+// What a record may hold to attack the terminal that shows it: clear the screen, set the title,
+// return to the line's start, forge a row, a CSI in C1 form, reverse the text, a JavaScript line break.
+const HOSTILE = [
+  "\x1b[2J\x1b[H",
+  "\x1b]0;owned\x07",
+  "ok\rforged",
+  "ok\napache   10.6.6.6:80  forged",
+  "\u009b31m",
+  "\u202eevil",
+  "a\u2028b",
+  "\x7f\x00\u200b\ufeff",
+];
+// any control or format character, a line or paragraph separator: none may reach the terminal raw
+const RAW = /[\p{Cc}\p{Cf}\u2028\u2029]/u;
+
+/** `text` is `lines` lines, none holding a raw control character. */
+function assertShown(text: string, lines: number, what: string) {
+  const rows = text.split("\n");
+  assert.equal(rows.length, lines, `${what}: ${JSON.stringify(text)}`);
+  for (const row of rows) assert.doesNotMatch(row, RAW, `${what}: ${JSON.stringify(row)}`);
+}
+
+/** Where a hostile string can sit in a stored key and value. */
+const PLACES: [string, (h: string) => { key: string; value: string }][] = [
+  ["host", (h) => ({ key: "/services/apache/10.0.0.1:80", value: encodeRecord({ ...rec("10.0.0.1", 80), host: h }) })],
+  [
+    "meta key",
+    (h) => ({ key: "/services/apache/10.0.0.1:80", value: encodeRecord(rec("10.0.0.1", 80, "apache", { [h]: "v" })) }),
+  ],
+  [
+    "meta value",
+    (h) => ({ key: "/services/apache/10.0.0.1:80", value: encodeRecord(rec("10.0.0.1", 80, "apache", { k: h })) }),
+  ],
+  [
+    "status",
+    (h) => ({
+      key: "/services/apache/10.0.0.1:80",
+      value: encodeRecord({ ...rec("10.0.0.1", 80), status: { [h]: h, n: [h] } }),
+    }),
+  ],
+  ["not a record", (h) => ({ key: "/services/apache/10.0.0.1:80", value: h })],
+  ["service segment", (h) => ({ key: `/services/apache${h}/10.0.0.1:80`, value: encodeRecord(rec("10.0.0.1", 80)) })],
+  ["address segment", (h) => ({ key: `/services/apache/10.0.0.1:80${h}`, value: encodeRecord(rec("10.0.0.1", 80)) })],
+  ["whole address", (h) => ({ key: `/services/apache/${h}`, value: encodeRecord(rec("10.0.0.1", 80)) })],
+];
+
+Deno.test("formatTable() and formatChange() show hostile data escaped, one line a row, nothing raw", () => {
+  const plain = stored(rec("10.0.0.2", 80));
+  for (const hostile of HOSTILE) {
+    for (const [place, make] of PLACES) {
+      const what = `${place} ${JSON.stringify(hostile)}`;
+      const { key, value } = make(hostile);
+      const e = entry(key, value);
+      assertShown(formatTable([e, entry(plain.key, plain.value)], now), 3, `table, ${what}`);
+      assertShown(formatChange({ kind: "+", entry: e }, false), 1, `watch +, ${what}`);
+      assertShown(formatChange({ kind: "-", entry: e }, false), 1, `watch -, ${what}`);
+      assertShown(
+        diffListing("/services", new Map([[key, "old"]]), [{ key, value, lease: "1", modRevision: "1" }])
+          .map((c) => formatChange(c, false)).join("\n"),
+        1,
+        `diffListing, ${what}`,
+      );
+    }
+  }
+});
+
+Deno.test("--json output escapes what JSON.stringify lets through, and stays complete", () => {
+  for (const hostile of [...HOSTILE, "tag\u{e0041}", "lone\ud800"]) {
+    for (const [place, make] of PLACES) {
+      const what = `${place} ${JSON.stringify(hostile)}`;
+      const { key, value } = make(hostile);
+      const e = entry(key, value);
+      const line = formatChange({ kind: "+", entry: e }, true);
+      assertShown(line, 1, `watch --json, ${what}`);
+      assert.deepEqual(JSON.parse(line), { change: "registered", ...entryJson(e) }, what);
+      const gone = formatChange({ kind: "-", entry: e }, true);
+      assertShown(gone, 1, `watch --json -, ${what}`);
+      assert.deepEqual(JSON.parse(gone), { change: "gone", key }, what);
+      const listing = printableJson([entryJson(e)], 2);
+      for (const row of listing.split("\n")) assert.doesNotMatch(row, RAW, what);
+      assert.deepEqual(JSON.parse(listing), [entryJson(e)], what);
+    }
+  }
+});
+
+Deno.test("formatTable() and formatChange() cut a huge field: one 1 MB record does not widen every row", () => {
+  const huge = "x".repeat(1 << 20);
+  const entries = [
+    entry("/services/apache/10.0.0.1:80", encodeRecord({ ...rec("10.0.0.1", 80), host: huge })),
+    entry("/services/apache/10.0.0.2:80", encodeRecord(rec("10.0.0.2", 80, "apache", { [huge]: huge }))),
+    entry("/services/apache/10.0.0.3:80", encodeRecord({ ...rec("10.0.0.3", 80), status: { huge } })),
+    entry("/services/apache/10.0.0.4:80", huge),
+    entry(`/services/apache/${huge}`, "{}"),
+    entry(`/services/${"a".repeat(128)}/10.0.0.5:80`, encodeRecord(rec("10.0.0.5", 80, "a".repeat(128)))),
+    entry(stored(rec("10.0.0.6", 80)).key, stored(rec("10.0.0.6", 80)).value),
+  ];
+  const table = formatTable(entries, now).split("\n");
+  assert.equal(table.length, entries.length + 1);
+  for (const row of table) assert.ok(row.length <= 400, `a row of ${row.length} characters: ${row.slice(0, 500)}`);
+  for (const e of entries) {
+    const line = formatChange({ kind: "+", entry: e }, false);
+    assert.ok(line.length <= 400, `a watch line of ${line.length} characters: ${line.slice(0, 500)}`);
+  }
+  // --json stays complete
+  assert.equal(JSON.parse(formatChange({ kind: "+", entry: entries[0] }, true)).host, huge);
+});
+
+Deno.test("formatTable() marks a key outside <prefix>/<service>/<ip>:<port> instead of mis-reading it", () => {
+  const value = encodeRecord(rec("10.0.0.1", 80));
+  const entries = [
+    entry("/services/apache/x/y", value),
+    entry("/services/foo", value),
+    entry("/services/apache/10.0.0.1", value),
+    entry("/services/apache/10.0.0.1:80", value),
+  ];
+  assert.equal(
+    formatTable(entries, now),
+    [
+      "SERVICE  ADDRESS      HOST     AGE  STATUS  META",
+      "apache   10.0.0.1:80  core-01  10m  -       -",
+      '-        -            -        -    -       (not an instance key: "/services/apache/10.0.0.1")',
+      '-        -            -        -    -       (not an instance key: "/services/apache/x/y")',
+      '-        -            -        -    -       (not an instance key: "/services/foo")',
+    ].join("\n"),
+  );
+  assert.deepEqual(entryJson(entries[0]), { key: "/services/apache/x/y", invalid: value, misplaced: true });
+});
+
+Deno.test("formatTable() and formatChange() show a meta value that is an object as JSON, never [object Object]", () => {
+  const value = JSON.stringify({ ...rec("10.0.0.1", 80), meta: { o: { a: 1 }, n: 2, l: [1] } });
+  const e = entry("/services/apache/10.0.0.1:80", value);
+  assert.match(formatTable([e], now), /o=\{"a":1\},n=2,l=\[1\]$/);
+  assert.equal(
+    formatChange({ kind: "+", entry: e }, false),
+    '+ apache 10.0.0.1:80 host=core-01 meta=o={"a":1},n=2,l=[1]',
+  );
+});
+
+Deno.test('sortEntries() and diffListing() take keys outside the layout (no ":"), listing them last', () => {
+  const a = stored(rec("10.0.0.1", 80));
+  const known = new Map([["/services/foo", "{}"], [a.key, a.value]]);
+  const listing = [
+    { key: "/services/bar", value: "x", lease: "1", modRevision: "2" },
+    { key: "/services/apache/x/y", value: "y", lease: "1", modRevision: "2" },
+    a,
+    stored(rec("10.0.0.2", 80)),
+  ];
+  assert.deepEqual(diffListing("/services", known, listing).map((c) => formatChange(c, false)), [
+    '- - - (not an instance key: "/services/foo")',
+    "+ apache 10.0.0.2:80 host=core-01 meta=-",
+    '+ - - (not an instance key: "/services/apache/x/y")',
+    '+ - - (not an instance key: "/services/bar")',
+  ]);
+  assert.deepEqual(
+    sortEntries(listing.map((v) => entry(v.key, v.value))).map((e) => e.key),
+    ["/services/apache/10.0.0.1:80", "/services/apache/10.0.0.2:80", "/services/apache/x/y", "/services/bar"],
+  );
 });
 
 Deno.test("parseCli() takes ls, get and watch with the connection flags", () => {
