@@ -23,6 +23,7 @@ import {
   CONNECTION_HELP,
   CONNECTION_OPTIONS,
   createLog,
+  type DurationRange,
   type Env,
   exitWhenFlushed,
   type Log,
@@ -33,6 +34,7 @@ import {
   UsageError,
   usageFrom,
 } from "./lib/cli.ts";
+import { hasControl, quote } from "./lib/text.ts";
 import {
   type CheckResult,
   type CheckSpec,
@@ -92,6 +94,26 @@ export interface Config {
 
 /** The shortest lease TTL: below it, one slow keep-alive could drop a healthy record. */
 export const MIN_TTL_SECONDS = 5;
+
+/**
+ * What each duration flag takes, both ends included; outside it, exit 2. No
+ * range reaches a timer's limit (about 24.8 days), past which a timer fires at
+ * once. The TTL's top is far below etcd's own (9,000,000,000 s): it only bounds
+ * how long a dead host's record stays listed, and a day is already no bound.
+ */
+export const RANGES = {
+  interval: { minMs: 100, maxMs: 3_600_000 },
+  timeout: { minMs: 10, maxMs: 3_600_000 }, // and below --interval
+  ttl: { minMs: MIN_TTL_SECONDS * 1000, maxMs: 86_400_000 },
+  drain: { minMs: 1, maxMs: 3_600_000 },
+} as const satisfies Record<string, DurationRange>;
+
+/**
+ * The most `--meta` may take, as the JSON text of the record's `meta`. A record
+ * is read by every listing and watcher; this keeps it far below etcd's request
+ * limit (1.5 MiB by default), so a put can never be refused for its size.
+ */
+export const MAX_META_BYTES = 64 * 1024;
 /** The re-check interval after the watch connection closed, while checks fail. */
 export const SUSPECT_RECHECK_MS = 100;
 
@@ -109,7 +131,8 @@ Instance:
   --ip ADDR                 the instance's IPv4 address (default $COREOS_PUBLIC_IPV4,
                             else COREOS_PUBLIC_IPV4 from /etc/environment)
   --hostname NAME           recorded as "host" (default: this machine's hostname)
-  --meta KEY=VALUE          an extra field in the record; repeatable
+  --meta KEY=VALUE          an extra field in the record's "meta"; repeatable, each KEY
+                            once, ${MAX_META_BYTES / 1024} KiB in all
 
 Check:
   --check KIND              http (default), https, tcp or exec:
@@ -125,24 +148,24 @@ Check:
                             it gets PATH, SECRETARY_IP, SECRETARY_PORT, SECRETARY_SERVICE;
                             a JSON object on its stdout (4 KiB at most) becomes the
                             record's "status"; its process group is killed at --timeout
-  --interval DURATION       time between checks (default 2s)
+  --interval DURATION       time between checks, 100ms to 1h (default 2s)
   --timeout DURATION        a check's deadline, below the interval (default 1s)
   --rise N                  passes in a row before registering (default 2)
   --fall N                  failures in a row before deregistering (default 2)
-  --ttl DURATION            lease TTL, whole seconds, at least ${MIN_TTL_SECONDS}s (default 10s)
+  --ttl DURATION            lease TTL, whole seconds, ${MIN_TTL_SECONDS}s to 24h (default 10s)
   --no-watch-connection     do not hold an idle connection to the instance; by default
                             one is held while it is healthy, and when it closes (the
                             instance died) checks run at once, every ${SUSPECT_RECHECK_MS}ms, until
                             --fall is reached or one passes
 
 Operator controls:
-  --drain DURATION          on SIGTERM, remove the record, then wait this long before
-                            exiting, so traffic stops before the instance does
+  --drain DURATION          on SIGTERM, remove the record, then wait this long (up to
+                            1h) before exiting, so traffic stops before the instance does
   --maintenance-file PATH   while PATH exists, stay deregistered whatever the checks say
 
 ${CONNECTION_HELP}
 
-Durations take ms, s and m: 500ms, 2s, 1m. Exit status: 0 stopped by SIGTERM or
+Durations take ms, s, m and h: 500ms, 2s, 1m. Exit status: 0 stopped by SIGTERM or
 SIGINT, 1 failed, 2 bad usage.`;
 
 /** Parses the command line. Returns "help" for --help; throws UsageError on bad input. */
@@ -183,30 +206,23 @@ export function parseCli(
     throw new UsageError(
       positionals.length === 0
         ? "Missing <port>: expected the instance's port, e.g. secretary 8080"
-        : `Cannot use arguments "${positionals.slice(1).join(" ")}": expected only <port>`,
+        : `Cannot use arguments ${quote(positionals.slice(1).join(" "))}: expected only <port>`,
     );
   }
   const port = parsePort(positionals[0]);
   const service = asUsage(() => checkService(values.service));
   const prefix = asUsage(() => normalizePrefix(values.prefix ?? DEFAULT_PREFIX));
   const check = parseCheck(values);
-  const intervalMs = parseDuration(values.interval, "--interval");
-  const timeoutMs = parseDuration(values.timeout, "--timeout");
+  const intervalMs = parseDuration(values.interval, "--interval", RANGES.interval);
+  const timeoutMs = parseDuration(values.timeout, "--timeout", RANGES.timeout);
   if (timeoutMs >= intervalMs) {
     throw new UsageError(
-      `Cannot use --timeout "${values.timeout}": expected less than --interval "${values.interval}"`,
+      `Cannot use --timeout ${quote(values.timeout)}: expected less than --interval ${quote(values.interval)}`,
     );
   }
-  const ttlMs = parseDuration(values.ttl, "--ttl");
-  if (ttlMs % 1000 !== 0 || ttlMs < MIN_TTL_SECONDS * 1000) {
-    throw new UsageError(`Cannot use --ttl "${values.ttl}": expected whole seconds, at least ${MIN_TTL_SECONDS}s`);
-  }
-  const meta: Record<string, string> = {};
-  for (const pair of values.meta) {
-    const match = /^([A-Za-z0-9_.-]+)=(.*)$/s.exec(pair);
-    if (!match) throw new UsageError(`Cannot use --meta "${pair}": expected KEY=VALUE, KEY of letters, digits, _ . -`);
-    meta[match[1]] = match[2];
-  }
+  const ttlMs = parseDuration(values.ttl, "--ttl", RANGES.ttl);
+  if (ttlMs % 1000 !== 0) throw new UsageError(`Cannot use --ttl ${quote(values.ttl)}: expected whole seconds`);
+  const meta = parseMeta(values.meta);
   const etcd = parseConnection(values, env);
   const ip = values.ip ?? env.COREOS_PUBLIC_IPV4 ?? readVariable(sources.environmentFile?.(), "COREOS_PUBLIC_IPV4");
   if (ip === undefined || ip === "") {
@@ -215,11 +231,16 @@ export function parseCli(
     );
   }
   const hostname = values.hostname ?? sources.hostname?.();
-  if (hostname === undefined || hostname === "" || /\s/.test(hostname)) {
+  if (hostname === undefined || hostname === "") {
     throw new UsageError(
-      hostname
-        ? `Cannot use --hostname "${hostname}": expected a name without spaces`
-        : "Cannot read this machine's hostname: expected --hostname NAME (or deno's --allow-sys=hostname)",
+      "Cannot read this machine's hostname: expected --hostname NAME (or deno's --allow-sys=hostname)",
+    );
+  }
+  if (/\s/.test(hostname) || hasControl(hostname) || hostname.length > 253) {
+    throw new UsageError(
+      `Cannot use --hostname ${
+        quote(hostname)
+      }: expected a name of at most 253 characters, no spaces or control characters`,
     );
   }
   return {
@@ -236,7 +257,7 @@ export function parseCli(
     fall: parseCount(values.fall, "--fall"),
     ttlSeconds: ttlMs / 1000,
     meta,
-    drainMs: values.drain === undefined ? 0 : parseDuration(values.drain, "--drain"),
+    drainMs: values.drain === undefined ? 0 : parseDuration(values.drain, "--drain", RANGES.drain),
     watchConnection: parseWatchConnection(values),
     maintenanceFile: values["maintenance-file"] === undefined
       ? undefined
@@ -256,7 +277,7 @@ export function parseCheck(values: {
 }): CheckSpec {
   const kind = values.check;
   if (kind !== "http" && kind !== "https" && kind !== "tcp" && kind !== "exec") {
-    throw new UsageError(`Cannot use --check "${kind}": expected http, https, tcp or exec`);
+    throw new UsageError(`Cannot use --check ${quote(kind)}: expected http, https, tcp or exec`);
   }
   const belongs: [flag: string, given: boolean, kinds: string[]][] = [
     ["--path", values.path !== undefined, ["http", "https"]],
@@ -280,7 +301,7 @@ export function parseCheck(values: {
   }
   const path = values.path ?? "/";
   if (!/^\/[!-~]*$/.test(path)) {
-    throw new UsageError(`Cannot use --path "${path}": expected a path starting with / and no spaces`);
+    throw new UsageError(`Cannot use --path ${quote(path)}: expected a path starting with / and no spaces`);
   }
   const expectBody = values["expect-body"];
   if (expectBody === "") throw new UsageError('Cannot use --expect-body "": expected some text');
@@ -305,16 +326,49 @@ function parseWatchConnection(values: { "watch-connection"?: boolean; "no-watch-
 
 function parseAbsolutePath(text: string, flag: string): string {
   if (!text.startsWith("/") || text.includes("\0")) {
-    throw new UsageError(`Cannot use ${flag} "${text}": expected an absolute path`);
+    throw new UsageError(`Cannot use ${flag} ${quote(text)}: expected an absolute path`);
   }
   return text;
+}
+
+/**
+ * The record's `meta` from `--meta KEY=VALUE` flags. Refused rather than
+ * dropped or changed: a key given twice, `__proto__` (a JavaScript reader
+ * would drop it), control characters in a value, more than MAX_META_BYTES.
+ */
+export function parseMeta(pairs: readonly string[]): Record<string, string> {
+  const meta: Record<string, string> = {};
+  for (const pair of pairs) {
+    const match = /^([A-Za-z0-9_.-]{1,128})=(.*)$/s.exec(pair);
+    if (!match) {
+      throw new UsageError(
+        `Cannot use --meta ${quote(pair)}: expected KEY=VALUE, KEY of at most 128 letters, digits, _ . -`,
+      );
+    }
+    const [, key, value] = match;
+    if (key === "__proto__") {
+      throw new UsageError(`Cannot use --meta ${quote(pair)}: expected a KEY other than __proto__`);
+    }
+    if (Object.hasOwn(meta, key)) throw new UsageError(`Cannot use --meta ${quote(pair)}: expected each KEY once`);
+    if (hasControl(value)) {
+      throw new UsageError(`Cannot use --meta ${quote(pair)}: expected a VALUE without control characters`);
+    }
+    meta[key] = value;
+  }
+  const bytes = new TextEncoder().encode(JSON.stringify(meta)).length;
+  if (bytes > MAX_META_BYTES) {
+    throw new UsageError(
+      `Cannot use --meta ${quote(pairs.join(" "), 60)}: expected at most ${MAX_META_BYTES} bytes in all, not ${bytes}`,
+    );
+  }
+  return meta;
 }
 
 /** Parses a port: an integer from 1 to 65535, digits only. */
 export function parsePort(text: string): number {
   const port = /^\d{1,5}$/.test(text) ? Number(text) : NaN;
   if (!(port >= 1 && port <= 65535)) {
-    throw new UsageError(`Cannot use port "${text}": expected an integer from 1 to 65535`);
+    throw new UsageError(`Cannot use port ${quote(text)}: expected an integer from 1 to 65535`);
   }
   return checkPort(port);
 }
@@ -400,6 +454,26 @@ export function isOrphaned(lease: { ttlSeconds: number; grantedSeconds: number }
   return lease === undefined || lease.ttlSeconds < (lease.grantedSeconds * 2) / 3 - 1;
 }
 
+/** `client`, calling `onAnswer` after each call that etcd answered. */
+function countAnswers(client: EtcdClient, onAnswer: () => void): EtcdClient {
+  const answered = <A extends unknown[], R>(call: (...args: A) => Promise<R>) => async (...args: A) => {
+    const result = await call.apply(client, args);
+    onAnswer();
+    return result;
+  };
+  return {
+    grantLease: answered(client.grantLease),
+    keepAlive: answered(client.keepAlive),
+    leaseTimeToLive: answered(client.leaseTimeToLive),
+    revokeLease: answered(client.revokeLease),
+    putIfAbsent: answered(client.putIfAbsent),
+    putIfLease: answered(client.putIfLease),
+    deleteIfLease: answered(client.deleteIfLease),
+    get: answered(client.get),
+    close: () => client.close(),
+  };
+}
+
 /** A status as compared and logged: its JSON text, "" for none. */
 function statusText(status: Status | undefined): string {
   return status === undefined ? "" : JSON.stringify(status);
@@ -440,11 +514,17 @@ export class EtcdRegistrar implements Registrar {
   #writtenStatus = "";
   #registeredAt = "";
 
+  /** etcd answers so far: "etcd answered again" needs one, not merely a pass that called nothing. */
+  #answers = 0;
+  readonly client: EtcdClient;
+
   constructor(
     readonly config: Config,
-    readonly client: EtcdClient,
+    client: EtcdClient,
     readonly effects: Effects,
-  ) {}
+  ) {
+    this.client = countAnswers(client, () => this.#answers++);
+  }
 
   /** Whether the record is registered under this process's lease, as far as it knows. */
   get registered(): boolean {
@@ -507,6 +587,7 @@ export class EtcdRegistrar implements Registrar {
     const { log, now } = this.effects;
     const ttlMs = this.config.ttlSeconds * 1000;
     const key = this.key;
+    const answersBefore = this.#answers;
     if (this.#lease && now() - this.#lastKeepAliveOk > ttlMs) {
       this.#loseLease(`no keep-alive answered for ${Math.round((now() - this.#lastKeepAliveOk) / 1000)}s`);
     }
@@ -549,8 +630,10 @@ export class EtcdRegistrar implements Registrar {
       if (this.#desired && this.#holding === "ours" && statusText(this.#status) !== this.#writtenStatus) {
         await this.#rewrite(key);
       }
-      if (this.#failures > 0) log("notice", "etcd answered again", { failures: this.#failures });
-      this.#failures = 0;
+      if (this.#failures > 0 && this.#answers > answersBefore) {
+        log("notice", "etcd answered again", { failures: this.#failures });
+        this.#failures = 0;
+      }
     } catch (err) {
       return this.#failed(err);
     }
@@ -570,19 +653,28 @@ export class EtcdRegistrar implements Registrar {
     const status = statusText(this.#status);
     const value = this.#value();
     let stored = await this.client.putIfAbsent(key, value, lease);
-    const orphan = stored.lease !== lease && stored.lease !== "0" && !this.#staleLeases.includes(stored.lease) &&
-      isOrphaned(await this.client.leaseTimeToLive(stored.lease));
+    const absent = stored.modRevision === "0"; // deleted between the compare and the read
+    // a record with no lease was written by hand: no secretary keeps it, and it would never expire
+    const unleased = !absent && stored.lease === "0";
+    const orphan = unleased ||
+      (stored.lease !== lease && stored.lease !== "0" && !this.#staleLeases.includes(stored.lease) &&
+        isOrphaned(await this.client.leaseTimeToLive(stored.lease)));
     if (orphan || (stored.lease !== lease && this.#staleLeases.includes(stored.lease))) {
-      // our own earlier lease (kept alive by etcd across a leader change), or one nobody keeps alive (a crashed
-      // secretary's): move the record over in one write, so it is never missing
+      // our own earlier lease (kept alive by etcd across a leader change), one nobody keeps alive (a crashed
+      // secretary's), or none: move the record over in one write, so it is never missing
       const previous = stored.lease;
       if (orphan) {
-        log("notice", "taking the record over from a lease nobody keeps alive", { key, other_lease: previous });
+        log("notice", "record taken over", {
+          key,
+          other_lease: previous,
+          reason: unleased ? "the record has no lease" : "nobody keeps its lease alive",
+        });
       }
       if (await this.client.putIfLease(key, value, lease, previous)) {
         stored = { ...stored, lease };
         this.#staleLeases = this.#staleLeases.filter((l) => l !== previous);
-        await this.client.revokeLease(previous).catch(() => {}); // it holds nothing now
+        // it holds nothing now ("0" is no lease)
+        if (previous !== "0") await this.client.revokeLease(previous).catch(() => {});
       }
     }
     this.#lastVerified = now();
@@ -591,7 +683,7 @@ export class EtcdRegistrar implements Registrar {
       this.#writtenStatus = status;
       log("notice", this.#everRegistered ? "registered again" : "registered", { key, lease, reason: this.#reason });
       this.#everRegistered = true;
-    } else if (stored.lease === "0" && stored.value === "") {
+    } else if (absent) {
       this.#holding = "none"; // deleted between our compare and read: the next pass puts it
     } else {
       if (this.#holding !== "other" || this.#otherLease !== stored.lease) {
@@ -643,8 +735,11 @@ export class EtcdRegistrar implements Registrar {
       if (this.#holding === "ours") log("warning", "record missing; restoring", { key });
       this.#holding = "none";
       await this.#register(key);
-    } else if (this.#holding === "other" && isOrphaned(await this.client.leaseTimeToLive(stored.lease))) {
-      await this.#register(key); // its holder stopped keeping it alive: take it over
+    } else if (
+      this.#holding === "other" &&
+      (stored.lease === "0" || isOrphaned(await this.client.leaseTimeToLive(stored.lease)))
+    ) {
+      await this.#register(key); // its holder stopped keeping it alive, or it has no lease: take it over
     } else {
       if (this.#holding === "ours") {
         log("warning", "record taken over by another lease", { key, other_lease: stored.lease });
@@ -837,7 +932,7 @@ async function main(args: string[]): Promise<number> {
   const first = await Promise.race([runCheck(cfg.check, target), stopped]);
   if (first?.fatal) {
     const command = cfg.check.kind === "exec" ? cfg.check.argv.join(" ") : "";
-    process.stderr.write(`secretary: Cannot use --command "${command}": ${first.reason}\n`);
+    process.stderr.write(`secretary: Cannot use --command ${quote(command)}: ${first.reason}\n`);
     return 2;
   }
   if (!first) return 0; // stopped during the first check
@@ -897,7 +992,7 @@ function preflight(cfg: Config): string | undefined {
     try {
       fileExists(cfg.maintenanceFile);
     } catch (err) {
-      return `Cannot use --maintenance-file "${cfg.maintenanceFile}": ${oneLine((err as Error).message)}`;
+      return `Cannot use --maintenance-file ${quote(cfg.maintenanceFile)}: ${oneLine((err as Error).message)}`;
     }
   }
   if (cfg.check.kind !== "exec") return undefined;

@@ -17,6 +17,7 @@
 import { spawn } from "node:child_process";
 import { connect as tcpConnect, type Socket } from "node:net";
 import { connect as tlsConnect } from "node:tls";
+import { quote } from "./text.ts";
 
 /** The data an exec check reports: any JSON object, at most STATUS_MAX_BYTES as printed. */
 export type Status = Record<string, unknown>;
@@ -62,7 +63,7 @@ export function parseStatusRange(text: string): [number, number] {
   const range: [number, number] = match ? [Number(match[1]), Number(match[2] ?? match[1])] : [0, 0];
   if (!match || range[0] > range[1]) {
     throw new RangeError(
-      `Cannot use --expect-status "${text}": expected a status such as 200 or a range such as 200-299`,
+      `Cannot use --expect-status ${quote(text)}: expected a status such as 200 or a range such as 200-299`,
     );
   }
   return range;
@@ -71,7 +72,7 @@ export function parseStatusRange(text: string): [number, number] {
 /** Parses `--header "Name: value"`; names are HTTP tokens, values have no line breaks. */
 export function parseHeader(text: string): [string, string] {
   const match = /^([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*([^\r\n\0]*?)[ \t]*$/.exec(text);
-  if (!match) throw new RangeError(`Cannot use --header ${JSON.stringify(text)}: expected "Name: value" on one line`);
+  if (!match) throw new RangeError(`Cannot use --header ${quote(text)}: expected "Name: value" on one line`);
   return [match[1], match[2]];
 }
 
@@ -88,7 +89,7 @@ export function splitCommand(text: string): string[] {
     const c = text[i];
     if (c === "'" || c === '"') {
       const end = findClosingQuote(text, i);
-      if (end < 0) throw new RangeError(`Cannot use --command ${JSON.stringify(text)}: expected a closing ${c}`);
+      if (end < 0) throw new RangeError(`Cannot use --command ${quote(text)}: expected a closing ${c}`);
       const inner = text.slice(i + 1, end);
       word += c === "'" ? inner : inner.replace(/\\(["\\$`])/g, "$1");
       inWord = true;
@@ -107,7 +108,7 @@ export function splitCommand(text: string): string[] {
   }
   if (inWord) words.push(word);
   if (words.length === 0) {
-    throw new RangeError(`Cannot use --command ${JSON.stringify(text)}: expected a command to run`);
+    throw new RangeError(`Cannot use --command ${quote(text)}: expected a command to run`);
   }
   return words;
 }

@@ -20,6 +20,34 @@ const BAD_SECRETARY_ARGS: [string[], string][] = [
   [["8080", "--interval=fast"], '--interval "fast"'],
   [["8080", "--check=ping"], '--check "ping"'],
   [[], "<port>"],
+  // durations past a timer's limit (about 24.8 days) or any stated range
+  [["8080", "--interval=40000m"], '--interval "40000m"'],
+  [["8080", "--interval=50ms"], '--interval "50ms"'],
+  [["8080", "--ttl=7000000s"], '--ttl "7000000s"'],
+  [["8080", "--ttl=9000000001s"], '--ttl "9000000001s"'],
+  [["8080", "--drain=99999999m"], '--drain "99999999m"'],
+  // a record etcd would refuse, and meta that would be dropped
+  // past etcd's request limit (1.5 MiB), one argument under the kernel's limit of 128 KiB each
+  [["8080", ...Array.from({ length: 16 }, (_, i) => `--meta=m${i}=${"x".repeat(100_000)}`)], "--meta"],
+  [["8080", `--meta=big=${"x".repeat(70_000)}`], "--meta"],
+  [["8080", "--meta=__proto__=x"], '"__proto__=x"'],
+  [["8080", "--meta=a=1", "--meta=a=2"], '"a=2"'],
+  // control characters: escaped in the line, refused in what would be written
+  [["8080", "--service=a\nb"], '"a\\nb"'],
+  [["8080", "--hostname=h\x1b]0;owned\x07"], '"h\\u001b]0;owned\\u0007"'],
+  [["8080", "--hostname=h\u009b2J"], '"h\\u009b2J"'],
+  [["8080", "--meta=k=v\x1b[2J"], '"k=v\\u001b[2J"'],
+  [["8080", "--path=/a\r\nb"], '"/a\\r\\nb"'],
+  [["8080", "--prefix=/serv\x1bices"], '"/serv\\u001bices"'],
+  [["8080", "--prefix=/a/../b"], '"/a/../b"'],
+  [["8080", "--prefix=/a b"], '"/a b"'],
+  [["8080", "--bo\x1bgus"], "--bo\\u001bgus"],
+  // endpoints: nothing silently dropped or assumed, and no password shown
+  [["8080", "--endpoints=127.0.0.1"], '"127.0.0.1"'],
+  [["8080", "--endpoints=http://127.0.0.1"], '"http://127.0.0.1"'],
+  [["8080", "--endpoints=http://u:pw@127.0.0.1:2379"], '"http://***@127.0.0.1:2379"'],
+  [["8080", "--endpoints=http://127.0.0.1:2379/?x=1"], '"http://127.0.0.1:2379/?x=1"'],
+  [["8080", "--endpoints=http://127.0.0.1:2379#f"], '"http://127.0.0.1:2379#f"'],
 ];
 
 Deno.test("secretary: every bad input exits 2 with one line naming the value, and writes nothing", async () => {
@@ -42,6 +70,10 @@ Deno.test("secretary: every bad input exits 2 with one line naming the value, an
       assert.equal(lines.length, 1, `${args.join(" ")} printed ${lines.length} lines:\n${result.stderr}`);
       assert.match(lines[0], /^secretary: /);
       assert.ok(lines[0].includes(named), `${lines[0]} names ${named}`);
+      // deno-lint-ignore no-control-regex
+      assert.doesNotMatch(lines[0], /[\x00-\x1f\x7f-\x9f]/, `${JSON.stringify(lines[0])} holds a control character`);
+      assert.doesNotMatch(lines[0], /pw@/, "the password is shown");
+      assert.ok(lines[0].length < 1000, `a line of ${lines[0].length} characters`);
       assert.equal(result.stdout, "");
     }
     assert.deepEqual((await etcd.list("/")).values, [], "a bad input wrote to etcd");
@@ -81,6 +113,10 @@ Deno.test("registry: bad input exits 2 with one line naming the value", async ()
     [["ls", "Apache"], /service "Apache"/],
     [["ls", "--endpoints=ftp://x:1"], /endpoint "ftp:\/\/x:1"/],
     [["ls", "--nope"], /Unknown option '--nope'/],
+    [["ls", "a\x1b[2Jb"], /service "a\\u001b\[2Jb"/],
+    [["get", "apache", "10.0.0.1:80\n+ forged"], /address "10\.0\.0\.1:80\\n\+ forged"/],
+    [["ls", "--prefix=/a/.."], /prefix "\/a\/\.\."/],
+    [["ls", "--endpoints=127.0.0.1"], /endpoint "127\.0\.0\.1"/],
   ];
   const results = await Promise.all(cases.map(([args]) => runScript("registry.ts", args, { flags: SOURCE_FLAGS })));
   results.forEach((result, i) => {
@@ -88,5 +124,7 @@ Deno.test("registry: bad input exits 2 with one line naming the value", async ()
     assert.equal(result.code, 2, `${args.join(" ")}: ${result.stderr}`);
     assert.equal(result.stderr.trimEnd().split("\n").length, 1, result.stderr);
     assert.match(result.stderr, message);
+    // deno-lint-ignore no-control-regex
+    assert.doesNotMatch(result.stderr.trimEnd(), /[\x00-\x1f\x7f-\x9f]/);
   });
 });

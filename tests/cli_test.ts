@@ -1,21 +1,59 @@
 import assert from "node:assert/strict";
-import { formatEvent, parseConnection, parseDuration, parseEndpoints, UsageError } from "../lib/cli.ts";
+import { formatDuration, formatEvent, parseConnection, parseDuration, parseEndpoints, UsageError } from "../lib/cli.ts";
 
-Deno.test("parseDuration() takes ms, s and m", () => {
-  assert.equal(parseDuration("500ms", "--interval"), 500);
-  assert.equal(parseDuration("2s", "--interval"), 2000);
-  assert.equal(parseDuration("1.5s", "--interval"), 1500);
-  assert.equal(parseDuration("1m", "--interval"), 60_000);
+const ANY = { minMs: 1, maxMs: 86_400_000 };
+
+Deno.test("parseDuration() takes ms, s, m and h", () => {
+  assert.equal(parseDuration("500ms", "--interval", ANY), 500);
+  assert.equal(parseDuration("2s", "--interval", ANY), 2000);
+  assert.equal(parseDuration("1.5s", "--interval", ANY), 1500);
+  assert.equal(parseDuration("1m", "--interval", ANY), 60_000);
+  assert.equal(parseDuration("2h", "--interval", ANY), 7_200_000);
 });
 
 Deno.test("parseDuration() rejects a bare number, a unit it does not know and zero, naming the value", () => {
-  for (const bad of ["2", "2h", "s", "-1s", "0s", "2 s", ""]) {
-    assert.throws(() => parseDuration(bad, "--ttl"), (err: Error) => {
+  for (const bad of ["2", "2d", "s", "-1s", "0s", "2 s", ""]) {
+    assert.throws(() => parseDuration(bad, "--ttl", ANY), (err: Error) => {
       assert.ok(err instanceof UsageError);
       assert.match(err.message, new RegExp(`--ttl "${bad.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")}"`));
       return true;
     });
   }
+});
+
+Deno.test("parseDuration() holds each flag to its range, both ends included, and says the range", () => {
+  const range = { minMs: 100, maxMs: 3_600_000 };
+  assert.equal(parseDuration("100ms", "--interval", range), 100);
+  assert.equal(parseDuration("1h", "--interval", range), 3_600_000);
+  assert.equal(parseDuration("60m", "--interval", range), 3_600_000);
+  // 40000m is past a timer's 2^31-1 ms: it would fire at once, every time
+  for (const bad of ["99ms", "61m", "40000m", "99999999m", "9000000001s"]) {
+    assert.throws(() => parseDuration(bad, "--interval", range), /expected a duration from 100ms to 1h/, bad);
+  }
+});
+
+Deno.test("formatDuration() writes the largest whole unit", () => {
+  assert.deepEqual([1, 1500, 2000, 90_000, 3_600_000].map(formatDuration), ["1ms", "1500ms", "2s", "90s", "1h"]);
+});
+
+Deno.test("parseEndpoints() refuses what etcdctl would: no port, a user, a path, a query or a fragment", () => {
+  for (
+    const bad of [
+      "127.0.0.1",
+      "http://127.0.0.1",
+      "https://h",
+      "http://u:p@h:1",
+      "http://h:1/x",
+      "http://h:1?a",
+      "h:1#f",
+      "h:0",
+      "h:65536",
+    ]
+  ) {
+    assert.throws(() => parseEndpoints(bad), UsageError, bad);
+  }
+  assert.throws(() => parseEndpoints("http://u:secret@h:1"), (err: Error) => !err.message.includes("secret"));
+  assert.deepEqual(parseEndpoints("h:80,https://h:443/"), ["http://h:80", "https://h:443"]);
 });
 
 Deno.test("parseEndpoints() takes URLs and bare host:port, comma-separated", () => {
@@ -72,4 +110,9 @@ Deno.test("formatEvent() writes key=value, quoting values with spaces", () => {
     }),
     'deregistered key=/services/a/1.2.3.4:80 reason="no answer within 1000ms" n=2',
   );
+});
+
+Deno.test("formatEvent() keeps one event on one line: control characters in a value are escaped", () => {
+  const line = formatEvent("check failed", { reason: "a\nb\x1b[2J\u009b\u202e", host: "h" });
+  assert.equal(line, 'check failed reason="a\\nb\\u001b[2J\\u009b\\u202e" host=h');
 });

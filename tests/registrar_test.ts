@@ -153,7 +153,57 @@ Deno.test("registrar takes over, in one write, a record whose lease nobody keeps
   await registrar.reconcile();
   assert.deepEqual(etcd.writes, ["grant 1", "move 99->1", "revoke 99"]);
   assert.equal(etcd.keys.get(KEY)?.lease, "1");
-  assert.ok(logs.includes("taking the record over from a lease nobody keeps alive"));
+  assert.ok(logs.includes("record taken over"));
+});
+
+Deno.test("registrar takes over, in one write, a record written by hand with no lease, and deletes it when the instance fails", async () => {
+  const { etcd, registrar, logs } = setup();
+  etcd.keys.set(KEY, { key: KEY, value: '{"by":"hand"}', lease: "0", modRevision: "7" });
+  registrar.want(true, "up");
+  await registrar.reconcile();
+  assert.deepEqual(etcd.writes, ["grant 1", "move 0->1"]);
+  assert.equal(etcd.keys.get(KEY)?.lease, "1");
+  assert.equal(JSON.parse(etcd.keys.get(KEY)!.value).ipv4_addr, "10.0.0.5");
+  assert.ok(logs.includes("record taken over"));
+  assert.ok(logs.includes("registered"));
+  registrar.want(false, "down");
+  await registrar.reconcile();
+  assert.equal(etcd.keys.has(KEY), false, "the record outlived its instance");
+});
+
+Deno.test("registrar takes over a record rewritten by hand with no lease while it was registered", async () => {
+  const { etcd, registrar, logs, advance } = setup();
+  registrar.want(true, "up");
+  await registrar.reconcile();
+  etcd.keys.set(KEY, { key: KEY, value: '{"by":"hand"}', lease: "0", modRevision: "9" });
+  for (let waited = 0; etcd.keys.get(KEY)?.lease !== "1" && waited < 3 * config.ttlSeconds * 1000;) {
+    const wait = await registrar.reconcile();
+    advance(wait);
+    waited += wait;
+  }
+  assert.equal(etcd.keys.get(KEY)?.lease, "1", "the hand-written record blocks the secretary");
+  assert.ok(logs.includes("record taken over"));
+});
+
+Deno.test("registrar says etcd answered again only once etcd has answered, not after a pass that called nothing", async () => {
+  const { etcd, registrar, logs, advance } = setup();
+  registrar.want(true, "up");
+  await registrar.reconcile();
+  advance((config.ttlSeconds * 1000) / 3); // a keep-alive is due
+  etcd.down = true;
+  advance(await registrar.reconcile()); // the keep-alive fails
+  assert.ok(logs.includes("etcd call failed; retrying"));
+  const calls = etcd.writes.length;
+  advance(await registrar.reconcile()); // nothing is due: this pass calls nothing
+  assert.equal(etcd.writes.length, calls);
+  assert.ok(!logs.includes("etcd answered again"), "said while etcd was still down");
+  etcd.down = false;
+  for (let waited = 0; !logs.includes("etcd answered again") && waited < config.ttlSeconds * 1000;) {
+    const wait = await registrar.reconcile();
+    advance(wait);
+    waited += wait;
+  }
+  assert.equal(logs.filter((l) => l === "etcd answered again").length, 1);
 });
 
 Deno.test("registrar replaces a lease lost in an outage and moves the record over from its old lease in one write", async () => {

@@ -14,7 +14,7 @@ Deno.test("secretary registers a healthy instance, deregisters it when it stops,
     const key = bed.key(t);
     await waitFor(() => bed.present(key), "registered", 5000);
     const stored = await bed.etcd.get(key);
-    const entry = decodeEntry(key, stored!.value);
+    const entry = decodeEntry("/services", key, stored!.value);
     assert.equal(entry.record?.host, "testhost");
     assert.equal(entry.record?.ipv4_addr, "127.0.0.2");
     assert.equal(entry.record?.port, t.port);
@@ -236,6 +236,6 @@ Deno.test("a secretary restarted after a crash takes its predecessor's record ov
     );
     assert.equal(missing, 0, "the record was missing during the takeover");
     assert.notEqual(taken.lease, crashed);
-    await second.waitForLog(/^taking the record over from a lease nobody keeps alive/);
+    await second.waitForLog(/^record taken over .*reason="nobody keeps its lease alive"/);
   });
 });
