@@ -6,7 +6,7 @@
  *
  * @module
  */
-import { EtcdCluster, runScript, Script, SOURCE_FLAGS, Target, waitFor } from "./lib/testbed.ts";
+import { EtcdCluster, runScript, Script, SOURCE_FLAGS, TestServer, waitFor } from "./testbed/testbed.ts";
 
 const started = Date.now();
 const stamp = () => `[${((Date.now() - started) / 1000).toFixed(2).padStart(6)}s]`;
@@ -31,7 +31,7 @@ async function main(): Promise<void> {
     const endpoints = `--endpoints=${cluster.endpoints[0]}`;
     say(`etcd answers at ${cluster.endpoints[0]}`);
 
-    const service = await Target.start("127.0.0.2", 8080);
+    const service = await TestServer.start("127.0.0.2", 8080);
     cleanup.unshift(() => service.close());
     say("a small HTTP service listens on 127.0.0.2:8080");
 

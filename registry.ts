@@ -29,15 +29,15 @@ import {
 } from "./lib/cli.ts";
 import { describeError, Etcd, type EtcdOptions, type StoredValue, type WatchHandle } from "./lib/etcd.ts";
 import {
-  checkIpv4,
-  checkPort,
-  checkService,
+  addressRank,
   decodeEntry,
   DEFAULT_PREFIX,
   type Entry,
   instanceKey,
   normalizePrefix,
+  parseAddress,
   servicePrefix,
+  validateService,
 } from "./lib/record.ts";
 import { cut, hasControl, printable, printableJson, quote } from "./lib/text.ts";
 
@@ -81,18 +81,15 @@ export function parseCli(args: readonly string[], env: Env): Command {
       if (rest.length > 1) {
         throw new UsageError(`Cannot use arguments ${quote(rest.join(" "))}: expected at most SERVICE`);
       }
-      const service = rest[0] === undefined ? undefined : asUsage(() => checkService(rest[0]));
+      const service = rest[0] === undefined ? undefined : asUsage(() => validateService(rest[0]));
       return { command, service, ...common() };
     }
     case "get": {
       if (rest.length !== 2) {
         throw new UsageError(`Cannot use arguments ${quote(rest.join(" "))}: expected SERVICE IP:PORT`);
       }
-      const service = asUsage(() => checkService(rest[0]));
-      const match = /^([^:]+):(\d{1,5})$/.exec(rest[1]);
-      if (!match) throw new UsageError(`Cannot use address ${quote(rest[1])}: expected IP:PORT such as 10.0.0.5:8080`);
-      const ip = asUsage(() => checkIpv4(match[1]));
-      const port = asUsage(() => checkPort(Number(match[2])));
+      const service = asUsage(() => validateService(rest[0]));
+      const { ip, port } = asUsage(() => parseAddress(rest[1]));
       return { command, service, ip, port, ...common() };
     }
     case undefined:
@@ -148,9 +145,7 @@ export function sortEntries(entries: Entry[]): Entry[] {
   // one sort key per entry, computed once: 10,000 entries sort in milliseconds
   const ranked = entries.map((entry) => {
     if (entry.address === undefined) return { entry, rank: `1\0${entry.key}` };
-    const [ip, port] = entry.address.split(":");
-    const octets = ip.split(".").map((o) => o.padStart(3, "0")).join(".");
-    return { entry, rank: `0\0${entry.service}\0${octets}\0${port.padStart(5, "0")}` };
+    return { entry, rank: `0\0${entry.service}\0${addressRank(parseAddress(entry.address))}` };
   });
   ranked.sort((a, b) => (a.rank < b.rank ? -1 : a.rank > b.rank ? 1 : 0));
   return ranked.map((r) => r.entry);

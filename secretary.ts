@@ -22,11 +22,9 @@ import {
   asUsage,
   CONNECTION_HELP,
   CONNECTION_OPTIONS,
-  createLog,
   type DurationRange,
   type Env,
   exitWhenFlushed,
-  type Log,
   parseConnection,
   parseCount,
   parseDuration,
@@ -34,6 +32,7 @@ import {
   UsageError,
   usageFrom,
 } from "./lib/cli.ts";
+import { createLog, type Log } from "./lib/log.ts";
 import { hasControl, quote } from "./lib/text.ts";
 import {
   type CheckResult,
@@ -47,18 +46,18 @@ import {
   parseStatusRange,
   runCheck,
   splitCommand,
-  type Status,
 } from "./lib/checks.ts";
 import { describeError, Etcd, type EtcdOptions, isNetworkError } from "./lib/etcd.ts";
 import {
-  checkIpv4,
-  checkPort,
-  checkService,
   DEFAULT_PREFIX,
   encodeRecord,
   instanceKey,
   normalizePrefix,
+  parsePort,
   type ServiceRecord,
+  type Status,
+  validateIpv4,
+  validateService,
 } from "./lib/record.ts";
 
 /** Everything the secretary needs to know, parsed and checked. */
@@ -209,8 +208,8 @@ export function parseCli(
         : `Cannot use arguments ${quote(positionals.slice(1).join(" "))}: expected only <port>`,
     );
   }
-  const port = parsePort(positionals[0]);
-  const service = asUsage(() => checkService(values.service));
+  const port = asUsage(() => parsePort(positionals[0]));
+  const service = asUsage(() => validateService(values.service));
   const prefix = asUsage(() => normalizePrefix(values.prefix ?? DEFAULT_PREFIX));
   const check = parseCheck(values);
   const intervalMs = parseDuration(values.interval, "--interval", RANGES.interval);
@@ -246,7 +245,7 @@ export function parseCli(
   return {
     port,
     service,
-    ip: asUsage(() => checkIpv4(ip)),
+    ip: asUsage(() => validateIpv4(ip)),
     hostname,
     etcd,
     prefix,
@@ -362,15 +361,6 @@ export function parseMeta(pairs: readonly string[]): Record<string, string> {
     );
   }
   return meta;
-}
-
-/** Parses a port: an integer from 1 to 65535, digits only. */
-export function parsePort(text: string): number {
-  const port = /^\d{1,5}$/.test(text) ? Number(text) : NaN;
-  if (!(port >= 1 && port <= 65535)) {
-    throw new UsageError(`Cannot use port ${quote(text)}: expected an integer from 1 to 65535`);
-  }
-  return checkPort(port);
 }
 
 /** Reads `NAME=value` from a CoreOS-style environment file (`KEY=value` lines, optional quotes). */

@@ -20,7 +20,7 @@
  * @module
  */
 import { parseArgs } from "node:util";
-import { ROOT } from "../lib/testbed.ts";
+import { ROOT } from "../testbed/testbed.ts";
 import type { CheckCost, ChecksFigures } from "./checks.ts";
 import type { KilledFigures } from "./killed.ts";
 import type { CostFigures, HostCost } from "./cost.ts";

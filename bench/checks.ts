@@ -31,7 +31,7 @@
  */
 import { isDeepStrictEqual, parseArgs } from "node:util";
 import type { Etcd } from "../lib/etcd.ts";
-import { delay, EtcdCluster, Script, Target, waitFor } from "../lib/testbed.ts";
+import { delay, EtcdCluster, Script, TestServer, waitFor } from "../testbed/testbed.ts";
 import {
   cleanupOnSignal,
   commandFor,
@@ -113,7 +113,7 @@ const KINDS: { label: string; args: string[]; status?: unknown }[] = [
 ];
 
 const clusters: EtcdCluster[] = [];
-const targets: Target[] = [];
+const targets: TestServer[] = [];
 const scripts: Script[] = [];
 const clients: Etcd[] = [];
 const counters: TaskCounter[] = [];
@@ -173,7 +173,7 @@ class TaskCounter {
 /** Starts a sidekick for `target` with `checkArgs`; an exec check gets deno's `--allow-run` as well. */
 function startSidekick(
   runtime: Runtime,
-  target: Target,
+  target: TestServer,
   endpoints: string[],
   checkArgs: string[],
   exec: boolean,
@@ -201,7 +201,7 @@ async function measure(
   client: Etcd,
 ): Promise<CheckCost> {
   // every kind has an instance listening: the connection watch (on by default) holds an idle connection to it
-  const target = await Target.start(`127.0.9.${index + 1}`);
+  const target = await TestServer.start(`127.0.9.${index + 1}`);
   targets.push(target);
   const exec = kind.args.includes("--check=exec");
   const key = keyOf(target);

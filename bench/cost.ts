@@ -23,7 +23,7 @@
  * @module
  */
 import { parseArgs } from "node:util";
-import { delay, EtcdCluster, Script, Target, waitFor } from "../lib/testbed.ts";
+import { delay, EtcdCluster, Script, TestServer, waitFor } from "../testbed/testbed.ts";
 import {
   ArticleLoop,
   childrenOf,
@@ -93,7 +93,7 @@ const perRuntime = Number(values.instances ?? 2);
 const SETTINGS = [[20, 30], [2, 10]] as const;
 
 const clusters: EtcdCluster[] = [];
-const targets: Target[] = [];
+const targets: TestServer[] = [];
 const scripts: Script[] = [];
 const loops: ArticleLoop[] = [];
 const clocks: EventClock[] = [];
@@ -106,8 +106,8 @@ async function etcd(extraArgs: string[] = []): Promise<EtcdCluster> {
   return await cluster.start();
 }
 
-async function target(host: string): Promise<Target> {
-  const t = await Target.start(host);
+async function target(host: string): Promise<TestServer> {
+  const t = await TestServer.start(host);
   targets.push(t);
   return t;
 }
@@ -212,7 +212,7 @@ async function main(): Promise<CostFigures> {
   clients.push(client);
   const ourClock = await KeyClock.start(client);
   clocks.push(ourClock);
-  const ours: { runtime: Runtime; script: Script; target: Target }[] = [];
+  const ours: { runtime: Runtime; script: Script; target: TestServer }[] = [];
   for (const runtime of runtimes()) {
     for (let i = 0; i < perRuntime; i++) {
       const t = await target(`127.0.4.${ours.length + 1}`);

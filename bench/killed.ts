@@ -35,8 +35,8 @@
  * @module
  */
 import { parseArgs } from "node:util";
-import { instanceKey } from "../lib/record.ts";
-import { Apache, delay, EtcdCluster, freePort, ROOT, Script, waitFor } from "../lib/testbed.ts";
+import { DEFAULT_PREFIX, instanceKey } from "../lib/record.ts";
+import { Apache, delay, EtcdCluster, freePort, ROOT, Script, waitFor } from "../testbed/testbed.ts";
 import {
   bundlesBuilt,
   cleanupOnSignal,
@@ -161,7 +161,7 @@ async function lane(
   figures: KilledFigures,
   secretaries: Script[],
 ): Promise<void> {
-  const key = instanceKey("/services", "apache", target.host, target.port);
+  const key = instanceKey(DEFAULT_PREFIX, "apache", target.host, target.port);
   await startTarget(target);
   const secretary = startSecretary(target, endpoints, row.watch);
   secretaries.push(secretary);

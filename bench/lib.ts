@@ -9,8 +9,8 @@
  */
 import { existsSync } from "node:fs";
 import { type Etcd, type WatchHandle } from "../lib/etcd.ts";
-import { instanceKey } from "../lib/record.ts";
-import { delay, ROOT, Script, SOURCE_FLAGS, type Target } from "../lib/testbed.ts";
+import { DEFAULT_PREFIX, instanceKey } from "../lib/record.ts";
+import { delay, ROOT, Script, SOURCE_FLAGS, type TestServer } from "../testbed/testbed.ts";
 
 /** Default settings: the product's own defaults. */
 export const DEFAULT_ARGS = ["--interval=2s", "--timeout=1s", "--rise=2", "--fall=2", "--ttl=10s"];
@@ -60,7 +60,7 @@ export function commandFor(script: "secretary" | "registry", runtime: Runtime, a
 
 /** Starts our secretary for `target` against `endpoints`. */
 export function startSecretary(
-  target: Target,
+  target: TestServer,
   endpoints: string[],
   options: { runtime?: Runtime; args?: string[] } = {},
 ): Script {
@@ -75,8 +75,8 @@ export function startSecretary(
 }
 
 /** The key of `target`'s record. */
-export function keyOf(target: Target, service = "apache"): string {
-  return instanceKey("/services", service, target.host, target.port);
+export function keyOf(target: TestServer, service = "apache"): string {
+  return instanceKey(DEFAULT_PREFIX, service, target.host, target.port);
 }
 
 // ---------------------------------------------------------------------------
@@ -189,7 +189,7 @@ export class ArticleLoop {
   #exited = false;
 
   constructor(
-    readonly target: Target,
+    readonly target: TestServer,
     readonly endpoint: string,
     readonly intervalSeconds: number,
     readonly ttlSeconds: number,

@@ -15,8 +15,8 @@
  */
 import { parseArgs } from "node:util";
 import type { Etcd } from "../lib/etcd.ts";
-import { encodeRecord, instanceKey } from "../lib/record.ts";
-import { delay, EtcdCluster, ROOT } from "../lib/testbed.ts";
+import { DEFAULT_PREFIX, encodeRecord, instanceKey } from "../lib/record.ts";
+import { delay, EtcdCluster, ROOT } from "../testbed/testbed.ts";
 import {
   cleanupOnSignal,
   commandFor,
@@ -50,7 +50,7 @@ function testRecord(n: number): { key: string; value: string } {
   const ip = `10.${(n >> 16) & 255}.${(n >> 8) & 255}.${n & 255}`;
   const port = 8000 + (n % 1000);
   return {
-    key: instanceKey("/services", service, ip, port),
+    key: instanceKey(DEFAULT_PREFIX, service, ip, port),
     value: encodeRecord({
       host: `host-${n % 500}`,
       ipv4_addr: ip,
@@ -159,7 +159,7 @@ async function watchLatency(endpoint: string, etcd: Etcd, changes: number): Prom
     .spawn();
   try {
     const lines = new Lines(child.stdout);
-    const key = (i: number) => instanceKey("/services", "latency", `127.3.${(i >> 8) & 255}.${i & 255}`, 8080);
+    const key = (i: number) => instanceKey(DEFAULT_PREFIX, "latency", `127.3.${(i >> 8) & 255}.${i & 255}`, 8080);
     const value = (i: number) =>
       encodeRecord({
         host: "bench",

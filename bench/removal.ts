@@ -20,7 +20,7 @@
  * @module
  */
 import { parseArgs } from "node:util";
-import { delay, EtcdCluster, type Script, Target } from "../lib/testbed.ts";
+import { delay, EtcdCluster, type Script, TestServer } from "../testbed/testbed.ts";
 import {
   ArticleLoop,
   cleanupOnSignal,
@@ -56,8 +56,8 @@ interface Impl {
   /** How long after the last keep-alive or write the TTL runs from: the phase to randomise a SIGKILL over. */
   refreshMs: number;
   runtimes: string[];
-  keyOf(target: Target): string;
-  start(target: Target, runtime: string): Sidekick;
+  keyOf(target: TestServer): string;
+  start(target: TestServer, runtime: string): Sidekick;
 }
 
 /** The figures, in ms; `back` holds null where the record never came back within the bound. */
@@ -113,7 +113,7 @@ function article(endpoint: string, clock: EventClock, intervalSeconds: number, t
  * One lane: per round, kill the target (gone, then back), hang it (gone,
  * then answering again: back, or never), then SIGKILL the sidekick (gone).
  */
-async function lane(impl: Impl, target: Target, rounds: number, figures: RemovalFigures): Promise<void> {
+async function lane(impl: Impl, target: TestServer, rounds: number, figures: RemovalFigures): Promise<void> {
   const { clock, intervalMs } = impl;
   const key = impl.keyOf(target);
   const runtime = impl.runtimes[0];
@@ -158,7 +158,7 @@ async function lane(impl: Impl, target: Target, rounds: number, figures: Removal
 }
 
 /** Start to registered, then SIGTERM to gone, one trial at a time. */
-async function startAndStop(impl: Impl, target: Target, runtime: string, trials: number, figures: RemovalFigures) {
+async function startAndStop(impl: Impl, target: TestServer, runtime: string, trials: number, figures: RemovalFigures) {
   const key = impl.keyOf(target);
   figures.start[runtime] = [];
   figures.sigterm[runtime] = [];
@@ -200,7 +200,7 @@ async function main(): Promise<void> {
 
   const cluster = await EtcdCluster.create(1, { extraArgs: isArticle ? ["--enable-v2"] : [] });
   const etcd = cluster.client();
-  const targets: Target[] = [];
+  const targets: TestServer[] = [];
   let clock: EventClock | undefined;
   const cleanup = async () => {
     clock?.stop();
@@ -230,12 +230,12 @@ async function main(): Promise<void> {
     };
     const rounds = Math.ceil(trials / lanes);
     console.log(`${impl.name}: ${lanes} lanes x ${rounds} rounds, then ${trials} start/SIGTERM trials per runtime`);
-    for (let i = 0; i < lanes; i++) targets.push(await Target.start(`${net}.${i + 1}`));
+    for (let i = 0; i < lanes; i++) targets.push(await TestServer.start(`${net}.${i + 1}`));
     const began = Date.now();
     await Promise.all(targets.map((t) => lane(impl, t, rounds, figures)));
     console.log(`lanes done in ${Math.round((Date.now() - began) / 1000)} s`);
 
-    const one = await Target.start(`${net}.200`);
+    const one = await TestServer.start(`${net}.200`);
     targets.push(one);
     for (const runtime of impl.runtimes) await startAndStop(impl, one, runtime, trials, figures);
 

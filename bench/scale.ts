@@ -15,7 +15,7 @@
  * @module
  */
 import { parseArgs } from "node:util";
-import { delay, EtcdCluster, type Script, Target } from "../lib/testbed.ts";
+import { delay, EtcdCluster, type Script, TestServer } from "../testbed/testbed.ts";
 import {
   cleanupOnSignal,
   cpuSecondsOf,
@@ -77,7 +77,7 @@ const windowMs = Number(values.minutes ?? (values.quick ? 0.25 : 1)) * 60_000;
 
 const cluster = await EtcdCluster.create(1);
 const etcd = cluster.client(5000);
-const targets: Target[] = [];
+const targets: TestServer[] = [];
 const scripts: Script[] = [];
 let clock: KeyClock | undefined;
 
@@ -88,7 +88,7 @@ async function main(): Promise<ScaleFigures> {
   console.log(`starting ${count} sidekicks (${runtime}), ${values.rate} a second`);
   const startedAt: number[] = [];
   for (let i = 0; i < count; i++) {
-    const target = await Target.start(`127.1.${Math.floor(i / 250)}.${(i % 250) + 1}`);
+    const target = await TestServer.start(`127.1.${Math.floor(i / 250)}.${(i % 250) + 1}`);
     targets.push(target);
     startedAt.push(now());
     scripts.push(startSecretary(target, cluster.endpoints, { runtime }));

@@ -28,7 +28,7 @@
  * @module
  */
 import { parseArgs } from "node:util";
-import { delay, EtcdCluster, type Script, Target, waitFor } from "../lib/testbed.ts";
+import { delay, EtcdCluster, type Script, TestServer, waitFor } from "../testbed/testbed.ts";
 import { cleanupOnSignal, formatMs, keyOf, mainRuntime, now, startSecretary, writeFigures } from "./lib.ts";
 
 export const MISSING_BOUND_MS = 3000;
@@ -50,7 +50,7 @@ interface Episode {
 
 /** One instance: its target, its secretary, the truth and what the registry showed. */
 interface Instance {
-  target: Target;
+  target: TestServer;
   script: Script;
   key: string;
   up: boolean;
@@ -243,7 +243,7 @@ async function main() {
   await cluster.start();
   const runtime = mainRuntime();
   for (let i = 0; i < count; i++) {
-    const target = await Target.start(`127.2.0.${i + 1}`);
+    const target = await TestServer.start(`127.2.0.${i + 1}`);
     const script = startSecretary(target, cluster.endpoints, { runtime });
     const inst: Instance = {
       target,

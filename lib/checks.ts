@@ -17,10 +17,8 @@
 import { spawn } from "node:child_process";
 import { connect as tcpConnect, type Socket } from "node:net";
 import { connect as tlsConnect } from "node:tls";
+import type { Status } from "./record.ts";
 import { quote } from "./text.ts";
-
-/** The data an exec check reports: any JSON object, at most STATUS_MAX_BYTES as printed. */
-export type Status = Record<string, unknown>;
 
 /** What to check, parsed from the command line. */
 export type CheckSpec =

@@ -1,11 +1,12 @@
 /**
  * What both scripts share on the command line: parsing durations and etcd
- * connection flags (etcdctl's names and variables), the usage error that
- * means exit status 2, and one-line event logs for journald.
+ * connection flags (etcdctl's names and variables), and the usage error that
+ * means exit status 2.
  *
  * @module
  */
 import type { EtcdOptions } from "./etcd.ts";
+import { DEFAULT_PREFIX } from "./record.ts";
 import { printable, quote } from "./text.ts";
 
 /** Bad usage or configuration: one line on stderr, exit status 2, nothing written. */
@@ -33,7 +34,7 @@ export const CONNECTION_OPTIONS = {
 /** The `--help` text for the connection flags. */
 export const CONNECTION_HELP = `etcd:
   --endpoints URL[,URL...]  etcd client URLs (default $ETCDCTL_ENDPOINTS, else ${DEFAULT_ENDPOINT})
-  --prefix PATH             where records live (default /services)
+  --prefix PATH             where records live (default ${DEFAULT_PREFIX})
   --cacert FILE             CA bundle for https endpoints ($ETCDCTL_CACERT)
   --cert FILE, --key FILE   client certificate and key ($ETCDCTL_CERT, $ETCDCTL_KEY)
   --user NAME:PASSWORD      etcd user ($ETCDCTL_USER)`;
@@ -205,31 +206,4 @@ export function usageFrom(err: unknown, program: string): unknown {
     return new UsageError(`${message} (see ${program} --help)`);
   }
   return err;
-}
-
-/** Log priorities, as syslog and journald number them. */
-export type Level = "err" | "warning" | "notice" | "info" | "debug";
-const PRIORITY: Record<Level, number> = { err: 3, warning: 4, notice: 5, info: 6, debug: 7 };
-
-/** Writes one event a line: `event key=value ...`; with `<N>` priority prefixes under journald. */
-export type Log = (level: Level, event: string, fields?: Record<string, unknown>) => void;
-
-/** Formats one log line (pure). */
-export function formatEvent(event: string, fields: Record<string, unknown> = {}): string {
-  const parts = [event];
-  for (const [k, v] of Object.entries(fields)) {
-    if (v === undefined) continue;
-    const text = String(v);
-    // anything but a plain word is quoted, its control characters escaped: one event stays one line
-    parts.push(`${k}=${/^[!#-<>-~]+$/.test(text) ? text : quote(text, Infinity)}`);
-  }
-  return parts.join(" ");
-}
-
-/** A logger to stderr; `JOURNAL_STREAM` in the environment turns on priority prefixes. */
-export function createLog(env: Env, write: (line: string) => void = (l) => process.stderr.write(l)): Log {
-  const journal = Boolean(env.JOURNAL_STREAM);
-  return (level, event, fields) => {
-    write(`${journal ? `<${PRIORITY[level]}>` : ""}${formatEvent(event, fields)}\n`);
-  };
 }

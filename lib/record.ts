@@ -25,6 +25,9 @@
  */
 import { quote } from "./text.ts";
 
+/** What an exec check reports and the record publishes: any JSON object. */
+export type Status = Record<string, unknown>;
+
 /** One instance's record, as stored in etcd. */
 export interface ServiceRecord {
   /** The machine's hostname (the unit's `%H`). */
@@ -40,7 +43,7 @@ export interface ServiceRecord {
   /** Free-form fields given with `--meta key=value`. */
   meta: Record<string, string>;
   /** What the instance's exec check last reported: any JSON object. Absent when there is none. */
-  status?: Record<string, unknown>;
+  status?: Status;
 }
 
 /**
@@ -60,8 +63,8 @@ export const DEFAULT_PREFIX = "/services";
 const SERVICE_NAME = /^[a-z0-9][a-z0-9._-]*$/;
 const IPV4 = /^(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(\.(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3}$/;
 
-/** Throws RangeError unless `name` is a service name: lower-case letters, digits, `-`, `_`, `.`. */
-export function checkService(name: string): string {
+/** Returns `name` if it is a service name (lower-case letters, digits, `-`, `_`, `.`); throws RangeError otherwise. */
+export function validateService(name: string): string {
   if (!SERVICE_NAME.test(name) || name.length > 128) {
     throw new RangeError(
       `Cannot use service ${
@@ -72,20 +75,44 @@ export function checkService(name: string): string {
   return name;
 }
 
-/** Throws RangeError unless `ip` is a dotted IPv4 address. */
-export function checkIpv4(ip: string): string {
+/** Returns `ip` if it is a dotted IPv4 address; throws RangeError otherwise. */
+export function validateIpv4(ip: string): string {
   if (!IPV4.test(ip)) {
     throw new RangeError(`Cannot use IP ${quote(ip)}: expected an IPv4 address such as 10.0.0.5`);
   }
   return ip;
 }
 
-/** Throws RangeError unless `port` is an integer from 1 to 65535. */
-export function checkPort(port: number): number {
-  if (!Number.isInteger(port) || port < 1 || port > 65535) {
-    throw new RangeError(`Cannot use port ${quote(String(port))}: expected an integer from 1 to 65535`);
+/** Parses a port: digits only, no leading zero, from 1 to 65535; throws RangeError otherwise. */
+export function parsePort(text: string): number {
+  const port = /^[1-9]\d{0,4}$/.test(text) ? Number(text) : NaN;
+  if (!(port >= 1 && port <= 65535)) {
+    throw new RangeError(`Cannot use port ${quote(text)}: expected an integer from 1 to 65535`);
   }
   return port;
+}
+
+/**
+ * Parses an instance's address, `<ip>:<port>` as instanceKey() writes it;
+ * throws RangeError otherwise. The one grammar of an address, for the key's
+ * last segment and for the command line alike.
+ */
+export function parseAddress(text: string): { ip: string; port: number } {
+  const colon = text.lastIndexOf(":");
+  try {
+    if (colon < 0) throw new RangeError("no port");
+    return { ip: validateIpv4(text.slice(0, colon)), port: parsePort(text.slice(colon + 1)) };
+  } catch {
+    throw new RangeError(
+      `Cannot use address ${quote(text)}: expected IP:PORT such as 10.0.0.5:8080, PORT from 1 to 65535`,
+    );
+  }
+}
+
+/** The sort key of an address: by IP numerically, then by port. */
+export function addressRank(address: { ip: string; port: number }): string {
+  const octets = address.ip.split(".").map((o) => o.padStart(3, "0")).join(".");
+  return `${octets}\0${String(address.port).padStart(5, "0")}`;
 }
 
 const PREFIX_SEGMENT = /^[A-Za-z0-9_.-]+$/;
@@ -190,10 +217,7 @@ export function parseKey(prefix: string, key: string): { service: string; addres
   const segments = key.slice(prefix.length + 1).split("/");
   if (segments.length !== 2) return undefined;
   const [service, address] = segments;
-  const match = /^([\d.]+):([1-9]\d{0,4})$/.exec(address);
-  if (!match || !fits(() => checkService(service), () => checkIpv4(match[1]), () => checkPort(Number(match[2])))) {
-    return undefined;
-  }
+  if (!fits(() => validateService(service), () => parseAddress(address))) return undefined;
   return { service, address };
 }
 

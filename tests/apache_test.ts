@@ -14,7 +14,7 @@
 import assert from "node:assert/strict";
 import { type Etcd } from "../lib/etcd.ts";
 import { decodeEntry, instanceKey } from "../lib/record.ts";
-import { Apache, EtcdCluster, httpStatus, ROOT, Script, waitFor } from "../lib/testbed.ts";
+import { Apache, EtcdCluster, httpStatus, ROOT, Script, waitFor } from "../testbed/testbed.ts";
 
 /**
  * With the unit's defaults, a killed Apache's record must be gone within this: the connection watch's close, `fall`

@@ -10,7 +10,17 @@ import { fromJSON } from "@grpc/proto-loader";
 import { embedProto, protoDescriptor } from "../build.ts";
 import { type Etcd } from "../lib/etcd.ts";
 import { decodeEntry, encodeRecord, instanceKey } from "../lib/record.ts";
-import { bundles, delay, EtcdCluster, execStart, makeCerts, ROOT, Script, Target, waitFor } from "../lib/testbed.ts";
+import {
+  bundles,
+  delay,
+  EtcdCluster,
+  execStart,
+  makeCerts,
+  ROOT,
+  Script,
+  TestServer,
+  waitFor,
+} from "../testbed/testbed.ts";
 
 /** The variables the registry wrapper install.sh writes lets deno read; the test checks the wrapper says the same. */
 const REGISTRY_ENV = "ETCDCTL_CACERT,ETCDCTL_CERT,ETCDCTL_KEY,ETCDCTL_USER,GRPC_*";
@@ -102,7 +112,7 @@ async function withBed(
 /** Starts a secretary bundle, waits until its record is in etcd, stops it with SIGTERM: record gone, exit 0. */
 async function registerAndDeregister(
   bed: Bed,
-  target: Target,
+  target: TestServer,
   start: () => Script,
 ): Promise<Script> {
   const key = instanceKey("/services", "apache", target.host, target.port);
@@ -238,7 +248,7 @@ Deno.test("bundles alone in an empty folder: --help exits 0, bad input exits 2 w
 
 Deno.test("secretary bundle under deno, started exactly as the unit's ExecStart starts it, registers; SIGTERM deregisters", async () => {
   await withBed(async (bed) => {
-    const target = await Target.start("127.0.0.22");
+    const target = await TestServer.start("127.0.0.22");
     try {
       // as systemd runs it: the IP from the environment (EnvironmentFile=), %H as --hostname
       const environment = { COREOS_PUBLIC_IPV4: target.host, SECRETARY_ETCD: bed.etcdHostPort };
@@ -262,7 +272,7 @@ Deno.test("over TLS, the drop-in's permissions (the unit's, and reading the thre
   const serverTls = ["--cert-file", certs.serverCert, "--key-file", certs.serverKey, "--trusted-ca-file", certs.ca];
   try {
     await withBed(async (bed) => {
-      const target = await Target.start("127.0.0.27");
+      const target = await TestServer.start("127.0.0.27");
       try {
         // what /etc/environment holds on such a host
         const environment = {
@@ -295,7 +305,7 @@ Deno.test("over TLS, the drop-in's permissions (the unit's, and reading the thre
 
 Deno.test("secretary bundle under node registers, and SIGTERM deregisters", async () => {
   await withBed(async (bed) => {
-    const target = await Target.start("127.0.0.23");
+    const target = await TestServer.start("127.0.0.23");
     try {
       await registerAndDeregister(bed, target, () =>
         proc(
@@ -347,7 +357,7 @@ Deno.test("registry bundle under deno and node prints every line of a listing la
 
 Deno.test("each of the unit's permissions is needed: without it the secretary fails or cannot reach its instance or etcd", async () => {
   await withBed(async (bed) => {
-    const target = await Target.start("127.0.0.24");
+    const target = await TestServer.start("127.0.0.24");
     try {
       const permissions = await unitPermissions(target.host, target.port, bed.etcdHostPort);
       const net = permissions.find((p) => p.startsWith("--allow-net="))!;
@@ -410,7 +420,7 @@ Deno.test("proxy variables send neither the health check nor etcd traffic throug
   };
   try {
     await withBed(async (bed) => {
-      const target = await Target.start("127.0.0.25");
+      const target = await TestServer.start("127.0.0.25");
       try {
         const args = [
           "secretary.mjs",
@@ -482,7 +492,7 @@ Deno.test("source maps: deno and node report the bundle's frames at their TypeSc
 
 Deno.test("the example exec unit's ExecStart, bundle under deno: status published, maintenance honoured, drain on SIGTERM; exec under node", async () => {
   await withBed(async (bed) => {
-    const target = await Target.start("127.0.0.24"); // the worker listens, so the watch has a connection to hold
+    const target = await TestServer.start("127.0.0.24"); // the worker listens, so the watch has a connection to hold
     try {
       await Deno.writeTextFile(
         `${bed.dir}/check-queue`,

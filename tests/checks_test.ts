@@ -20,7 +20,7 @@ import {
   SOURCE_FLAGS,
   waitFor,
   withBed,
-} from "../lib/testbed.ts";
+} from "../testbed/testbed.ts";
 
 /** deno's flags for an exec check: the source flags, and running the command. */
 const EXEC_FLAGS = [...SOURCE_FLAGS, "--allow-run"];

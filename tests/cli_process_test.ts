@@ -3,7 +3,7 @@
  * value, exit status 2, and nothing written to etcd; --help exits 0.
  */
 import assert from "node:assert/strict";
-import { EtcdCluster, runScript, SOURCE_FLAGS } from "../lib/testbed.ts";
+import { EtcdCluster, runScript, SOURCE_FLAGS } from "../testbed/testbed.ts";
 
 /** Each bad command line, and the value its error line must name. */
 const BAD_SECRETARY_ARGS: [string[], string][] = [
@@ -109,7 +109,7 @@ Deno.test("registry: bad input exits 2 with one line naming the value", async ()
   const cases: [string[], RegExp][] = [
     [["list"], /command "list"/],
     [["get", "apache", "10.0.0.1"], /address "10.0.0.1"/],
-    [["get", "apache", "10.0.0.1:99999"], /port "99999"/],
+    [["get", "apache", "10.0.0.1:99999"], /address "10\.0\.0\.1:99999"/],
     [["ls", "Apache"], /service "Apache"/],
     [["ls", "--endpoints=ftp://x:1"], /endpoint "ftp:\/\/x:1"/],
     [["ls", "--nope"], /Unknown option '--nope'/],

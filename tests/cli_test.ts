@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
-import { formatDuration, formatEvent, parseConnection, parseDuration, parseEndpoints, UsageError } from "../lib/cli.ts";
+import { formatDuration, parseConnection, parseDuration, parseEndpoints, UsageError } from "../lib/cli.ts";
+import { formatEvent } from "../lib/log.ts";
 
 const ANY = { minMs: 1, maxMs: 86_400_000 };
 

@@ -7,7 +7,7 @@
 import assert from "node:assert/strict";
 import { type Etcd } from "../lib/etcd.ts";
 import { encodeRecord, instanceKey } from "../lib/record.ts";
-import { delay, EtcdCluster, type EtcdMember, Script, SOURCE_FLAGS, Target, waitFor } from "../lib/testbed.ts";
+import { delay, EtcdCluster, type EtcdMember, Script, SOURCE_FLAGS, TestServer, waitFor } from "../testbed/testbed.ts";
 
 /** Samples a key every 100 ms; counts the time it was missing while a quorum answered. */
 class Sampler {
@@ -49,7 +49,7 @@ Deno.test("three members: killing the member it talks to, the leader, and restar
   const cluster = await EtcdCluster.create(3);
   await cluster.start();
   const etcd = cluster.client(1000);
-  const t = await Target.start("127.0.0.20");
+  const t = await TestServer.start("127.0.0.20");
   const endpoints = `--endpoints=${cluster.endpoints.join(",")}`;
   const secretary = Script.deno("secretary.ts", [
     String(t.port),

@@ -13,7 +13,7 @@ import assert from "node:assert/strict";
 import { request } from "node:http";
 import { Etcd } from "../lib/etcd.ts";
 import { encodeRecord, instanceKey } from "../lib/record.ts";
-import { EtcdCluster, runScript, Script, SOURCE_FLAGS, waitFor } from "../lib/testbed.ts";
+import { EtcdCluster, runScript, Script, SOURCE_FLAGS, waitFor } from "../testbed/testbed.ts";
 
 const HOST = "127.0.0.60";
 const RECORDS = 10_000;

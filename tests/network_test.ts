@@ -6,11 +6,11 @@
 import assert from "node:assert/strict";
 import { type Etcd } from "../lib/etcd.ts";
 import { instanceKey } from "../lib/record.ts";
-import { delay, EtcdCluster, Relay, Script, SOURCE_FLAGS, Target, waitFor } from "../lib/testbed.ts";
+import { delay, EtcdCluster, Relay, Script, SOURCE_FLAGS, TestServer, waitFor } from "../testbed/testbed.ts";
 
 const TTL_MS = 5000;
 
-function secretary(t: Target, endpoint: string): Script {
+function secretary(t: TestServer, endpoint: string): Script {
   return Script.deno("secretary.ts", [
     String(t.port),
     `--ip=${t.host}`,
@@ -35,7 +35,7 @@ async function withRelay(
   await cluster.start();
   const etcd = cluster.client();
   const relay = await Relay.start(cluster.endpoints[0]);
-  const t = await Target.start(host);
+  const t = await TestServer.start(host);
   const s = secretary(t, relay.url);
   try {
     await fn({ etcd, relay, secretary: s, key: instanceKey("/services", "apache", t.host, t.port) });
@@ -133,7 +133,7 @@ Deno.test("etcd gone for three TTLs, ten times in a row: back within 2 s of etcd
   const cluster = await EtcdCluster.create(1);
   await cluster.start();
   const etcd = cluster.client();
-  const t = await Target.start("127.0.0.32");
+  const t = await TestServer.start("127.0.0.32");
   const s = secretary(t, cluster.endpoints[0]);
   const key = instanceKey("/services", "apache", t.host, t.port);
   const member = cluster.members[0];

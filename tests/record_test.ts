@@ -1,7 +1,5 @@
 import assert from "node:assert/strict";
 import {
-  checkIpv4,
-  checkService,
   decodeEntry,
   encodeRecord,
   instanceKey,
@@ -9,6 +7,8 @@ import {
   parseKey,
   servicePrefix,
   type ServiceRecord,
+  validateIpv4,
+  validateService,
 } from "../lib/record.ts";
 
 const record: ServiceRecord = {
@@ -156,17 +156,17 @@ Deno.test("decodeEntry() takes a meta value that is not a string as its JSON tex
   }
 });
 
-Deno.test("checkService() takes lower-case letters, digits, - _ . and never a /", () => {
-  for (const ok of ["apache", "web-1", "a_b.c", "9lives"]) assert.equal(checkService(ok), ok);
+Deno.test("validateService() takes lower-case letters, digits, - _ . and never a /", () => {
+  for (const ok of ["apache", "web-1", "a_b.c", "9lives"]) assert.equal(validateService(ok), ok);
   for (const bad of ["", "Apache", "a/b", "../x", "-x", "a b", "é"]) {
-    assert.throws(() => checkService(bad), RangeError, bad);
+    assert.throws(() => validateService(bad), RangeError, bad);
   }
 });
 
-Deno.test("checkIpv4() takes dotted IPv4 only", () => {
-  for (const ok of ["127.0.0.2", "10.132.249.206", "255.255.255.255", "0.0.0.0"]) assert.equal(checkIpv4(ok), ok);
+Deno.test("validateIpv4() takes dotted IPv4 only", () => {
+  for (const ok of ["127.0.0.2", "10.132.249.206", "255.255.255.255", "0.0.0.0"]) assert.equal(validateIpv4(ok), ok);
   for (const bad of ["", "256.0.0.1", "1.2.3", "01.2.3.4", "::1", "host", "1.2.3.4 "]) {
-    assert.throws(() => checkIpv4(bad), RangeError, bad);
+    assert.throws(() => validateIpv4(bad), RangeError, bad);
   }
 });
 

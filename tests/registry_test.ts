@@ -2,7 +2,7 @@
 import assert from "node:assert/strict";
 import { type Etcd } from "../lib/etcd.ts";
 import { encodeRecord, instanceKey, type ServiceRecord } from "../lib/record.ts";
-import { delay, EtcdCluster, freePort, runScript, Script, SOURCE_FLAGS, waitFor } from "../lib/testbed.ts";
+import { delay, EtcdCluster, freePort, runScript, Script, SOURCE_FLAGS, waitFor } from "../testbed/testbed.ts";
 
 function record(ip: string, port: number, service = "apache", meta: Record<string, string> = {}): ServiceRecord {
   // five and a half minutes ago: the AGE column shows 5m for a whole minute

@@ -251,7 +251,7 @@ Deno.test("parseCli() rejects bad commands and arguments, naming the value", () 
     [["list"], /command "list"/],
     [["get", "apache"], /expected SERVICE IP:PORT/],
     [["get", "apache", "10.0.0.1"], /address "10.0.0.1"/],
-    [["get", "apache", "10.0.0.1:0"], /port "0"/],
+    [["get", "apache", "10.0.0.1:0"], /address "10.0.0.1:0"/],
     [["get", "Apache", "10.0.0.1:80"], /service "Apache"/],
     [["ls", "a/b"], /service "a\/b"/],
     [["ls", "a", "b"], /at most SERVICE/],

@@ -5,11 +5,11 @@
  */
 import assert from "node:assert/strict";
 import { decodeEntry } from "../lib/record.ts";
-import { delay, registered, target, waitFor, withBed } from "../lib/testbed.ts";
+import { delay, registered, testServer, waitFor, withBed } from "../testbed/testbed.ts";
 
 Deno.test("secretary registers a healthy instance, deregisters it when it stops, registers it again when it starts", async () => {
   await withBed(async (bed) => {
-    const t = await target(bed, "127.0.0.2");
+    const t = await testServer(bed, "127.0.0.2");
     const s = bed.secretary(t, ["--meta=zone=a"]);
     const key = bed.key(t);
     await waitFor(() => bed.present(key), "registered", 5000);
@@ -45,7 +45,7 @@ Deno.test("secretary removes a hung instance (accepts, never answers) and brings
 
 Deno.test("secretary treats an HTTP 500 as failing and a 3xx as passing, like curl -f", async () => {
   await withBed(async (bed) => {
-    const t = await target(bed, "127.0.0.4");
+    const t = await testServer(bed, "127.0.0.4");
     t.mode = "error";
     const s = bed.secretary(t);
     await s.waitForLog(/check failed reason="status 500"/);
@@ -56,7 +56,7 @@ Deno.test("secretary treats an HTTP 500 as failing and a 3xx as passing, like cu
 
 Deno.test("secretary with --check tcp passes on an open port whatever it answers", async () => {
   await withBed(async (bed) => {
-    const t = await target(bed, "127.0.0.4");
+    const t = await testServer(bed, "127.0.0.4");
     t.mode = "hang";
     bed.secretary(t, ["--check=tcp", "--service=redis"]);
     await waitFor(() => bed.present(bed.key(t, "redis")), "registered by a tcp check", 5000);
@@ -101,8 +101,8 @@ Deno.test("SIGKILL leaves the record until the TTL and no longer", async () => {
 
 Deno.test("two instances on one IP are both listed, and stopping one keeps the other", async () => {
   await withBed(async (bed) => {
-    const a = await target(bed, "127.0.0.7");
-    const b = await target(bed, "127.0.0.7");
+    const a = await testServer(bed, "127.0.0.7");
+    const b = await testServer(bed, "127.0.0.7");
     const sa = bed.secretary(a);
     bed.secretary(b);
     await waitFor(
@@ -122,7 +122,7 @@ Deno.test("two instances on one IP are both listed, and stopping one keeps the o
 
 Deno.test("no etcd write while the instance stays healthy: the revision does not move", async () => {
   await withBed(async (bed) => {
-    const t = await target(bed, "127.0.0.8");
+    const t = await testServer(bed, "127.0.0.8");
     const s = bed.secretary(t);
     await waitFor(() => bed.present(bed.key(t)), "registered", 5000);
     const before = await bed.etcd.revision();
@@ -184,7 +184,7 @@ Deno.test("etcd down for longer than the TTL: the lease is lost, and the record 
 
 Deno.test("two secretaries for one instance by mistake: neither deletes the record the other holds; the log says so", async () => {
   await withBed(async (bed) => {
-    const t = await target(bed, "127.0.0.12");
+    const t = await testServer(bed, "127.0.0.12");
     const key = bed.key(t);
     const a = bed.secretary(t);
     const leaseA = (await waitFor(() => bed.etcd.get(key), "the first registered", 5000)).lease;
@@ -216,7 +216,7 @@ Deno.test("two secretaries for one instance by mistake: neither deletes the reco
 
 Deno.test("a secretary restarted after a crash takes its predecessor's record over, never missing", async () => {
   await withBed(async (bed) => {
-    const t = await target(bed, "127.0.0.13");
+    const t = await testServer(bed, "127.0.0.13");
     const key = bed.key(t);
     const first = bed.secretary(t);
     const crashed = (await waitFor(() => bed.etcd.get(key), "registered", 5000)).lease;

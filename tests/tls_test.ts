@@ -18,10 +18,10 @@ import {
   installed,
   makeCerts,
   Script,
-  Target,
+  TestServer,
   unitEnvironment,
   waitFor,
-} from "../lib/testbed.ts";
+} from "../testbed/testbed.ts";
 
 const FAST = ["--interval=500ms", "--timeout=300ms", "--ttl=5s"];
 const PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -31,7 +31,7 @@ const UNITS = "etc/systemd/system";
 async function secretary(
   root: string,
   unit: string,
-  target: Target,
+  target: TestServer,
   env: Record<string, string>,
   extra: string[] = [],
 ): Promise<Script> {
@@ -93,7 +93,7 @@ Deno.test("TLS with client certificates: the installed unit's drop-in and the re
   const etcd = cluster.client();
   const endpoint = cluster.endpoints[0];
   const hostPort = new URL(endpoint).host;
-  const t = await Target.start("127.0.0.40");
+  const t = await TestServer.start("127.0.0.40");
   const key = instanceKey("/services", "apache", t.host, t.port);
   const env = {
     ETCDCTL_ENDPOINTS: endpoint,
@@ -145,7 +145,7 @@ Deno.test("etcd authentication: the installed unit and the registry wrapper work
   const hostPort = new URL(endpoint).host;
   await enableAuth(endpoint, "s3cret");
   const etcd = new Etcd({ endpoints: [endpoint], user: { name: "root", password: "s3cret" } });
-  const t = await Target.start("127.0.0.41");
+  const t = await TestServer.start("127.0.0.41");
   const key = instanceKey("/services", "apache", t.host, t.port);
   const unit = `${UNITS}/apache-secretary@.service`;
   const good = await secretary(root, unit, t, { SECRETARY_ETCD: hostPort, ETCDCTL_USER: "root:s3cret" });
@@ -203,7 +203,7 @@ Deno.test("TLS and authentication together: the installed drop-in and the regist
   const endpoint = cluster.endpoints[0];
   await enableAuth(endpoint, "s3cret", certs);
   const etcd = new Etcd({ endpoints: [endpoint], ...tls, user: { name: "root", password: "s3cret" } });
-  const t = await Target.start("127.0.0.42");
+  const t = await TestServer.start("127.0.0.42");
   const key = instanceKey("/services", "apache", t.host, t.port);
   const env = {
     ETCDCTL_ENDPOINTS: endpoint,

@@ -12,10 +12,10 @@ import {
   freePort,
   registered,
   Script,
-  target,
+  testServer,
   waitFor,
   withBed,
-} from "../lib/testbed.ts";
+} from "../testbed/testbed.ts";
 
 /** An HTTP server in its own process, so that it can die as a process does; it prints a line per request. */
 async function serverProcess(bed: Bed, host: string): Promise<{ address: Address; proc: Script; requests(): number }> {
@@ -54,7 +54,7 @@ Deno.test("watch: a target killed with SIGKILL is deregistered well within a sec
 
 Deno.test("watch off (--no-watch-connection): no idle connection, and a killed target goes at the next check as before", async () => {
   await withBed(async (bed) => {
-    const t = await target(bed, "127.0.0.13");
+    const t = await testServer(bed, "127.0.0.13");
     const quiet = bed.secretary(t, ["--no-watch-connection", "--service=quiet"]);
     await waitFor(() => bed.present(bed.key(t, "quiet")), "registered", 5000);
     await delay(1500);

@@ -7,9 +7,9 @@
  * @module
  */
 import { createServer, type Server, type Socket } from "node:net";
-import { Etcd, type EtcdOptions } from "./etcd.ts";
-import { instanceKey } from "./record.ts";
-import { splitCommand } from "./checks.ts";
+import { Etcd, type EtcdOptions } from "../lib/etcd.ts";
+import { DEFAULT_PREFIX, instanceKey } from "../lib/record.ts";
+import { splitCommand } from "../lib/checks.ts";
 
 /** The repository root, where the scripts live. */
 export const ROOT = new URL("../", import.meta.url).pathname;
@@ -229,11 +229,11 @@ export class EtcdCluster {
 }
 
 /** How a target answers: 200, 500, accept and never answer, or not listen at all. */
-export type TargetMode = "ok" | "error" | "hang" | "closed";
+export type ServerMode = "ok" | "error" | "hang" | "closed";
 
 /** A small HTTP server on `host:port` whose health the test controls. */
-export class Target {
-  mode: TargetMode = "ok";
+export class TestServer {
+  mode: ServerMode = "ok";
   #server?: Server;
   #sockets = new Set<Socket>();
   requests = 0;
@@ -245,14 +245,14 @@ export class Target {
 
   constructor(readonly host: string, readonly port: number) {}
 
-  static async start(host: string, port?: number): Promise<Target> {
-    const target = new Target(host, port ?? await freePort(host));
+  static async start(host: string, port?: number): Promise<TestServer> {
+    const target = new TestServer(host, port ?? await freePort(host));
     await target.setMode("ok");
     return target;
   }
 
   /** Switches the mode; `closed` stops listening, any other mode listens again. */
-  async setMode(mode: TargetMode): Promise<void> {
+  async setMode(mode: ServerMode): Promise<void> {
     this.mode = mode;
     if (mode === "closed") return await this.#close();
     if (this.#server) return;
@@ -698,7 +698,7 @@ export interface Address {
 export interface Bed {
   cluster: EtcdCluster;
   etcd: Etcd;
-  targets: Target[];
+  targets: TestServer[];
   scripts: Script[];
   /** More to undo at the end: servers, files. */
   cleanups: (() => unknown)[];
@@ -730,7 +730,7 @@ export async function withBed(fn: (bed: Bed) => Promise<void>): Promise<void> {
       this.scripts.push(s);
       return s;
     },
-    key: (target, service = "apache") => instanceKey("/services", service, target.host, target.port),
+    key: (target, service = "apache") => instanceKey(DEFAULT_PREFIX, service, target.host, target.port),
     present: async (key) => (await etcd.get(key)) !== undefined,
   };
   try {
@@ -745,8 +745,8 @@ export async function withBed(fn: (bed: Bed) => Promise<void>): Promise<void> {
 }
 
 /** A target on `host`, closed with the bed. */
-export async function target(bed: Bed, host: string): Promise<Target> {
-  const t = await Target.start(host);
+export async function testServer(bed: Bed, host: string): Promise<TestServer> {
+  const t = await TestServer.start(host);
   bed.targets.push(t);
   return t;
 }
@@ -760,8 +760,8 @@ export async function registered(
   bed: Bed,
   host: string,
   options: { extra?: string[]; flags?: string[]; idleCloseMs?: number } = {},
-): Promise<{ t: Target; s: Script; key: string }> {
-  const t = await target(bed, host);
+): Promise<{ t: TestServer; s: Script; key: string }> {
+  const t = await testServer(bed, host);
   t.idleCloseMs = options.idleCloseMs;
   const s = bed.secretary(t, options.extra, options.flags);
   const key = bed.key(t);
