@@ -32,7 +32,7 @@ import {
   UsageError,
   usageFrom,
 } from "./lib/cli.ts";
-import { createLog, type Log } from "./lib/log.ts";
+import { createLog } from "./lib/log.ts";
 import { hasControl, quote } from "./lib/text.ts";
 import {
   type CheckResult,
@@ -47,18 +47,9 @@ import {
   runCheck,
   splitCommand,
 } from "./lib/checks.ts";
-import { describeError, Etcd, type EtcdOptions, isNetworkError } from "./lib/etcd.ts";
-import {
-  DEFAULT_PREFIX,
-  encodeRecord,
-  instanceKey,
-  normalizePrefix,
-  parsePort,
-  type ServiceRecord,
-  type Status,
-  validateIpv4,
-  validateService,
-} from "./lib/record.ts";
+import { Etcd, type EtcdOptions } from "./lib/etcd.ts";
+import { type Effects, EtcdRegistrar, type Registrar } from "./lib/registrar.ts";
+import { DEFAULT_PREFIX, normalizePrefix, parsePort, validateIpv4, validateService } from "./lib/record.ts";
 
 /** Everything the secretary needs to know, parsed and checked. */
 export interface Config {
@@ -115,9 +106,6 @@ export const RANGES = {
 export const MAX_META_BYTES = 64 * 1024;
 /** The re-check interval after the watch connection closed, while checks fail. */
 export const SUSPECT_RECHECK_MS = 100;
-
-/** How long SIGTERM may wait for etcd to revoke the lease before exiting anyway. */
-export const STOP_TIMEOUT_MS = 2000;
 
 export const HELP = `Usage: secretary <port> [options]
 
@@ -411,378 +399,10 @@ export function fastIntervalMs(intervalMs: number): number {
 }
 
 // ---------------------------------------------------------------------------
-// Keeping the record in etcd
-
-/** What the check loop asks of etcd: hold the record, or not. A fake stands in for it in tests. */
-export interface Registrar {
-  want(registered: boolean, reason: string): void;
-  /** The data a passing check reported (an exec check's JSON), published in the record when it changes. */
-  report(status: Status | undefined): void;
-}
-
-/** The etcd operations the registrar uses (lib/etcd.ts's Etcd has them all). */
-export type EtcdClient = Pick<
-  Etcd,
-  | "grantLease"
-  | "keepAlive"
-  | "leaseTimeToLive"
-  | "revokeLease"
-  | "putIfAbsent"
-  | "putIfLease"
-  | "deleteIfLease"
-  | "get"
-  | "close"
->;
-
-/**
- * Whether nobody keeps a lease alive: a holder keeps it alive every third of
- * its TTL, so a lease kept alive never has much less than two thirds left.
- * Such a record is a crashed secretary's (this one's predecessor, restarted
- * by systemd), not a running duplicate's.
- */
-export function isOrphaned(lease: { ttlSeconds: number; grantedSeconds: number } | undefined): boolean {
-  return lease === undefined || lease.ttlSeconds < (lease.grantedSeconds * 2) / 3 - 1;
-}
-
-/** `client`, calling `onAnswer` after each call that etcd answered. */
-function countAnswers(client: EtcdClient, onAnswer: () => void): EtcdClient {
-  const answered = <A extends unknown[], R>(call: (...args: A) => Promise<R>) => async (...args: A) => {
-    const result = await call.apply(client, args);
-    onAnswer();
-    return result;
-  };
-  return {
-    grantLease: answered(client.grantLease),
-    keepAlive: answered(client.keepAlive),
-    leaseTimeToLive: answered(client.leaseTimeToLive),
-    revokeLease: answered(client.revokeLease),
-    putIfAbsent: answered(client.putIfAbsent),
-    putIfLease: answered(client.putIfLease),
-    deleteIfLease: answered(client.deleteIfLease),
-    get: answered(client.get),
-    close: () => client.close(),
-  };
-}
-
-/** A status as compared and logged: its JSON text, "" for none. */
-function statusText(status: Status | undefined): string {
-  return status === undefined ? "" : JSON.stringify(status);
-}
-
-/** Clock, sleep and randomness, passed in so tests can drive them. */
-export interface Effects {
-  now(): number;
-  random(): number;
-  log: Log;
-}
-
-/**
- * Keeps the record in etcd as the checks want it: grants one lease and keeps
- * it alive, puts the record when the instance is healthy, deletes it (only
- * while it is ours) when it is not. Every failure is retried with jittered
- * backoff, forever; a lost lease is replaced and the record
- * put again. About once a TTL it reads its own key and restores it if it was
- * deleted by hand.
- */
-export class EtcdRegistrar implements Registrar {
-  #desired = false;
-  #reason = "starting";
-  #lease?: string;
-  #staleLeases: string[] = [];
-  #lastKeepAliveOk = 0;
-  #lastKeepAliveSent = 0;
-  #lastVerified = 0;
-  #holding: "none" | "ours" | "other" = "none";
-  #otherLease = "";
-  #everRegistered = false;
-  #failures = 0;
-  #lastFailureLog = 0;
-  #wake: () => void = () => {};
-  #stopping = false;
-  #status?: Status;
-  /** The status in the record as last written under our lease, as JSON text. */
-  #writtenStatus = "";
-  #registeredAt = "";
-
-  /** etcd answers so far: "etcd answered again" needs one, not merely a pass that called nothing. */
-  #answers = 0;
-  readonly client: EtcdClient;
-
-  constructor(
-    readonly config: Config,
-    client: EtcdClient,
-    readonly effects: Effects,
-  ) {
-    this.client = countAnswers(client, () => this.#answers++);
-  }
-
-  /** Whether the record is registered under this process's lease, as far as it knows. */
-  get registered(): boolean {
-    return this.#holding === "ours";
-  }
-
-  /** Whether the record may be listed: registered, or wanted (a put may be in flight). */
-  get mayBeListed(): boolean {
-    return this.#holding === "ours" || this.#desired;
-  }
-
-  get key(): string {
-    return instanceKey(this.config.prefix, this.config.service, this.config.ip, this.config.port);
-  }
-
-  want(registered: boolean, reason: string): void {
-    this.#desired = registered;
-    this.#reason = reason;
-    this.#wake();
-  }
-
-  report(status: Status | undefined): void {
-    if (statusText(status) === statusText(this.#status)) return;
-    this.#status = status;
-    this.#wake();
-  }
-
-  /** Reconciles until `signal` aborts, then revokes the lease within STOP_TIMEOUT_MS. */
-  async run(signal: AbortSignal): Promise<void> {
-    while (!signal.aborted) {
-      const waitMs = await this.reconcile();
-      const wake = new AbortController();
-      this.#wake = () => wake.abort();
-      await sleep(waitMs, AbortSignal.any([signal, wake.signal]));
-    }
-  }
-
-  /** Revokes every lease this process made, so its record goes now. Bounded in time. */
-  async stop(): Promise<boolean> {
-    this.#stopping = true;
-    const leases = [...this.#staleLeases, ...(this.#lease ? [this.#lease] : [])];
-    this.#lease = undefined;
-    try {
-      await Promise.all(leases.map((l) => this.client.revokeLease(l, STOP_TIMEOUT_MS)));
-      return true;
-    } catch (err) {
-      this.effects.log("warning", "revoke failed; the record expires with its lease", {
-        key: this.key,
-        ttl: this.config.ttlSeconds,
-        reason: describeError(err),
-      });
-      return false;
-    } finally {
-      this.client.close();
-    }
-  }
-
-  /** One pass: bring etcd in line with what is wanted; returns how long to wait before the next. */
-  async reconcile(): Promise<number> {
-    const { log, now } = this.effects;
-    const ttlMs = this.config.ttlSeconds * 1000;
-    const key = this.key;
-    const answersBefore = this.#answers;
-    if (this.#lease && now() - this.#lastKeepAliveOk > ttlMs) {
-      this.#loseLease(`no keep-alive answered for ${Math.round((now() - this.#lastKeepAliveOk) / 1000)}s`);
-    }
-    try {
-      if (!this.#lease) {
-        const lease = await this.client.grantLease(this.config.ttlSeconds);
-        if (this.#stopping) {
-          // granted while stopping: it must hold nothing, and go now
-          await this.client.revokeLease(lease).catch(() => {});
-          return 0;
-        }
-        this.#lease = lease;
-        this.#lastKeepAliveOk = this.#lastKeepAliveSent = now();
-        log("info", "lease granted", { lease: this.#lease, ttl: this.config.ttlSeconds });
-        await this.#revokeStale();
-      }
-      if (now() - this.#lastKeepAliveSent >= ttlMs / 3) {
-        this.#lastKeepAliveSent = now();
-        const remaining = await this.client.keepAlive(this.#lease);
-        if (remaining <= 0) {
-          this.#loseLease("etcd says it expired");
-          return 0;
-        }
-        this.#lastKeepAliveOk = this.#lastKeepAliveSent;
-      }
-      const verifyEveryMs = this.#holding === "other" ? this.config.intervalMs : ttlMs;
-      if (this.#desired && this.#holding === "none") await this.#register(key);
-      else if (this.#desired && now() - this.#lastVerified >= verifyEveryMs) await this.#verify(key);
-      else if (!this.#desired && this.#holding === "ours") {
-        // a transaction: deletes only while the record is still ours
-        const deleted = await this.client.deleteIfLease(key, this.#lease);
-        this.#holding = "none";
-        log("notice", deleted ? "deregistered" : "deregistered; the record was already gone or another's", {
-          key,
-          reason: this.#reason,
-        });
-      } else if (!this.#desired && this.#holding === "other") {
-        this.#holding = "none"; // another secretary's record: not ours to delete
-      }
-      if (this.#desired && this.#holding === "ours" && statusText(this.#status) !== this.#writtenStatus) {
-        await this.#rewrite(key);
-      }
-      if (this.#failures > 0 && this.#answers > answersBefore) {
-        log("notice", "etcd answered again", { failures: this.#failures });
-        this.#failures = 0;
-      }
-    } catch (err) {
-      return this.#failed(err);
-    }
-    const sinceKeepAlive = now() - this.#lastKeepAliveSent;
-    let waitMs = ttlMs / 3 - sinceKeepAlive;
-    // a record held by another lease is read every interval, so ours follows soon after it goes
-    const verifyEveryMs = this.#holding === "other" ? this.config.intervalMs : ttlMs;
-    if (this.#desired) waitMs = Math.min(waitMs, verifyEveryMs - (now() - this.#lastVerified));
-    return Math.max(0, Math.ceil(waitMs));
-  }
-
-  async #register(key: string): Promise<void> {
-    const { log, now } = this.effects;
-    const lease = this.#lease;
-    if (!lease || this.#stopping) return;
-    this.#registeredAt = new Date(now()).toISOString();
-    const status = statusText(this.#status);
-    const value = this.#value();
-    let stored = await this.client.putIfAbsent(key, value, lease);
-    const absent = stored.modRevision === "0"; // deleted between the compare and the read
-    // a record with no lease was written by hand: no secretary keeps it, and it would never expire
-    const unleased = !absent && stored.lease === "0";
-    const orphan = unleased ||
-      (stored.lease !== lease && stored.lease !== "0" && !this.#staleLeases.includes(stored.lease) &&
-        isOrphaned(await this.client.leaseTimeToLive(stored.lease)));
-    if (orphan || (stored.lease !== lease && this.#staleLeases.includes(stored.lease))) {
-      // our own earlier lease (kept alive by etcd across a leader change), one nobody keeps alive (a crashed
-      // secretary's), or none: move the record over in one write, so it is never missing
-      const previous = stored.lease;
-      if (orphan) {
-        log("notice", "record taken over", {
-          key,
-          other_lease: previous,
-          reason: unleased ? "the record has no lease" : "nobody keeps its lease alive",
-        });
-      }
-      if (await this.client.putIfLease(key, value, lease, previous)) {
-        stored = { ...stored, lease };
-        this.#staleLeases = this.#staleLeases.filter((l) => l !== previous);
-        // it holds nothing now ("0" is no lease)
-        if (previous !== "0") await this.client.revokeLease(previous).catch(() => {});
-      }
-    }
-    this.#lastVerified = now();
-    if (stored.lease === lease) {
-      this.#holding = "ours";
-      this.#writtenStatus = status;
-      log("notice", this.#everRegistered ? "registered again" : "registered", { key, lease, reason: this.#reason });
-      this.#everRegistered = true;
-    } else if (absent) {
-      this.#holding = "none"; // deleted between our compare and read: the next pass puts it
-    } else {
-      if (this.#holding !== "other" || this.#otherLease !== stored.lease) {
-        log("warning", "not registered: another lease holds the record, is a second secretary running?", {
-          key,
-          lease,
-          other_lease: stored.lease,
-        });
-      }
-      this.#holding = "other";
-      this.#otherLease = stored.lease;
-    }
-  }
-
-  /** The record as this secretary writes it: the instance, plus the last status reported. */
-  #value(): string {
-    const record: ServiceRecord = {
-      host: this.config.hostname,
-      ipv4_addr: this.config.ip,
-      port: this.config.port,
-      service: this.config.service,
-      registered_at: this.#registeredAt,
-      meta: this.config.meta,
-      ...(this.#status ? { status: this.#status } : {}),
-    };
-    return encodeRecord(record);
-  }
-
-  /** Writes the record again with a new status, only while it is still under our lease. */
-  async #rewrite(key: string): Promise<void> {
-    const lease = this.#lease;
-    if (!lease || this.#stopping) return;
-    const status = statusText(this.#status);
-    if (await this.client.putIfLease(key, this.#value(), lease, lease)) {
-      this.#writtenStatus = status;
-      this.effects.log("info", "status changed", { key, status });
-    } else {
-      this.#holding = "none"; // gone or another's: the next pass finds out which
-    }
-  }
-
-  async #verify(key: string): Promise<void> {
-    const { log, now } = this.effects;
-    const stored = await this.client.get(key);
-    this.#lastVerified = now();
-    if (stored?.lease === this.#lease) {
-      this.#holding = "ours";
-    } else if (!stored) {
-      if (this.#holding === "ours") log("warning", "record missing; restoring", { key });
-      this.#holding = "none";
-      await this.#register(key);
-    } else if (
-      this.#holding === "other" &&
-      (stored.lease === "0" || isOrphaned(await this.client.leaseTimeToLive(stored.lease)))
-    ) {
-      await this.#register(key); // its holder stopped keeping it alive, or it has no lease: take it over
-    } else {
-      if (this.#holding === "ours") {
-        log("warning", "record taken over by another lease", { key, other_lease: stored.lease });
-      }
-      this.#holding = "other";
-      this.#otherLease = stored.lease;
-    }
-  }
-
-  async #revokeStale(): Promise<void> {
-    // only leases that hold nothing of ours are revoked here: the record moves over in #register
-    const stored = this.#desired ? await this.client.get(this.key) : undefined;
-    const keep = stored?.lease;
-    const stale = this.#staleLeases.filter((l) => l !== keep);
-    this.#staleLeases = this.#staleLeases.filter((l) => l === keep);
-    await Promise.all(stale.map((l) => this.client.revokeLease(l).catch(() => {})));
-  }
-
-  #loseLease(reason: string): void {
-    this.effects.log("warning", "lease lost", { lease: this.#lease, reason });
-    if (this.#lease) this.#staleLeases.push(this.#lease);
-    this.#lease = undefined;
-    this.#holding = "none";
-  }
-
-  #failed(err: unknown): number {
-    const { log, now, random } = this.effects;
-    if (this.#stopping) return 0; // the client was closed under a call in flight: nothing to report
-    // the client has already dropped a connection that failed or hung, and moved to the next member
-    this.#failures++;
-    if (this.#failures === 1 || now() - this.#lastFailureLog >= 10_000) {
-      this.#lastFailureLog = now();
-      log("warning", "etcd call failed; retrying", {
-        key: this.key,
-        failures: this.#failures,
-        reason: describeError(err),
-      });
-    }
-    // etcd back from an outage is found within a second; a refusal (a wrong password: each try costs etcd a
-    // bcrypt) is retried more slowly
-    const capMs = Math.min(isNetworkError(err) ? 1000 : 15_000, 100 * 2 ** Math.min(this.#failures, 10));
-    return capMs * (0.5 + random() / 2);
-  }
-}
-
-// ---------------------------------------------------------------------------
 // The check loop
 
-/** What the check loop needs besides the check: a clock, a sleep, a log, and whether maintenance is on. */
-export interface LoopEffects {
-  now(): number;
-  sleep(ms: number, signal: AbortSignal): Promise<void>;
-  log: Log;
+/** What the check loop needs besides the check: the registrar's effects, and whether maintenance is on. */
+export interface LoopEffects extends Effects {
   /** The reason the instance is in maintenance (e.g. the file that says so), or undefined. */
   maintenance?(): string | undefined;
   /** Makes the connection watch, which calls `onLost` when its idle connection to the instance closes. */
@@ -816,7 +436,7 @@ export async function runChecks(
   let wake = new AbortController();
   const watch = effects.watch?.((reason) => {
     suspect = true;
-    effects.log("debug", "watch connection closed; checking now", { reason });
+    effects.log("debug", "watch connection closed", { reason, next: "checking now" });
     wake.abort();
   });
   while (!signal.aborted) {
@@ -836,7 +456,7 @@ export async function runChecks(
     if (result.passed) registrar.report(result.status);
     const nowMaintenance = effects.maintenance?.();
     if (nowMaintenance !== maintenance) {
-      effects.log("notice", nowMaintenance ? "maintenance on" : "maintenance off", {
+      effects.log("notice", nowMaintenance ? "maintenance started" : "maintenance ended", {
         reason: nowMaintenance ?? maintenance,
         healthy: health.healthy,
       });
@@ -926,7 +546,13 @@ async function main(args: string[]): Promise<number> {
     return 2;
   }
   if (!first) return 0; // stopped during the first check
-  const registrar = new EtcdRegistrar(cfg, new Etcd(cfg.etcd), { now: Date.now, random: Math.random, log });
+  const effects: Effects = { now: Date.now, sleep, random: Math.random, log };
+  const instance = { host: cfg.hostname, ipv4_addr: cfg.ip, port: cfg.port, service: cfg.service, meta: cfg.meta };
+  const registrar = new EtcdRegistrar(
+    { prefix: cfg.prefix, instance, ttlSeconds: cfg.ttlSeconds, intervalMs: cfg.intervalMs },
+    new Etcd(cfg.etcd),
+    effects,
+  );
   log("info", "started", {
     key: registrar.key,
     check: describeCheck(cfg.check, cfg.ip, cfg.port),
@@ -942,9 +568,7 @@ async function main(args: string[]): Promise<number> {
     () => runCheck(cfg.check, target),
     registrar,
     {
-      now: Date.now,
-      sleep,
-      log,
+      ...effects,
       maintenance: file ? () => (fileExists(file) ? `maintenance file ${file} exists` : undefined) : undefined,
       watch: cfg.watchConnection
         ? (onLost) => new ConnectionWatch(cfg.ip, cfg.port, cfg.intervalMs, onLost, greetingFor(cfg.check.kind))
@@ -954,20 +578,34 @@ async function main(args: string[]): Promise<number> {
     first,
   );
   const reconciling = registrar.run(stop.signal);
-  await stopped;
+  // either loop throwing (say, the maintenance file's folder losing its permissions) ends the secretary: one line, exit 1
+  const failed = new Promise<Error>((resolve) => {
+    const fail = (err: unknown) => resolve(err instanceof Error ? err : new Error(String(err)));
+    checks.catch(fail);
+    reconciling.catch(fail);
+  });
+  const error = await Promise.race([stopped.then(() => undefined), failed]);
+  if (error) stop.abort("error");
   // revoke at once, without waiting for a check or an etcd call in flight
   const held = registrar.registered;
   // a proxy may have seen the record even if the put's answer is still on its way: drain then too
-  const draining = registrar.mayBeListed && cfg.drainMs > 0;
+  const draining = !error && registrar.mayBeListed && cfg.drainMs > 0;
   const removed = (await registrar.stop()) && held;
-  log("notice", removed ? "stopped; record removed" : "stopped", {
+  if (error) {
+    log("err", "failed", {
+      key: registrar.key,
+      reason: oneLine(error.message),
+      record: removed ? "removed" : undefined,
+    });
+    return 1;
+  }
+  log("notice", "stopped", {
     key: registrar.key,
     signal: stop.signal.reason,
+    record: removed ? "removed" : undefined,
     drain: draining ? `${cfg.drainMs}ms` : undefined,
   });
   if (draining) await sleep(cfg.drainMs, drained.signal);
-  void checks;
-  void reconciling;
   return 0;
 }
 

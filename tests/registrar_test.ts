@@ -1,9 +1,19 @@
 /**
- * EtcdRegistrar's decisions against an in-memory etcd (a fake is fine here:
- * this is the registrar's logic; the behaviour tests use a real etcd).
+ * The registrar's decisions: plan() as a table, and EtcdRegistrar's loop
+ * against an in-memory etcd (a fake is fine here: this is the registrar's
+ * logic; the behaviour tests use a real etcd).
  */
 import assert from "node:assert/strict";
-import { type Config, type EtcdClient, EtcdRegistrar } from "../secretary.ts";
+import {
+  type Action,
+  backoffMs,
+  type EtcdClient,
+  EtcdRegistrar,
+  initialKnown,
+  type Known,
+  plan,
+  type RegistrarOptions,
+} from "../lib/registrar.ts";
 import type { StoredValue } from "../lib/etcd.ts";
 
 /** An etcd of one map, counting writes; `down` makes every call fail as a network error would. */
@@ -13,35 +23,38 @@ class FakeEtcd implements EtcdClient {
   /** Seconds left on each lease (all granted for 10 s); a lease absent here is kept alive at 10. */
   ttls = new Map<string, number>();
   writes: string[] = [];
+  /** Every call, answered or not: a transaction whose compare fails is still a raft proposal. */
+  calls: string[] = [];
   down = false;
   #next = 1;
 
-  #check() {
+  #check(call: string) {
+    this.calls.push(call);
     if (this.down) return Promise.reject(new Error("14 UNAVAILABLE: connect ECONNREFUSED"));
   }
   async grantLease() {
-    await this.#check();
+    await this.#check("grantLease");
     const id = String(this.#next++);
     this.leases.add(id);
     this.writes.push(`grant ${id}`);
     return id;
   }
   async keepAlive(lease: string) {
-    await this.#check();
+    await this.#check("keepAlive");
     return this.leases.has(lease) ? 10 : 0;
   }
   async leaseTimeToLive(lease: string) {
-    await this.#check();
+    await this.#check("leaseTimeToLive");
     return this.leases.has(lease) ? { ttlSeconds: this.ttls.get(lease) ?? 10, grantedSeconds: 10 } : undefined;
   }
   async revokeLease(lease: string) {
-    await this.#check();
+    await this.#check("revokeLease");
     this.leases.delete(lease);
     for (const [k, v] of this.keys) if (v.lease === lease) this.keys.delete(k);
     this.writes.push(`revoke ${lease}`);
   }
   async putIfAbsent(key: string, value: string, lease: string) {
-    await this.#check();
+    await this.#check("putIfAbsent");
     const existing = this.keys.get(key);
     if (existing) return existing;
     if (!this.leases.has(lease)) throw new Error("requested lease not found");
@@ -51,36 +64,32 @@ class FakeEtcd implements EtcdClient {
     return stored;
   }
   async putIfLease(key: string, value: string, lease: string, previous: string) {
-    await this.#check();
+    await this.#check("putIfLease");
     if (this.keys.get(key)?.lease !== previous) return false;
     this.keys.set(key, { key, value, lease, modRevision: "2" });
     this.writes.push(previous === lease ? `rewrite ${lease}` : `move ${previous}->${lease}`);
     return true;
   }
   async deleteIfLease(key: string, lease: string) {
-    await this.#check();
+    await this.#check("deleteIfLease");
     if (this.keys.get(key)?.lease !== lease) return false;
     this.keys.delete(key);
     this.writes.push(`delete ${lease}`);
     return true;
   }
   async get(key: string) {
-    await this.#check();
+    await this.#check("get");
     return this.keys.get(key);
   }
   close() {}
 }
 
-const config = {
-  port: 8080,
-  service: "apache",
-  ip: "10.0.0.5",
-  hostname: "h",
+const config: RegistrarOptions = {
   prefix: "/services",
+  instance: { host: "h", ipv4_addr: "10.0.0.5", port: 8080, service: "apache", meta: {} },
   intervalMs: 2000,
   ttlSeconds: 10,
-  meta: {},
-} as Config;
+};
 const KEY = "/services/apache/10.0.0.5:8080";
 
 function setup() {
@@ -89,6 +98,7 @@ function setup() {
   const logs: string[] = [];
   const registrar = new EtcdRegistrar(config, etcd, {
     now: () => clock,
+    sleep: () => Promise.resolve(),
     random: () => 0.5,
     log: (_level, event) => logs.push(event),
   });
@@ -133,7 +143,7 @@ Deno.test("registrar leaves a record held by another lease alone and takes over 
   registrar.want(true, "up");
   await registrar.reconcile();
   assert.equal(etcd.keys.get(KEY)?.lease, "99");
-  assert.ok(logs.some((l) => l.startsWith("not registered: another lease holds the record")));
+  assert.ok(logs.some((l) => l === "registration blocked"));
   registrar.want(false, "down");
   await registrar.reconcile();
   assert.equal(etcd.keys.get(KEY)?.lease, "99", "deleted another's record");
@@ -192,18 +202,18 @@ Deno.test("registrar says etcd answered again only once etcd has answered, not a
   advance((config.ttlSeconds * 1000) / 3); // a keep-alive is due
   etcd.down = true;
   advance(await registrar.reconcile()); // the keep-alive fails
-  assert.ok(logs.includes("etcd call failed; retrying"));
+  assert.ok(logs.includes("etcd call failed"));
   const calls = etcd.writes.length;
   advance(await registrar.reconcile()); // nothing is due: this pass calls nothing
   assert.equal(etcd.writes.length, calls);
-  assert.ok(!logs.includes("etcd answered again"), "said while etcd was still down");
+  assert.ok(!logs.includes("etcd answered"), "said while etcd was still down");
   etcd.down = false;
-  for (let waited = 0; !logs.includes("etcd answered again") && waited < config.ttlSeconds * 1000;) {
+  for (let waited = 0; !logs.includes("etcd answered") && waited < config.ttlSeconds * 1000;) {
     const wait = await registrar.reconcile();
     advance(wait);
     waited += wait;
   }
-  assert.equal(logs.filter((l) => l === "etcd answered again").length, 1);
+  assert.equal(logs.filter((l) => l === "etcd answered").length, 1);
 });
 
 Deno.test("registrar replaces a lease lost in an outage and moves the record over from its old lease in one write", async () => {
@@ -221,7 +231,7 @@ Deno.test("registrar replaces a lease lost in an outage and moves the record ove
   await registrar.reconcile();
   assert.deepEqual(etcd.writes.slice(2), ["grant 2", "move 1->2", "revoke 1"]);
   assert.equal(etcd.keys.get(KEY)?.lease, "2");
-  assert.ok(logs.includes("registered again"));
+  assert.equal(logs.filter((l) => l === "registered").length, 2, logs.join("; "));
 });
 
 Deno.test("registrar restores a record deleted by hand about once a TTL", async () => {
@@ -237,7 +247,7 @@ Deno.test("registrar restores a record deleted by hand about once a TTL", async 
   }
   assert.ok(etcd.keys.has(KEY));
   assert.ok(waited <= config.ttlSeconds * 1000 + 10, `restored after ${waited} ms`); // + rounding to whole ms
-  assert.ok(logs.includes("record missing; restoring"));
+  assert.ok(logs.includes("record restored"));
 });
 
 Deno.test("registrar revokes its lease on stop, and grants nothing after", async () => {
@@ -284,4 +294,148 @@ Deno.test("registrar writes a status reported while deregistered only when it re
   await registrar.reconcile();
   assert.deepEqual(etcd.writes, ["grant 1", "put 1"]);
   assert.deepEqual(JSON.parse(etcd.keys.get(KEY)!.value).status, { v: 2 });
+});
+
+// ---------------------------------------------------------------------------
+// plan() as a table
+
+const TIMING = { ttlSeconds: 10, intervalMs: 2000 };
+const NOW = 1_000_000;
+
+/** A registrar that holds lease "7", kept alive just now, its record verified just now. */
+function healthy(overrides: Partial<Known> = {}): Known {
+  return {
+    ...initialKnown(),
+    desired: true,
+    reason: "up",
+    lease: "7",
+    lastKeepAliveSentMs: NOW,
+    lastKeepAliveOkMs: NOW,
+    lastVerifiedMs: NOW,
+    holding: { kind: "ours" },
+    ...overrides,
+  };
+}
+
+Deno.test("plan() picks the next action from what is known, the time and the wanted state", () => {
+  const rows: [string, Known, number, Action][] = [
+    ["nothing yet: grant a lease", initialKnown(), NOW, { kind: "grant" }],
+    ["stopping: nothing more", healthy({ stopping: true }), NOW, { kind: "wait", ms: Infinity }],
+    ["healthy and nothing due: wait for the keep-alive", healthy(), NOW, { kind: "wait", ms: 3334 }],
+    ["a third of the TTL since the keep-alive: keep alive", healthy(), NOW + 3334, { kind: "keep alive" }],
+    [
+      "no keep-alive answered for a TTL: the lease is lost",
+      healthy({ lastKeepAliveSentMs: NOW + 9000 }),
+      NOW + 10_001,
+      {
+        kind: "lose lease",
+        reason: "no keep-alive answered for 10s",
+      },
+    ],
+    ["a new lease and old ones: sweep the old ones first", healthy({ staleLeases: ["3"], sweepStale: true }), NOW, {
+      kind: "sweep stale",
+    }],
+    ["wanted, not held: put", healthy({ holding: { kind: "none" } }), NOW, { kind: "put" }],
+    ["wanted, held with no lease: take over", healthy({ holding: { kind: "other", lease: "0" } }), NOW, {
+      kind: "take over",
+      from: "0",
+      reason: "the record has no lease",
+    }],
+    [
+      "wanted, held by an old lease of ours: take over",
+      healthy({ staleLeases: ["3"], holding: { kind: "other", lease: "3" } }),
+      NOW,
+      {
+        kind: "take over",
+        from: "3",
+        reason: "an earlier lease of ours",
+      },
+    ],
+    ["wanted, held by another lease: inspect it", healthy({ holding: { kind: "other", lease: "9" } }), NOW, {
+      kind: "inspect",
+      lease: "9",
+    }],
+    [
+      "another lease nobody keeps alive: take over",
+      healthy({ holding: { kind: "other", lease: "9", orphaned: true } }),
+      NOW,
+      {
+        kind: "take over",
+        from: "9",
+        reason: "nobody keeps its lease alive",
+      },
+    ],
+    [
+      "another live lease: read again after an interval",
+      healthy({ holding: { kind: "other", lease: "9", orphaned: false } }),
+      NOW + 1000,
+      {
+        kind: "wait",
+        ms: 1000,
+      },
+    ],
+    [
+      "another live lease, an interval on: verify",
+      healthy({ holding: { kind: "other", lease: "9", orphaned: false } }),
+      NOW + 2000,
+      {
+        kind: "verify",
+      },
+    ],
+    [
+      "ours, a TTL since the last read (and a keep-alive just sent): verify",
+      healthy({ lastKeepAliveSentMs: NOW + 9000, lastKeepAliveOkMs: NOW + 9000 }),
+      NOW + 10_000,
+      {
+        kind: "verify",
+      },
+    ],
+    ["ours, the status changed: rewrite", healthy({ status: '{"v":2}', writtenStatus: '{"v":1}' }), NOW, {
+      kind: "rewrite",
+    }],
+    ["not wanted, ours: delete", healthy({ desired: false }), NOW, { kind: "delete" }],
+    [
+      "not wanted, another's: forget it, never delete it",
+      healthy({ desired: false, holding: { kind: "other", lease: "9" } }),
+      NOW,
+      {
+        kind: "forget",
+      },
+    ],
+    [
+      "not wanted, not held: wait for the keep-alive only",
+      healthy({ desired: false, holding: { kind: "none" } }),
+      NOW + 1000,
+      {
+        kind: "wait",
+        ms: 2334,
+      },
+    ],
+  ];
+  for (const [what, known, now, action] of rows) assert.deepEqual(plan(known, now, TIMING), action, what);
+});
+
+Deno.test("backoffMs() doubles to 1 s for a network failure and to 15 s for a refusal, jittered by half", () => {
+  assert.deepEqual([1, 2, 3, 4, 5].map((n) => backoffMs(n, true, 1)), [200, 400, 800, 1000, 1000]);
+  assert.equal(backoffMs(10, false, 1), 15_000);
+  assert.equal(backoffMs(10, false, 0), 7500);
+});
+
+Deno.test("registrar makes no proposal in a healthy minute: keep-alives every TTL/3 and a read a TTL, nothing else", async () => {
+  const { etcd, registrar, advance } = setup();
+  registrar.want(true, "up");
+  await registrar.reconcile();
+  assert.deepEqual(etcd.calls, ["grantLease", "putIfAbsent"]);
+  etcd.calls = [];
+  for (let waited = 0; waited < 60_000;) {
+    const wait = await registrar.reconcile();
+    advance(wait);
+    waited += wait;
+  }
+  const counts: Record<string, number> = {};
+  for (const call of etcd.calls) counts[call] = (counts[call] ?? 0) + 1;
+  // a transaction whose compare fails (a put of a record already there) would be a proposal too: none at all
+  assert.deepEqual(Object.keys(counts).sort(), ["get", "keepAlive"], etcd.calls.join(" "));
+  assert.ok(counts.keepAlive >= 17 && counts.keepAlive <= 19, `${counts.keepAlive} keep-alives`);
+  assert.ok(counts.get >= 5 && counts.get <= 7, `${counts.get} reads`);
 });

@@ -82,6 +82,7 @@ Deno.test("runChecks() tells the registrar only when the verdict flips, with the
     { want: (registered, reason) => wants.push([registered, reason]), report: () => {} },
     {
       now: () => clock,
+      random: () => 0.5,
       sleep: (ms) => {
         sleeps.push(ms);
         clock += ms;
@@ -283,6 +284,7 @@ async function loop(
     },
     {
       now: () => 0,
+      random: () => 0.5,
       sleep: (ms, signal) => {
         if (i === options.closeAfter) lost("closed after 2000ms");
         sleeps.push(signal.aborted ? 0 : ms);
@@ -309,8 +311,8 @@ Deno.test("runChecks() keeps an instance out while in maintenance, and lets the 
     maintenance: (i) => (i >= 3 && i <= 5 ? file : undefined),
   });
   assert.deepEqual(wants, [[true, "2 checks passed"], [false, file], [true, "maintenance over"]]);
-  assert.ok(logs.includes(`maintenance on ${file}`), logs.join("; "));
-  assert.ok(logs.includes(`maintenance off ${file}`), logs.join("; "));
+  assert.ok(logs.includes(`maintenance started ${file}`), logs.join("; "));
+  assert.ok(logs.includes(`maintenance ended ${file}`), logs.join("; "));
   assert.ok(logs.includes("check failed exit 1"), "checks still run and log during maintenance");
 });
 
