@@ -13,8 +13,14 @@
  *        or address) is not an instance: readers report it as such, whatever
  *        its value, and never guess a service or an address from it.
  * Value: a JSON object, a superset of the 2015 article's record:
- *        `{"host", "ipv4_addr", "port", "service", "registered_at", "meta"}`,
- *        plus `"status"` when an exec check reports data.
+ *        `{"host", "ipv4_addr", "port", "service", "registered_at", "meta", "Addr"}`,
+ *        plus `"status"` when an exec check reports data. `Addr` is
+ *        `"<ip>:<port>"`, the one field etcd's own gRPC name resolver reads
+ *        (its `Endpoint{Addr, Metadata}`, names matched without regard to
+ *        case), so Go gRPC clients dial the instances directly. There is no
+ *        `Metadata`: grpc's round_robin balancer panics on an object there,
+ *        and `meta` (a different name) is ours. Readers need not find `Addr`:
+ *        records written before it had none.
  *        `meta` maps names to strings, as the secretary writes them; a reader
  *        takes any other value as its JSON text (`1`, `true`, `null`,
  *        `{"a":1}`), and a `meta` that is not an object as no meta.
@@ -158,6 +164,8 @@ export function encodeRecord(record: ServiceRecord): string {
     service: record.service,
     registered_at: record.registered_at,
     meta: record.meta,
+    // what etcd's gRPC resolver reads (go.etcd.io/etcd/client/v3/naming): a Go client dials etcd:///<prefix>/<service>/
+    Addr: `${record.ipv4_addr}:${record.port}`,
     ...(record.status === undefined ? {} : { status: record.status }),
   });
 }

@@ -75,14 +75,30 @@ Deno.test("parseKey() gives nothing for a key that does not fit <prefix>/<servic
 
 Deno.test("encodeRecord() writes valid JSON with the article's fields, the IP quoted and the port a number", () => {
   const parsed = JSON.parse(encodeRecord(record));
-  assert.deepEqual(Object.keys(parsed), ["host", "ipv4_addr", "port", "service", "registered_at", "meta"]);
+  assert.deepEqual(Object.keys(parsed), ["host", "ipv4_addr", "port", "service", "registered_at", "meta", "Addr"]);
   assert.equal(parsed.ipv4_addr, "10.132.249.206");
   assert.equal(parsed.port, 8081);
 });
 
+Deno.test("encodeRecord() writes Addr as etcd's gRPC resolver reads it: ip:port, and no Metadata", () => {
+  const parsed = JSON.parse(encodeRecord({ ...record, status: { v: 1 } }));
+  assert.equal(parsed.Addr, "10.132.249.206:8081");
+  // the resolver matches JSON names without regard to case: nothing else may read as Addr or Metadata
+  assert.deepEqual(Object.keys(parsed).filter((k) => /^(addr|metadata|op)$/i.test(k)), ["Addr"]);
+});
+
+Deno.test("decodeEntry() reads a record written before Addr existed, and one with it, alike", () => {
+  const key = "/services/apache/10.132.249.206:8081";
+  const withAddr = encodeRecord(record);
+  const without = JSON.stringify({ ...JSON.parse(withAddr), Addr: undefined });
+  assert.ok(!without.includes("Addr"));
+  assert.deepEqual(decodeEntry("/services", key, without), decodeEntry("/services", key, withAddr));
+  assert.deepEqual(decodeEntry("/services", key, without).record, record);
+});
+
 Deno.test("encodeRecord() stays valid JSON whatever the hostname and meta hold", () => {
   const odd = { ...record, host: 'a"b\\c\n', meta: { "k": '"}{' } };
-  assert.deepEqual(JSON.parse(encodeRecord(odd)), odd);
+  assert.deepEqual(JSON.parse(encodeRecord(odd)), { ...odd, Addr: "10.132.249.206:8081" });
 });
 
 Deno.test("decodeEntry() reads back what encodeRecord() wrote", () => {
