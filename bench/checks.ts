@@ -33,7 +33,7 @@ import { isDeepStrictEqual, parseArgs } from "node:util";
 import type { Etcd } from "../lib/etcd.ts";
 import { delay, EtcdCluster, Script, TestServer, waitFor } from "../testbed/testbed.ts";
 import {
-  cleanupOnSignal,
+  benchmark,
   commandFor,
   cpuSecondsOf,
   DEFAULT_ARGS,
@@ -46,7 +46,6 @@ import {
   now,
   type Runtime,
   scrapeMetrics,
-  writeFigures,
 } from "./lib.ts";
 
 /** The status the reporting exec check prints, every time the same. */
@@ -336,11 +335,8 @@ const cleanup = async () => {
   await Promise.all(targets.map((t) => t.close()));
   await Promise.all(clusters.map((c) => c.stop()));
 };
-cleanupOnSignal(cleanup);
-try {
+await benchmark(values.json, cleanup, async () => {
   const figures = await main();
   print(figures);
-  await writeFigures(values.json, figures);
-} finally {
-  await cleanup();
-}
+  return figures;
+});

@@ -26,8 +26,8 @@ import { parseArgs } from "node:util";
 import { delay, EtcdCluster, Script, TestServer, waitFor } from "../testbed/testbed.ts";
 import {
   ArticleLoop,
+  benchmark,
   childrenOf,
-  cleanupOnSignal,
   countedProcesses,
   cpuSecondsOf,
   type EventClock,
@@ -44,7 +44,6 @@ import {
   startSecondsOf,
   startSecretary,
   V2Clock,
-  writeFigures,
 } from "./lib.ts";
 
 /** One process's host cost. */
@@ -346,11 +345,8 @@ const cleanup = async () => {
   await Promise.all(clusters.map((c) => c.stop()));
   for (const dir of shimDirs) await Deno.remove(dir, { recursive: true }).catch(() => {});
 };
-cleanupOnSignal(cleanup);
-try {
+await benchmark(values.json, cleanup, async () => {
   const figures = await main();
   print(figures);
-  await writeFigures(values.json, figures);
-} finally {
-  await cleanup();
-}
+  return figures;
+});

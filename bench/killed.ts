@@ -38,8 +38,8 @@ import { parseArgs } from "node:util";
 import { DEFAULT_PREFIX, instanceKey } from "../lib/record.ts";
 import { Apache, delay, EtcdCluster, freePort, ROOT, Script, waitFor } from "../testbed/testbed.ts";
 import {
+  benchmark,
   bundlesBuilt,
-  cleanupOnSignal,
   commandFor,
   DEFAULT_ARGS,
   type EventClock,
@@ -48,7 +48,6 @@ import {
   KeyClock,
   now,
   TTL_MS,
-  writeFigures,
 } from "./lib.ts";
 
 /** What is killed: a one-process HTTP server, or Apache's whole process group. */
@@ -218,16 +217,16 @@ async function main(): Promise<void> {
   const targets: Killable[] = [];
   const secretaries: Script[] = [];
   let clock: EventClock | undefined;
+  const etcd = cluster.client();
   const cleanup = async () => {
     clock?.stop();
+    etcd.close();
     await Promise.all(secretaries.map((s) => s.stop()));
     await Promise.all(targets.map((t) => t.kill()));
     await cluster.stop();
     await Deno.remove(dir, { recursive: true }).catch(() => {});
   };
-  cleanupOnSignal(cleanup);
-  const etcd = cluster.client();
-  try {
+  await benchmark(values.json, cleanup, async () => {
     await cluster.start();
     clock = await KeyClock.start(etcd);
     const figures: KilledFigures = { trials, settleMs: settleSeconds * 1000, args: DEFAULT_ARGS, rows: [] };
@@ -257,11 +256,8 @@ async function main(): Promise<void> {
     for (const row of figures.rows) {
       console.log(formatTimes(`${row.target}, watch ${row.watch ? "on" : "off"}`, row.times));
     }
-    await writeFigures(values.json, figures);
-  } finally {
-    etcd.close();
-    await cleanup();
-  }
+    return figures;
+  });
 }
 
 if (import.meta.main) await main();

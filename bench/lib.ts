@@ -311,10 +311,20 @@ export function memoryOf(pid: number): { rssKiB: number; anonKiB: number; fileKi
   return { rssKiB: field("VmRSS"), anonKiB: field("RssAnon"), fileKiB: field("RssFile") };
 }
 
+/**
+ * A process's memory from /proc/PID/smaps_rollup, in KiB: resident (Rss),
+ * proportional (Pss: each shared page divided among the processes that map
+ * it) and private (Private_Clean + Private_Dirty: pages no other process maps).
+ */
+export function rollupOf(pid: number): { rssKiB: number; pssKiB: number; privateKiB: number } {
+  const rollup = Deno.readTextFileSync(`/proc/${pid}/smaps_rollup`);
+  const field = (name: string) => Number(new RegExp(`^${name}:\\s+(\\d+) kB`, "m").exec(rollup)?.[1] ?? NaN);
+  return { rssKiB: field("Rss"), pssKiB: field("Pss"), privateKiB: field("Private_Clean") + field("Private_Dirty") };
+}
+
 /** Proportional resident memory (shared pages divided among their users), in KiB. */
 export function pssOf(pid: number): number {
-  const rollup = Deno.readTextFileSync(`/proc/${pid}/smaps_rollup`);
-  return Number(/^Pss:\s+(\d+) kB/m.exec(rollup)?.[1] ?? NaN);
+  return rollupOf(pid).pssKiB;
 }
 
 const CLOCK_TICKS = Number(
@@ -395,23 +405,33 @@ export function formatMiB(kib: number): string {
 }
 
 /**
- * Runs `cleanup` once on SIGINT or SIGTERM, then exits 130, so a benchmark
- * stopped early still stops every process it started and removes etcd's data.
+ * A benchmark's start-up and tail, the same in every one: runs `measure`,
+ * writes the figures it returns as JSON to `json` (for bench/all.ts) when
+ * given, and runs `cleanup` once, whatever happens. On SIGINT or SIGTERM it
+ * runs `cleanup` and exits 130, so a benchmark stopped early still stops every
+ * process it started and removes etcd's data. `measure` prints its own figures.
  */
-export function cleanupOnSignal(cleanup: () => Promise<void>): void {
-  let stopping = false;
-  const handler = async () => {
-    if (stopping) return;
-    stopping = true;
+export async function benchmark<T>(
+  json: string | undefined,
+  cleanup: () => Promise<void>,
+  measure: () => Promise<T>,
+): Promise<T> {
+  let cleaned: Promise<void> | undefined;
+  const once = () => cleaned ??= cleanup();
+  const stop = async () => {
     console.error("stopping: cleaning up");
-    await cleanup().catch(() => {});
+    await once().catch(() => {});
     Deno.exit(130);
   };
-  Deno.addSignalListener("SIGINT", handler);
-  Deno.addSignalListener("SIGTERM", handler);
-}
-
-/** Writes a benchmark's figures as JSON to `path` (for bench/all.ts), when given. */
-export async function writeFigures(path: string | undefined, figures: unknown): Promise<void> {
-  if (path) await Deno.writeTextFile(path, JSON.stringify(figures, null, 2));
+  Deno.addSignalListener("SIGINT", stop);
+  Deno.addSignalListener("SIGTERM", stop);
+  try {
+    const figures = await measure();
+    if (json) await Deno.writeTextFile(json, JSON.stringify(figures, null, 2));
+    return figures;
+  } finally {
+    await once();
+    Deno.removeSignalListener("SIGINT", stop);
+    Deno.removeSignalListener("SIGTERM", stop);
+  }
 }

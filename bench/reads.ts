@@ -18,7 +18,7 @@ import type { Etcd } from "../lib/etcd.ts";
 import { DEFAULT_PREFIX, encodeRecord, instanceKey } from "../lib/record.ts";
 import { delay, EtcdCluster, ROOT } from "../testbed/testbed.ts";
 import {
-  cleanupOnSignal,
+  benchmark,
   commandFor,
   formatMs,
   mainRuntime,
@@ -27,7 +27,6 @@ import {
   type Runtime,
   runtimes,
   summarize,
-  writeFigures,
 } from "./lib.ts";
 
 /** Wall times in ms of one listing size. */
@@ -233,11 +232,10 @@ async function main(): Promise<void> {
     etcd.close();
     await cluster.stop();
   };
-  cleanupOnSignal(cleanup);
-  try {
+  await benchmark(values.json, cleanup, async (): Promise<ReadsFigures> => {
     await cluster.start();
     const endpoint = cluster.endpoints[0];
-    const figures: ReadsFigures = {
+    return {
       listings: await listings(
         endpoint,
         etcd,
@@ -246,10 +244,7 @@ async function main(): Promise<void> {
       ),
       watch: await watchLatency(endpoint, etcd, Number(values.changes ?? (values.quick ? 200 : 1000))),
     };
-    await writeFigures(values.json, figures);
-  } finally {
-    await cleanup();
-  }
+  });
 }
 
 if (import.meta.main) await main();

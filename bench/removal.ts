@@ -23,7 +23,7 @@ import { parseArgs } from "node:util";
 import { delay, EtcdCluster, type Script, TestServer } from "../testbed/testbed.ts";
 import {
   ArticleLoop,
-  cleanupOnSignal,
+  benchmark,
   type EventClock,
   formatTimes,
   INTERVAL_MS,
@@ -36,7 +36,6 @@ import {
   startSecretary,
   TTL_MS,
   V2Clock,
-  writeFigures,
 } from "./lib.ts";
 
 /** A running sidekick, ours or the article's. */
@@ -208,8 +207,7 @@ async function main(): Promise<void> {
     etcd.close();
     await cluster.stop();
   };
-  cleanupOnSignal(cleanup);
-  try {
+  await benchmark(values.json, cleanup, async () => {
     await cluster.start();
     clock = isArticle ? await V2Clock.start(cluster.endpoints[0]) : await KeyClock.start(etcd);
     const impl = isArticle
@@ -256,10 +254,8 @@ async function main(): Promise<void> {
       console.log(formatTimes(`start to registered (${r})`, figures.start[r]));
       console.log(formatTimes(`SIGTERM to gone (${r})`, figures.sigterm[r]));
     }
-    await writeFigures(values.json, figures);
-  } finally {
-    await cleanup();
-  }
+    return figures;
+  });
 }
 
 if (import.meta.main) await main();

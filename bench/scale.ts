@@ -17,7 +17,7 @@
 import { parseArgs } from "node:util";
 import { delay, EtcdCluster, type Script, TestServer } from "../testbed/testbed.ts";
 import {
-  cleanupOnSignal,
+  benchmark,
   cpuSecondsOf,
   formatMiB,
   formatMs,
@@ -32,7 +32,6 @@ import {
   scrapeMetrics,
   startSecretary,
   summarize,
-  writeFigures,
 } from "./lib.ts";
 
 /** How long a killed target's record may stay: the target for one, at the default settings. */
@@ -52,6 +51,8 @@ export interface ScaleFigures {
   pssTotalKiB: number;
   cpuSecondsPerHour: number[];
   killed: number[];
+  /** The bound `killedWithinBound` counts against. */
+  killedBoundMs: number;
   killedGone: number;
   killedWithinBound: number;
   /** Healthy instances' records deregistered while the host was busy starting them all. */
@@ -149,7 +150,7 @@ async function main(): Promise<ScaleFigures> {
     if (victimKeys.has(keyOf(t))) continue;
     for (const line of scripts[i].stderr.split("\n")) {
       const event =
-        /^(?:<\d>)?(deregistered|lease lost|etcd call failed|registered again|check failed)\b.*?(?:reason=(.*))?$/
+        /^(?:<\d>)?(deregistered|lease lost|etcd call failed|registered(?=.*again=true)|check failed)\b.*?(?:reason=(.*))?$/
           .exec(line);
       if (event) {
         const reason = `${event[1]}${event[2] ? `: ${event[2].replace(/\d+/g, "N")}` : ""}`;
@@ -178,6 +179,7 @@ async function main(): Promise<ScaleFigures> {
     pssTotalKiB,
     cpuSecondsPerHour,
     killed,
+    killedBoundMs: KILLED_BOUND_MS,
     killedGone,
     killedWithinBound,
     flapsDuringStart: flaps,
@@ -194,9 +196,4 @@ const cleanup = async () => {
   etcd.close();
   await cluster.stop();
 };
-cleanupOnSignal(cleanup);
-try {
-  await writeFigures(values.json, await main());
-} finally {
-  await cleanup();
-}
+await benchmark(values.json, cleanup, main);

@@ -29,7 +29,7 @@
  */
 import { parseArgs } from "node:util";
 import { delay, EtcdCluster, type Script, TestServer, waitFor } from "../testbed/testbed.ts";
-import { cleanupOnSignal, formatMs, keyOf, mainRuntime, now, startSecretary, writeFigures } from "./lib.ts";
+import { benchmark, formatMs, keyOf, mainRuntime, now, startSecretary } from "./lib.ts";
 
 export const MISSING_BOUND_MS = 3000;
 export const DEAD_BOUND_MS = { closed: 2500, hang: 4500 } as const;
@@ -361,12 +361,11 @@ const cleanup = async () => {
   await Promise.all(instances.map((i) => i.target.close()));
   await cluster.stop();
 };
-cleanupOnSignal(cleanup);
-try {
+await benchmark(values.json, cleanup, async () => {
   const { sampled, start } = await main();
   const minutes = (now() - start) / 60_000;
   report(sampled, minutes);
-  await writeFigures(values.json, {
+  return {
     minutes,
     restarts,
     sampled,
@@ -377,7 +376,5 @@ try {
       crashes: i.crashes,
       episodes: i.episodes,
     })),
-  });
-} finally {
-  await cleanup();
-}
+  };
+});
