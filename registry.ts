@@ -23,11 +23,11 @@ import {
   type Env,
   exitWhenFlushed,
   parseConnection,
-  sleep,
   UsageError,
   usageFrom,
 } from "./lib/cli.ts";
-import { describeError, Etcd, type EtcdOptions, type StoredValue, type WatchHandle } from "./lib/etcd.ts";
+import { describeError, Etcd, type EtcdOptions, type StoredValue } from "./lib/etcd.ts";
+import { follow } from "./lib/follow.ts";
 import {
   addressRank,
   decodeEntry,
@@ -248,9 +248,6 @@ export function diffListing(prefix: string, known: Map<string, string>, listing:
 // ---------------------------------------------------------------------------
 // Commands (effects)
 
-/** How often `watch` asks etcd whether its stream is still alive. */
-export const WATCH_PROBE_MS = 2000;
-
 interface Io {
   out(line: string): void;
   err(line: string): void;
@@ -288,68 +285,37 @@ async function get(cmd: Extract<Command, { command: "get" }>, etcd: Etcd, io: Io
 /** Lists, then watches from the next revision; on any break, lists again and prints the difference. */
 async function watch(
   cmd: Extract<Command, { command: "ls" | "watch" }>,
-  connect: () => Etcd,
+  etcd: Etcd,
   io: Io,
   signal: AbortSignal,
 ): Promise<number> {
-  const prefix = servicePrefix(cmd.prefix, cmd.service);
   const known = new Map<string, string>();
-  const etcd = connect();
-  let waiting = false;
-  let failures = 0;
-  while (!signal.aborted) {
-    let handle: WatchHandle | undefined;
-    try {
-      const { values, revision } = await etcd.list(prefix);
+  await follow(etcd, servicePrefix(cmd.prefix, cmd.service), {
+    listed(values) {
       for (const change of diffListing(cmd.prefix, known, values)) io.out(formatChange(change, cmd.json));
       known.clear();
       for (const v of values) known.set(v.key, v.value);
-      handle = await etcd.watch(prefix, String(BigInt(revision) + 1n), (event) => {
-        const last = known.get(event.key);
-        if (event.type === "delete") {
-          if (last === undefined) return;
-          known.delete(event.key);
-          io.out(formatChange({ kind: "-", entry: decodeEntry(cmd.prefix, event.key, last) }, cmd.json));
-        } else if (last !== event.value) {
-          known.set(event.key, event.value);
-          io.out(formatChange({ kind: "+", entry: decodeEntry(cmd.prefix, event.key, event.value) }, cmd.json));
-        }
-      });
-      if (waiting) io.err(`registry: etcd answered again at ${etcd.endpoint}; watching`);
-      waiting = false;
-      failures = 0;
-      const reason = await untilBroken(handle, signal);
-      if (reason) throw reason;
-    } catch (err) {
-      if (signal.aborted) break;
-      failures++;
-      if (!waiting) io.err(`registry: waiting for etcd at ${cmd.etcd.endpoints.join(",")}: ${describeError(err)}`);
-      waiting = true;
-      // never reuse a connection whose stream broke: a half-dead HTTP/2 session (Deno) raises nothing
-      etcd.failover();
-      await sleep(Math.min(1000, 100 * 2 ** failures) * (0.5 + Math.random() / 2), signal);
-    } finally {
-      handle?.cancel();
-    }
-  }
+    },
+    changed(event) {
+      const last = known.get(event.key);
+      if (event.type === "delete") {
+        if (last === undefined) return;
+        known.delete(event.key);
+        io.out(formatChange({ kind: "-", entry: decodeEntry(cmd.prefix, event.key, last) }, cmd.json));
+      } else if (last !== event.value) {
+        known.set(event.key, event.value);
+        io.out(formatChange({ kind: "+", entry: decodeEntry(cmd.prefix, event.key, event.value) }, cmd.json));
+      }
+    },
+    waiting(reason) {
+      io.err(`registry: waiting for etcd at ${cmd.etcd.endpoints.join(",")}: ${describeError(reason)}`);
+    },
+    answered() {
+      io.err(`registry: etcd answered again at ${etcd.endpoint}; watching`);
+    },
+  }, signal);
   etcd.close();
   return 0;
-}
-
-/** Resolves with the reason the watch broke, or undefined when `signal` aborts. */
-async function untilBroken(handle: WatchHandle, signal: AbortSignal): Promise<Error | undefined> {
-  const aborted = new Promise<undefined>((resolve) => signal.addEventListener("abort", () => resolve(undefined)));
-  while (!signal.aborted) {
-    const tick = sleep(WATCH_PROBE_MS, signal).then(() => "tick" as const);
-    const outcome = await Promise.race([handle.done, aborted, tick]);
-    if (outcome !== "tick") return outcome;
-    try {
-      await Promise.race([handle.probe(), handle.done.then((err) => Promise.reject(err))]);
-    } catch (err) {
-      return err instanceof Error ? err : new Error(String(err));
-    }
-  }
-  return undefined;
 }
 
 async function main(args: string[]): Promise<number> {
@@ -373,7 +339,7 @@ async function main(args: string[]): Promise<number> {
   if (cmd.command === "watch") {
     const stop = new AbortController();
     for (const name of ["SIGTERM", "SIGINT"] as const) process.on(name, () => stop.abort(name));
-    return await watch(cmd, () => new Etcd(options), io, stop.signal);
+    return await watch(cmd, new Etcd(options), io, stop.signal);
   }
   const etcd = new Etcd(options);
   try {
