@@ -124,7 +124,7 @@ EOF
 chmod 0755 "$bin/registry.tmp"
 mv -f "$bin/registry.tmp" "$bin/registry"
 
-install -m 0644 units/apache@.service units/apache-secretary@.service "$units/"
+install -m 0644 units/apache@.service units/apache-secretary@.service units/registry-haproxy@.service "$units/"
 if [ "$tls" = yes ]; then
   install -D -m 0644 units/apache-secretary-tls.conf "$units/apache-secretary@.service.d/tls.conf"
 fi

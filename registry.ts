@@ -23,11 +23,15 @@ import {
   type Env,
   exitWhenFlushed,
   parseConnection,
+  sleep,
   UsageError,
   usageFrom,
 } from "./lib/cli.ts";
 import { describeError, Etcd, type EtcdOptions, type StoredValue } from "./lib/etcd.ts";
 import { follow } from "./lib/follow.ts";
+import { HAProxy, type HAProxyAddress, HAProxyError, parseHAProxyAddress } from "./lib/haproxy.ts";
+import { createLog } from "./lib/log.ts";
+import { DEFAULT_SERVER_OPTIONS, runSync } from "./lib/sync.ts";
 import {
   addressRank,
   decodeEntry,
@@ -47,9 +51,17 @@ Commands:
   ls [SERVICE]              list instances: SERVICE, ADDRESS, HOST, AGE, STATUS, META
   get SERVICE IP:PORT       print one instance's record as JSON; exit 1 if there is none
   watch [SERVICE]           print the instances, then every change: + registered, - gone
+  sync SERVICE --haproxy ADDR --backend NAME
+                            keep an HAProxy backend's servers equal to SERVICE's instances,
+                            through HAProxy's runtime API (no reload); runs until stopped
 
 Options:
   --json                    ls: a JSON array; watch: one JSON object a line
+  --haproxy ADDR            sync: HAProxy's stats socket at admin level, a path or host:port
+  --backend NAME            sync: the backend (declared in haproxy.cfg, no servers needed)
+  --server-options "..."    sync: added to each server (default "${DEFAULT_SERVER_OPTIONS}":
+                            HAProxy's own health check, so a dead host leaves rotation in
+                            about 2 s whatever the registry says); "" for none
 
 ${CONNECTION_HELP}
 
@@ -58,6 +70,16 @@ Exit status: 0 done, 1 not found or etcd failed, 2 bad usage.`;
 /** A parsed command line. */
 export type Command =
   | { command: "help" }
+  | {
+    command: "sync";
+    service: string;
+    haproxy: HAProxyAddress;
+    haproxyText: string;
+    backend: string;
+    serverOptions: string[];
+    prefix: string;
+    etcd: EtcdOptions;
+  }
   | { command: "ls" | "watch"; service?: string; json: boolean; prefix: string; etcd: EtcdOptions }
   | { command: "get"; service: string; ip: string; port: number; json: boolean; prefix: string; etcd: EtcdOptions };
 
@@ -66,10 +88,21 @@ export function parseCli(args: readonly string[], env: Env): Command {
   const { values, positionals } = parseArgs({
     args: [...args],
     allowPositionals: true,
-    options: { ...CONNECTION_OPTIONS, json: { type: "boolean", default: false } },
+    options: {
+      ...CONNECTION_OPTIONS,
+      json: { type: "boolean", default: false },
+      haproxy: { type: "string" },
+      backend: { type: "string" },
+      "server-options": { type: "string" },
+    },
   });
   if (values.help) return { command: "help" };
   const [command, ...rest] = positionals;
+  for (const flag of ["haproxy", "backend", "server-options"] as const) {
+    if (values[flag] !== undefined && command !== "sync") {
+      throw new UsageError(`Cannot use --${flag} with ${quote(command ?? "")}: expected registry sync`);
+    }
+  }
   const common = () => ({
     json: values.json,
     prefix: asUsage(() => normalizePrefix(values.prefix ?? DEFAULT_PREFIX)),
@@ -92,10 +125,46 @@ export function parseCli(args: readonly string[], env: Env): Command {
       const { ip, port } = asUsage(() => parseAddress(rest[1]));
       return { command, service, ip, port, ...common() };
     }
+    case "sync": {
+      if (rest.length !== 1) throw new UsageError(`Cannot use arguments ${quote(rest.join(" "))}: expected SERVICE`);
+      const service = asUsage(() => validateService(rest[0]));
+      if (values.haproxy === undefined) {
+        throw new UsageError("Missing --haproxy: expected the stats socket, a path or host:port");
+      }
+      const haproxy = parseHAProxyAddress(values.haproxy);
+      if (!haproxy) {
+        throw new UsageError(`Cannot use --haproxy ${quote(values.haproxy)}: expected an absolute path or host:port`);
+      }
+      if (values.backend === undefined) throw new UsageError("Missing --backend: expected the backend's name");
+      if (!/^[A-Za-z0-9_.:-]{1,100}$/.test(values.backend)) {
+        throw new UsageError(
+          `Cannot use --backend ${quote(values.backend)}: expected letters, digits, "_", ".", ":" or "-"`,
+        );
+      }
+      const optionsText = values["server-options"] ?? DEFAULT_SERVER_OPTIONS;
+      const serverOptions = optionsText.split(" ").filter((w) => w !== "");
+      // one command line each: a ";" or "#" would end the command and start another
+      if (serverOptions.some((w) => !/^[A-Za-z0-9_.:/=@+-]+$/.test(w))) {
+        throw new UsageError(
+          `Cannot use --server-options ${quote(optionsText)}: expected server keywords such as "check inter 1s fall 2"`,
+        );
+      }
+      const { prefix, etcd } = common();
+      return {
+        command,
+        service,
+        haproxy,
+        haproxyText: values.haproxy,
+        backend: values.backend,
+        serverOptions,
+        prefix,
+        etcd,
+      };
+    }
     case undefined:
-      throw new UsageError("Missing command: expected ls, get or watch (see registry --help)");
+      throw new UsageError("Missing command: expected ls, get, watch or sync (see registry --help)");
     default:
-      throw new UsageError(`Cannot use command ${quote(command)}: expected ls, get or watch`);
+      throw new UsageError(`Cannot use command ${quote(command)}: expected ls, get, watch or sync`);
   }
 }
 
@@ -318,6 +387,60 @@ async function watch(
   return 0;
 }
 
+/**
+ * What must hold before `sync` touches anything: HAProxy answers at `text`,
+ * has `backend`, and the socket is at admin level (a server that does not
+ * exist is "No such server." there, "Permission denied" below it). Returns
+ * the one-line refusal, or undefined.
+ */
+export async function checkHAProxy(haproxy: HAProxy, backend: string, text: string): Promise<string | undefined> {
+  try {
+    await haproxy.servers(backend);
+    const answer = (await haproxy.run(`set server ${backend}/-secretary-probe- state ready`)).trim();
+    if (answer === "No such server.") return undefined;
+    return `Cannot use --haproxy ${quote(text)}: expected a stats socket at level admin, HAProxy said ${
+      quote(answer.split("\n")[0])
+    }`;
+  } catch (err) {
+    if (err instanceof HAProxyError && /^no backend/.test(err.message)) {
+      return `Cannot use --backend ${quote(backend)}: HAProxy has no such backend`;
+    }
+    const code = (err as { code?: string }).code;
+    const why = code === "ENOENT"
+      ? "no such socket"
+      : code === "ECONNREFUSED"
+      ? "nothing answers there"
+      : describeError(err);
+    return `Cannot use --haproxy ${quote(text)}: ${why}`;
+  }
+}
+
+/** Keeps the backend equal to the service's instances until SIGTERM or SIGINT. */
+async function sync(cmd: Extract<Command, { command: "sync" }>, io: Io): Promise<number> {
+  const haproxy = new HAProxy(cmd.haproxy);
+  const refusal = await checkHAProxy(haproxy, cmd.backend, cmd.haproxyText);
+  if (refusal) {
+    io.err(`registry: ${refusal}`);
+    return 2;
+  }
+  const stop = new AbortController();
+  for (const name of ["SIGTERM", "SIGINT"] as const) process.on(name, () => stop.abort(name));
+  const log = createLog(process.env as Env);
+  log("info", "started", {
+    service: cmd.service,
+    backend: cmd.backend,
+    haproxy: cmd.haproxyText,
+    endpoints: cmd.etcd.endpoints.join(","),
+    server_options: cmd.serverOptions.join(" "),
+  });
+  const etcd = new Etcd(cmd.etcd);
+  const { prefix, service, backend, serverOptions } = cmd;
+  await runSync({ prefix, service, backend, serverOptions }, { haproxy, etcd, log, sleep }, stop.signal);
+  etcd.close();
+  log("notice", "stopped", { signal: stop.signal.reason });
+  return 0;
+}
+
 async function main(args: string[]): Promise<number> {
   const io: Io = { out: (l) => process.stdout.write(`${l}\n`), err: (l) => process.stderr.write(`${l}\n`) };
   let cmd: Command;
@@ -335,6 +458,7 @@ async function main(args: string[]): Promise<number> {
     io.out(HELP);
     return 0;
   }
+  if (cmd.command === "sync") return await sync(cmd, io);
   const options = cmd.etcd;
   if (cmd.command === "watch") {
     const stop = new AbortController();

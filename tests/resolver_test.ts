@@ -4,12 +4,13 @@
  * own name resolver (clientv3/naming/resolver), round robin, and its RPCs
  * follow what two real secretaries register: both instances reached, one
  * stopped as systemd stops it (secretary first, with a drain) without a
- * failed RPC, one killed. Its own loopback addresses: 127.0.0.95 (etcd),
- * 127.0.0.96 and 127.0.0.97 (the instances).
+ * failed RPC, one killed.
  */
 import assert from "node:assert/strict";
 import { DEFAULT_PREFIX } from "../lib/record.ts";
-import { EtcdCluster, ROOT, Script, SOURCE_FLAGS, waitFor } from "../testbed/testbed.ts";
+import { loopback, ROOT, Script, SOURCE_FLAGS, waitFor } from "../testbed/testbed.ts";
+
+const lo = loopback(import.meta.url);
 
 /** Builds testbed/grpcpeer with Debian's Go in GOPATH mode (golang-etcd-server-dev, golang-google-grpc-dev). */
 async function buildGrpcPeer(dir: string): Promise<string> {
@@ -40,7 +41,8 @@ async function serve(bin: string, ip: string): Promise<{ proc: Script; port: num
 Deno.test("a Go gRPC client dialing through etcd's resolver reaches both instances, loses no RPC when one stops, and follows a kill", async () => {
   const dir = await Deno.makeTempDir({ prefix: "secretary-resolver-" });
   const bin = await buildGrpcPeer(dir);
-  const cluster = await EtcdCluster.create(1, { host: "127.0.0.95" });
+  const cluster = await lo.etcd();
+  const [ipA, ipB] = [lo.ip(1), lo.ip(2)];
   await cluster.start();
   const endpoint = cluster.endpoints[0];
   const procs: Script[] = [];
@@ -61,11 +63,11 @@ Deno.test("a Go gRPC client dialing through etcd's resolver reaches both instanc
     return s;
   };
   try {
-    const a = await serve(bin, "127.0.0.96");
-    const b = await serve(bin, "127.0.0.97");
+    const a = await serve(bin, ipA);
+    const b = await serve(bin, ipB);
     procs.push(a.proc, b.proc);
-    const secretaryA = secretary("127.0.0.96", a.port);
-    const secretaryB = secretary("127.0.0.97", b.port);
+    const secretaryA = secretary(ipA, a.port);
+    const secretaryB = secretary(ipB, b.port);
     await secretaryA.waitForLog(/^registered /, 30_000);
     await secretaryB.waitForLog(/^registered /, 30_000);
 
@@ -74,8 +76,8 @@ Deno.test("a Go gRPC client dialing through etcd's resolver reaches both instanc
     const client = new Script(bin, ["client", endpoint, target]);
     procs.push(client);
     const lines = () => client.stdout.split("\n").filter((l) => l !== "");
-    const addrA = `127.0.0.96:${a.port}`;
-    const addrB = `127.0.0.97:${b.port}`;
+    const addrA = `${ipA}:${a.port}`;
+    const addrB = `${ipB}:${b.port}`;
     await waitFor(
       () => lines().includes(`ok ${addrA}`) && lines().includes(`ok ${addrB}`),
       `the client to reach both instances\n${client.stdout}\n${client.stderr}`,
@@ -95,10 +97,10 @@ Deno.test("a Go gRPC client dialing through etcd's resolver reaches both instanc
     assert.ok(duringStop.slice(-10).every((l) => l === `ok ${addrB}`), duringStop.slice(-10).join("\n"));
 
     // back, then the other one killed: the client follows to the one left
-    const again = await serve(bin, "127.0.0.96");
+    const again = await serve(bin, ipA);
     procs.push(again.proc);
-    const addrAgain = `127.0.0.96:${again.port}`;
-    const secretaryAgain = secretary("127.0.0.96", again.port);
+    const addrAgain = `${ipA}:${again.port}`;
+    const secretaryAgain = secretary(ipA, again.port);
     await secretaryAgain.waitForLog(/^registered /, 30_000);
     await waitFor(() => lines().includes(`ok ${addrAgain}`), "the client to reach the instance back", 30_000);
     const beforeKill = lines().length;

@@ -1,18 +1,19 @@
 /**
  * A failure the secretary cannot recover from while it runs ends it as one
  * log line and exit status 1 (systemd restarts it), never as an unhandled
- * rejection with a stack trace. Its own loopback addresses: 127.0.0.90
- * (etcd) and 127.0.0.91 (the instance).
+ * rejection with a stack trace.
  */
 import assert from "node:assert/strict";
 import { DEFAULT_PREFIX, instanceKey } from "../lib/record.ts";
-import { EtcdCluster, Script, SOURCE_FLAGS, TestServer, waitFor } from "../testbed/testbed.ts";
+import { loopback, Script, SOURCE_FLAGS, TestServer, waitFor } from "../testbed/testbed.ts";
+
+const lo = loopback(import.meta.url);
 
 Deno.test("a maintenance file that can no longer be looked for (a symlink loop) ends the secretary: one line, exit 1, record removed", async () => {
-  const cluster = await EtcdCluster.create(1, { host: "127.0.0.90" });
+  const cluster = await lo.etcd();
   await cluster.start();
   const etcd = cluster.client();
-  const server = await TestServer.start("127.0.0.91");
+  const server = await TestServer.start(lo.ip(1));
   const dir = await Deno.makeTempDir({ prefix: "secretary-failure-" });
   const key = instanceKey(DEFAULT_PREFIX, "apache", server.host, server.port);
   await Deno.mkdir(`${dir}/real`);

@@ -1,0 +1,250 @@
+/**
+ * `registry sync` against Debian's HAProxy, started in the foreground with its
+ * stats socket in the test's folder, a real etcd, and real instances with
+ * their secretaries: the backend follows registrations, stops, kills and
+ * restarts; a restarted HAProxy is refilled; etcd down takes nothing out; a
+ * client through HAProxy sees no failed request while an instance stops as
+ * systemd stops it (secretary first, with a drain, then the service);
+ * bad input is one line, exit 2, and HAProxy untouched.
+ */
+import assert from "node:assert/strict";
+import type { HAProxyServer } from "../lib/haproxy.ts";
+import { DEFAULT_PREFIX, servicePrefix } from "../lib/record.ts";
+import { HAProxyProcess } from "../testbed/haproxy.ts";
+import {
+  Apache,
+  delay,
+  type EtcdCluster,
+  EVENT_MS,
+  loopback,
+  READY_MS,
+  runScript,
+  Script,
+  SOURCE_FLAGS,
+  TestServer,
+  waitFor,
+} from "../testbed/testbed.ts";
+import type { Etcd } from "../lib/etcd.ts";
+
+const lo = loopback(import.meta.url);
+const FAST = ["--interval=500ms", "--timeout=300ms", "--ttl=5s", "--hostname=h", "--service=web"];
+/** The sync's flags from source: etcd, and HAProxy's socket in the test's folder. */
+const SYNC_FLAGS = ["--allow-net", "--allow-env", "--allow-read", "--allow-write"];
+
+interface Bed {
+  dir: string;
+  cluster: EtcdCluster;
+  etcd: Etcd;
+  endpoints: string;
+  haproxy: HAProxyProcess;
+  scripts: Script[];
+  sync(extra?: string[]): Script;
+  secretary(ip: string, port: number, extra?: string[]): Script;
+}
+
+async function withBed(fn: (bed: Bed) => Promise<void>): Promise<void> {
+  const dir = await Deno.makeTempDir({ prefix: "secretary-sync-" });
+  const cluster = await lo.etcd();
+  await cluster.start();
+  const etcd = cluster.client();
+  const endpoints = cluster.endpoints.join(",");
+  const haproxy = await HAProxyProcess.start({ dir: `${dir}/haproxy`, ip: lo.ip(1), port: 8000, backend: "web" });
+  const scripts: Script[] = [];
+  const bed: Bed = {
+    dir,
+    cluster,
+    etcd,
+    endpoints,
+    haproxy,
+    scripts,
+    sync(extra = []) {
+      const s = Script.deno("registry.ts", [
+        "sync",
+        "web",
+        `--haproxy=${haproxy.adminSocket}`,
+        "--backend=web",
+        `--endpoints=${endpoints}`,
+        ...extra,
+      ], { flags: SYNC_FLAGS });
+      scripts.push(s);
+      return s;
+    },
+    secretary(ip, port, extra = []) {
+      const s = Script.deno(
+        "secretary.ts",
+        [String(port), `--ip=${ip}`, `--endpoints=${endpoints}`, ...FAST, ...extra],
+        {
+          flags: SOURCE_FLAGS,
+        },
+      );
+      scripts.push(s);
+      return s;
+    },
+  };
+  try {
+    await fn(bed);
+  } finally {
+    for (const s of scripts) s.kill("SIGKILL");
+    await Promise.all(scripts.map((s) => s.finished()));
+    await haproxy.stop();
+    etcd.close();
+    await cluster.stop();
+    await Deno.remove(dir, { recursive: true });
+  }
+}
+
+/** The servers HAProxy sends new requests to (in rotation), by name. */
+async function inRotation(bed: Bed): Promise<string[]> {
+  const servers: HAProxyServer[] = await bed.haproxy.client().servers("web");
+  return servers.filter((s) => !s.maint).map((s) => s.name).sort();
+}
+
+/** The instances the registry lists, as ip:port. */
+async function listed(bed: Bed): Promise<string[]> {
+  const { values } = await bed.etcd.list(servicePrefix(DEFAULT_PREFIX, "web"));
+  return values.map((v) => v.key.slice(v.key.lastIndexOf("/") + 1)).sort();
+}
+
+/** Waits until what HAProxy has in rotation is what the registry lists, and that is `expected`. */
+async function backendEqualsRegistry(bed: Bed, expected: string[], what: string): Promise<void> {
+  const want = [...expected].sort();
+  await waitFor(
+    async () => {
+      const [rotation, registry] = await Promise.all([inRotation(bed), listed(bed)]);
+      return JSON.stringify(rotation) === JSON.stringify(want) && JSON.stringify(registry) === JSON.stringify(want);
+    },
+    `${what}: HAProxy ${JSON.stringify(await inRotation(bed))}, registry ${JSON.stringify(await listed(bed))}`,
+    EVENT_MS,
+    50,
+  );
+}
+
+Deno.test("sync: registration, stop, kill and restart of instances show in HAProxy as in the registry", async () => {
+  await withBed(async (bed) => {
+    const servers = await Promise.all([2, 3, 4].map((n) => TestServer.start(lo.ip(n))));
+    const names = servers.map((t) => `${t.host}:${t.port}`);
+    const sync = bed.sync();
+    await sync.waitForLog(/^started /, READY_MS);
+    const secretaries = servers.map((t) => bed.secretary(t.host, t.port));
+    await backendEqualsRegistry(bed, names, "three registered");
+    const state = await bed.haproxy.client().servers("web");
+    assert.ok(state.every((s) => s.ip === s.name.split(":")[0] && String(s.port) === s.name.split(":")[1]));
+
+    secretaries[0].kill("SIGTERM"); // stopped: its record goes at once
+    await backendEqualsRegistry(bed, names.slice(1), "one stopped");
+    await waitFor(async () => (await bed.haproxy.client().servers("web")).length === 2, "the server deleted", EVENT_MS);
+    await sync.waitForLog(/^server out backend=web server=\S+/);
+    await sync.waitForLog(/^server deleted backend=web server=\S+/);
+
+    await servers[1].close(); // killed: its secretary finds it dead
+    await backendEqualsRegistry(bed, names.slice(2), "one killed");
+
+    const back = await TestServer.start(servers[1].host, servers[1].port); // restarted on its port
+    await backendEqualsRegistry(bed, names.slice(1), "one back");
+    await back.close();
+    await Promise.all(servers.map((t) => t.close()));
+    assert.doesNotMatch(sync.stderr, /haproxy (refused|unreachable)/, sync.stderr);
+  });
+});
+
+Deno.test("sync: a restarted HAProxy is refilled; etcd down for longer than a TTL takes nothing out, and it converges after", async () => {
+  await withBed(async (bed) => {
+    const servers = await Promise.all([2, 3].map((n) => TestServer.start(lo.ip(n))));
+    const names = servers.map((t) => `${t.host}:${t.port}`);
+    const sync = bed.sync();
+    for (const t of servers) bed.secretary(t.host, t.port);
+    await backendEqualsRegistry(bed, names, "registered");
+
+    await bed.haproxy.restart("SIGKILL"); // its run-time servers are gone
+    await backendEqualsRegistry(bed, names, "refilled after HAProxy restarted");
+    await sync.waitForLog(/^haproxy restarted /, EVENT_MS);
+
+    const [member] = bed.cluster.members;
+    await member.stop("SIGKILL");
+    await sync.waitForLog(/^etcd unreachable /, EVENT_MS);
+    const downSince = Date.now();
+    let samples = 0;
+    while (Date.now() - downSince < 7000) { // longer than the 5 s TTL
+      assert.deepEqual(await inRotation(bed), [...names].sort(), "a server was taken out while etcd was down");
+      samples++;
+      await delay(200);
+    }
+    assert.ok(samples > 10);
+    member.start("existing");
+    await bed.cluster.waitReady();
+    await backendEqualsRegistry(bed, names, "after etcd answers again");
+    await sync.waitForLog(/^etcd answered/, EVENT_MS);
+    await Promise.all(servers.map((t) => t.close()));
+  });
+});
+
+Deno.test("sync: requests through HAProxy while Apache stops as systemd stops it (secretary with a drain, then Apache) all succeed", async () => {
+  await withBed(async (bed) => {
+    const apaches = await Promise.all(
+      [2, 3].map((n) => Apache.start({ ip: lo.ip(n), port: 8080, dir: `${bed.dir}/apache-${n}` })),
+    );
+    const names = apaches.map((a) => `${a.ip}:${a.port}`);
+    bed.sync();
+    const secretaries = apaches.map((a) => bed.secretary(a.ip, a.port, ["--drain=2s"]));
+    await backendEqualsRegistry(bed, names, "two Apaches registered");
+    const url = `http://${lo.ip(1)}:8000/`;
+    let ok = 0;
+    const failures: string[] = [];
+    let running = true;
+    const client = async () => {
+      while (running) {
+        try {
+          const res = await fetch(url, { method: ok % 2 ? "POST" : "GET", body: ok % 2 ? "x" : undefined });
+          await res.arrayBuffer();
+          if (res.status >= 200 && res.status < 300 || res.status === 405) ok++;
+          else failures.push(`status ${res.status}`);
+        } catch (err) {
+          failures.push(String(err));
+        }
+      }
+    };
+    const clients = [client(), client(), client(), client()];
+    await delay(500);
+    secretaries[0].kill("SIGTERM"); // the record goes, then a 2 s drain, then the secretary exits
+    assert.equal((await secretaries[0].finished(EVENT_MS)).code, 0, secretaries[0].stderr);
+    apaches[0].process.kill("SIGTERM"); // only then the service, as systemd stops it
+    await apaches[0].process.finished(EVENT_MS);
+    await delay(1000);
+    running = false;
+    await Promise.all(clients);
+    assert.deepEqual(failures, [], `${failures.length} failed of ${ok + failures.length}`);
+    assert.ok(ok > 50, `only ${ok} requests`);
+    await backendEqualsRegistry(bed, names.slice(1), "the stopped Apache out");
+    await Promise.all(apaches.map((a) => a.killGroup()));
+  });
+});
+
+Deno.test("sync: no such socket, no such backend, a socket below admin level: one line, exit 2, HAProxy untouched", async () => {
+  await withBed(async (bed) => {
+    const before = await bed.haproxy.client().run("show servers state");
+    const cases: [string[], RegExp][] = [
+      [[`--haproxy=${bed.dir}/nope.sock`, "--backend=web"], /--haproxy ".*nope\.sock": no such socket$/],
+      [[`--haproxy=${bed.haproxy.adminSocket}`, "--backend=nope"], /--backend "nope": HAProxy has no such backend$/],
+      [[`--haproxy=${bed.haproxy.operatorSocket}`, "--backend=web"], /expected a stats socket at level admin/],
+      [[`--haproxy=${lo.ip(9)}:1`, "--backend=web"], /nothing answers there$/],
+      [["--haproxy=relative.sock", "--backend=web"], /expected an absolute path or host:port$/],
+      [
+        [`--haproxy=${bed.haproxy.adminSocket}`, "--backend=web", "--server-options=check; del server web/x"],
+        /--server-options/,
+      ],
+    ];
+    const results = await Promise.all(
+      cases.map(([args]) =>
+        runScript("registry.ts", ["sync", "web", `--endpoints=${bed.endpoints}`, ...args], { flags: SYNC_FLAGS })
+      ),
+    );
+    results.forEach((r, i) => {
+      assert.equal(r.code, 2, `${cases[i][0].join(" ")}: ${r.stderr}`);
+      const lines = r.stderr.trimEnd().split("\n");
+      assert.equal(lines.length, 1, r.stderr);
+      assert.match(lines[0], /^registry: Cannot use /);
+      assert.match(lines[0], cases[i][1]);
+    });
+    assert.equal(await bed.haproxy.client().run("show servers state"), before, "HAProxy was changed");
+  });
+});
