@@ -33,15 +33,14 @@ import {
   usageFrom,
 } from "./lib/cli.ts";
 import { createLog } from "./lib/log.ts";
-import { hasControl, quote } from "./lib/text.ts";
+import { hasControl, oneLine, quote } from "./lib/text.ts";
+import { killRunningCommands } from "./lib/command.ts";
 import {
   type CheckResult,
   type CheckSpec,
   ConnectionWatch,
   describeCheck,
   greetingFor,
-  killRunningChecks,
-  oneLine,
   parseHeader,
   parseStatusRange,
   runCheck,
@@ -535,7 +534,7 @@ async function main(args: string[]): Promise<number> {
     process.on(name, () => (stop.signal.aborted ? drained.abort() : stop.abort(name)));
   }
   // a check in flight dies with its children when the secretary stops, not after it
-  stop.signal.addEventListener("abort", killRunningChecks);
+  stop.signal.addEventListener("abort", killRunningCommands);
   const stopped = new Promise<void>((resolve) => stop.signal.addEventListener("abort", () => resolve()));
   const target = { ip: cfg.ip, port: cfg.port, service: cfg.service, timeoutMs: cfg.timeoutMs };
   // nothing is logged or sent to etcd (not even a lease) before the first check shows the command can run at all

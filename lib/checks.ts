@@ -14,11 +14,11 @@
  *
  * @module
  */
-import { spawn } from "node:child_process";
 import { connect as tcpConnect, type Socket } from "node:net";
 import { connect as tlsConnect } from "node:tls";
 import type { Status } from "./record.ts";
-import { quote } from "./text.ts";
+import { concat, runCommand } from "./command.ts";
+import { oneLine, quote } from "./text.ts";
 
 /** What to check, parsed from the command line. */
 export type CheckSpec =
@@ -164,13 +164,6 @@ function indexOfCrlf(bytes: Uint8Array, from: number): number {
   return -1;
 }
 
-/** Makes text from a check safe for one log line: printable, single line, at most `max` characters. */
-export function oneLine(text: string, max = 120): string {
-  // deno-lint-ignore no-control-regex
-  const clean = text.replace(/[\x00-\x1f\x7f]+/g, " ").trim();
-  return clean.length > max ? `${clean.slice(0, max - 1)}…` : clean;
-}
-
 /** How a check is described in the start-up log line. */
 export function describeCheck(spec: CheckSpec, ip: string, port: number): string {
   if (spec.kind === "exec") return `exec ${spec.argv.join(" ")}`;
@@ -272,16 +265,6 @@ function indexOfHeadEnd(bytes: Uint8Array): number {
 }
 
 /** The chunks as one array, cut at `max` bytes. */
-function concat(chunks: Uint8Array[], max: number): Uint8Array {
-  const out = new Uint8Array(Math.min(max, chunks.reduce((n, c) => n + c.length, 0)));
-  let offset = 0;
-  for (const c of chunks) {
-    const n = Math.min(c.length, out.length - offset);
-    out.set(c.subarray(0, n), offset);
-    offset += n;
-  }
-  return out.subarray(0, offset);
-}
 
 /** The environment an exec check runs with: PATH and the instance, nothing of the secretary's (no etcd password). */
 export function execEnv(target: Target, path: string | undefined): Record<string, string> {
@@ -301,109 +284,29 @@ function readPath(): string | undefined {
   }
 }
 
-/** How long an exec check waits for its pipes to close after the command exits or is killed. */
-const PIPE_GRACE_MS = 250;
-
-/** The process groups of exec checks in flight, killed by killRunningChecks when the secretary stops. */
-const running = new Set<number>();
-
-/** Kills every exec check still running (with its children), so none outlives a stopped secretary. */
-export function killRunningChecks(): void {
-  for (const pgid of running) {
-    try {
-      process.kill(-pgid, "SIGKILL");
-    } catch {
-      // gone already
-    }
-  }
-  running.clear();
-}
-
 /**
- * Runs the command in its own process group with a clean environment. At the
- * timeout the whole group is killed, and so are any children it left behind
- * when it exits. stdout beyond STATUS_MAX_BYTES and stderr beyond 1 KiB are
- * read and dropped, and a pipe held open by a process that escaped the group
- * is abandoned, so no command can stall the secretary or grow its memory.
- * `fatal` is set when the command cannot be started at all (missing, not
- * executable, not permitted).
+ * Runs the command (lib/command.ts: its own process group, a clean
+ * environment, killed at the timeout with its children). Its stdout beyond
+ * STATUS_MAX_BYTES is dropped. `fatal` is set when the command cannot be
+ * started at all (missing, not executable, not permitted).
  */
-function checkExec(argv: string[], target: Target): Promise<CheckResult> {
-  return new Promise((resolve) => {
-    let child: ReturnType<typeof spawn>;
-    try {
-      child = spawn(argv[0], argv.slice(1), {
-        detached: true, // its own process group, killed as one
-        stdio: ["ignore", "pipe", "pipe"],
-        env: execEnv(target, readPath()),
-      });
-    } catch (err) {
-      // deno without --allow-run
-      return resolve({
-        passed: false,
-        reason: `cannot run ${argv[0]}: ${oneLine((err as Error).message)}`,
-        fatal: true,
-      });
-    }
-    const out: Uint8Array[] = [];
-    let outBytes = 0;
-    let errText = "";
-    let timedOut = false;
-    let exit: { code: number | null; signal: string | null } | undefined;
-    let settled = false;
-    let grace: ReturnType<typeof setTimeout> | undefined;
-    if (child.pid) running.add(child.pid);
-    const settle = (result: CheckResult) => {
-      if (settled) return;
-      settled = true;
-      if (child.pid) running.delete(child.pid);
-      clearTimeout(timer);
-      clearTimeout(grace);
-      child.stdout!.destroy();
-      child.stderr!.destroy();
-      resolve(result);
-    };
-    const killGroup = () => {
-      try {
-        if (child.pid) process.kill(-child.pid, "SIGKILL");
-      } catch {
-        if (exit === undefined) child.kill("SIGKILL"); // deno without --allow-run for kill: at least the command
-      }
-    };
-    const verdict = (): CheckResult => {
-      if (timedOut) return { passed: false, reason: `no exit within ${target.timeoutMs}ms, killed` };
-      const { code, signal } = exit ?? { code: null, signal: "SIGKILL" };
-      const { status, note } = parseStatus(concat(out, STATUS_MAX_BYTES + 1), outBytes);
-      if (code === 0) {
-        return { passed: true, reason: note ? `exit 0, ${note}` : "exit 0", ...(status ? { status } : {}) };
-      }
-      const said = oneLine(errText.split("\n").find((l) => l.trim() !== "") ?? "");
-      const how = code !== null ? `exit ${code}` : `killed by ${signal}`;
-      return { passed: false, reason: said ? `${how}: ${said}` : how };
-    };
-    const timer = setTimeout(() => {
-      timedOut = true;
-      killGroup();
-      grace = setTimeout(() => settle(verdict()), PIPE_GRACE_MS);
-    }, target.timeoutMs);
-    child.stdout!.on("data", (chunk: Uint8Array) => {
-      if (outBytes <= STATUS_MAX_BYTES) out.push(chunk);
-      outBytes += chunk.length;
-    });
-    child.stderr!.on("data", (chunk: Uint8Array) => {
-      if (errText.length < 1024) errText += new TextDecoder().decode(chunk);
-    });
-    child.on("error", (err: Error & { code?: string }) => {
-      const fatal = err.code === "ENOENT" || err.code === "EACCES" || err.name === "NotCapable";
-      settle({ passed: false, reason: `cannot run ${argv[0]}: ${err.code ?? oneLine(err.message)}`, fatal });
-    });
-    child.on("exit", (code, signal) => {
-      exit = { code, signal };
-      killGroup(); // children it left behind would pile up, and hold its pipes open
-      grace ??= setTimeout(() => settle(verdict()), PIPE_GRACE_MS);
-    });
-    child.on("close", () => settle(verdict()));
+async function checkExec(argv: string[], target: Target): Promise<CheckResult> {
+  const run = await runCommand(argv, {
+    env: execEnv(target, readPath()),
+    timeoutMs: target.timeoutMs,
+    stdoutMax: STATUS_MAX_BYTES + 1,
   });
+  if (run.notStarted !== undefined) {
+    return { passed: false, reason: `cannot run ${argv[0]}: ${run.notStarted}`, ...(run.fatal ? { fatal: true } : {}) };
+  }
+  if (run.timedOut) return { passed: false, reason: `no exit within ${target.timeoutMs}ms, killed` };
+  const { status, note } = parseStatus(run.stdout, run.stdoutBytes);
+  if (run.code === 0) {
+    return { passed: true, reason: note ? `exit 0, ${note}` : "exit 0", ...(status ? { status } : {}) };
+  }
+  const said = oneLine(run.stderr.split("\n").find((l) => l.trim() !== "") ?? "");
+  const how = run.code !== null ? `exit ${run.code}` : `killed by ${run.signal ?? "SIGKILL"}`;
+  return { passed: false, reason: said ? `${how}: ${said}` : how };
 }
 
 // ---------------------------------------------------------------------------

@@ -43,6 +43,12 @@ export function printableJson(value: unknown, indent?: number): string {
   return escapeControls(JSON.stringify(value, null, indent), UNPRINTABLE_IN_JSON);
 }
 
+/** Text from a command or an error, for one log line: control characters as spaces, trimmed, at most `max` characters. */
+export function oneLine(text: string, max = 120): string {
+  // deno-lint-ignore no-control-regex
+  return cut(text.replace(/[\x00-\x1f\x7f]+/g, " ").trim(), max);
+}
+
 /** `text` cut to `max` characters, the last one an ellipsis when it was longer. */
 export function cut(text: string, max: number): string {
   return text.length > max ? `${text.slice(0, Math.max(0, max - 1))}…` : text;

@@ -1,9 +1,9 @@
 /** lib/checks.ts's pure parts, and how the registry shows a status. */
 import assert from "node:assert/strict";
+import { oneLine } from "../lib/text.ts";
 import {
   dechunk,
   execEnv,
-  oneLine,
   parseHeader,
   parseStatus,
   parseStatusRange,
@@ -98,9 +98,16 @@ Deno.test("a status is data: it can change neither the record's fields nor its J
   const entry = decodeEntry("/services", "/services/apache/10.0.0.5:80", encodeRecord(record));
   assert.equal(entry.record?.host, "core-01");
   assert.equal(entry.record?.ipv4_addr, "10.0.0.5");
-  assert.deepEqual(Object.keys(entry.record!.status!), ["host", "ipv4_addr", "__proto__", "k\n"]);
-  assert.equal(({} as Record<string, unknown>).polluted, undefined);
+  // "__proto__" stays an own key, as JSON.parse makes it: copied with `obj[key] = value` it would instead become the
+  // status's prototype, and its fields would show through the status
+  const decoded = entry.record!.status!;
+  assert.deepEqual(Object.keys(decoded), ["host", "ipv4_addr", "__proto__", "k\n"]);
+  assert.ok(Object.hasOwn(decoded, "__proto__"), "__proto__ is not an own key of the status");
+  assert.equal(Object.getPrototypeOf(decoded), Object.prototype, "the status has another prototype");
+  assert.equal((decoded as Record<string, unknown>).polluted, undefined, "the status inherits a status's fields");
+  assert.equal(Object.getPrototypeOf(entry.record), Object.prototype, "the record has another prototype");
   const shown = formatStatus(entry.record!.status);
+  assert.match(shown, /__proto__=\{"polluted":1\}/, "the status's __proto__ field is not shown as data");
   // deno-lint-ignore no-control-regex
   assert.equal(/[\x00-\x1f]/.test(shown), false, shown);
   assert.equal(
