@@ -15,6 +15,8 @@
  *
  * @module
  */
+import { statSync } from "node:fs";
+import { dirname, resolve } from "node:path";
 import { parseArgs } from "node:util";
 import {
   asUsage,
@@ -23,6 +25,7 @@ import {
   type Env,
   exitWhenFlushed,
   parseConnection,
+  parseDuration,
   sleep,
   UsageError,
   usageFrom,
@@ -32,6 +35,9 @@ import { follow } from "./lib/follow.ts";
 import { HAProxy, type HAProxyAddress, HAProxyError, parseHAProxyAddress } from "./lib/haproxy.ts";
 import { createLog } from "./lib/log.ts";
 import { DEFAULT_SERVER_OPTIONS, runSync } from "./lib/sync.ts";
+import { readTemplate, renderOnce, runRender, templateView, unrunnable, type Wait } from "./lib/render.ts";
+import { killRunningCommands } from "./lib/command.ts";
+import { DEFAULT_PATH, splitCommand } from "./lib/checks.ts";
 import {
   addressRank,
   decodeEntry,
@@ -43,7 +49,7 @@ import {
   servicePrefix,
   validateService,
 } from "./lib/record.ts";
-import { cut, hasControl, printable, printableJson, quote } from "./lib/text.ts";
+import { cut, hasControl, oneLine, printable, printableJson, quote } from "./lib/text.ts";
 
 export const HELP = `Usage: registry <command> [options]
 
@@ -54,6 +60,9 @@ Commands:
   sync SERVICE --haproxy ADDR --backend NAME
                             keep an HAProxy backend's servers equal to SERVICE's instances,
                             through HAProxy's runtime API (no reload); runs until stopped
+  render SERVICE --template FILE --out FILE [--check CMD] [--reload CMD] [--wait MIN[:MAX]] [--once]
+                            render a Mustache template from SERVICE's instances whenever they
+                            change; write the file only when its text changes, check, reload
 
 Options:
   --json                    ls: a JSON array; watch: one JSON object a line
@@ -62,6 +71,16 @@ Options:
   --server-options "..."    sync: added to each server (default "${DEFAULT_SERVER_OPTIONS}":
                             HAProxy's own health check, so a dead host leaves rotation in
                             about 2 s whatever the registry says); "" for none
+  --template FILE           render: a Mustache template; it sees service, instances (sorted by
+                            address: key, address, ip, port and the record), count, empty
+  --out FILE                render: the file written (atomically, only when its text changes)
+  --check "CMD ARGS..."     render: validates the new text first; a {path} word is the staged
+                            file (checked, then moved in place); without one the file is put in
+                            place, checked there, and put back if the check fails
+  --reload "CMD ARGS..."    render: runs after the file is replaced
+  --wait MIN[:MAX]          render: after a change, wait until quiet for MIN (at most MAX,
+                            default 4 x MIN); a removal is rendered at once
+  --once                    render: render, check and reload once, then exit
 
 ${CONNECTION_HELP}
 
@@ -80,6 +99,19 @@ export type Command =
     prefix: string;
     etcd: EtcdOptions;
   }
+  | {
+    command: "render";
+    service: string;
+    templatePath: string;
+    template: string;
+    out: string;
+    check?: string[];
+    reload?: string[];
+    wait?: Wait;
+    once: boolean;
+    prefix: string;
+    etcd: EtcdOptions;
+  }
   | { command: "ls" | "watch"; service?: string; json: boolean; prefix: string; etcd: EtcdOptions }
   | { command: "get"; service: string; ip: string; port: number; json: boolean; prefix: string; etcd: EtcdOptions };
 
@@ -94,6 +126,12 @@ export function parseCli(args: readonly string[], env: Env): Command {
       haproxy: { type: "string" },
       backend: { type: "string" },
       "server-options": { type: "string" },
+      template: { type: "string" },
+      out: { type: "string" },
+      check: { type: "string" },
+      reload: { type: "string" },
+      wait: { type: "string" },
+      once: { type: "boolean" },
     },
   });
   if (values.help) return { command: "help" };
@@ -101,6 +139,11 @@ export function parseCli(args: readonly string[], env: Env): Command {
   for (const flag of ["haproxy", "backend", "server-options"] as const) {
     if (values[flag] !== undefined && command !== "sync") {
       throw new UsageError(`Cannot use --${flag} with ${quote(command ?? "")}: expected registry sync`);
+    }
+  }
+  for (const flag of ["template", "out", "check", "reload", "wait", "once"] as const) {
+    if (values[flag] !== undefined && command !== "render") {
+      throw new UsageError(`Cannot use --${flag} with ${quote(command ?? "")}: expected registry render`);
     }
   }
   const common = () => ({
@@ -161,11 +204,51 @@ export function parseCli(args: readonly string[], env: Env): Command {
         etcd,
       };
     }
+    case "render": {
+      if (rest.length !== 1) throw new UsageError(`Cannot use arguments ${quote(rest.join(" "))}: expected SERVICE`);
+      const service = asUsage(() => validateService(rest[0]));
+      if (values.template === undefined) throw new UsageError("Missing --template: expected a template file");
+      if (values.out === undefined) throw new UsageError("Missing --out: expected the file to write");
+      const { prefix, etcd } = common();
+      return {
+        command,
+        service,
+        templatePath: values.template,
+        template: "", // read by main, which may touch the file system
+        out: values.out,
+        check: values.check === undefined ? undefined : parseCommand(values.check, "--check"),
+        reload: values.reload === undefined ? undefined : parseCommand(values.reload, "--reload"),
+        wait: values.wait === undefined ? undefined : parseWait(values.wait),
+        once: values.once ?? false,
+        prefix,
+        etcd,
+      };
+    }
     case undefined:
-      throw new UsageError("Missing command: expected ls, get, watch or sync (see registry --help)");
+      throw new UsageError("Missing command: expected ls, get, watch, sync or render (see registry --help)");
     default:
-      throw new UsageError(`Cannot use command ${quote(command)}: expected ls, get, watch or sync`);
+      throw new UsageError(`Cannot use command ${quote(command)}: expected ls, get, watch, sync or render`);
   }
+}
+
+/** The range of each --wait duration. */
+const WAIT_RANGE = { minMs: 1, maxMs: 3_600_000 };
+
+/** Parses `--wait MIN[:MAX]`; MAX defaults to 4 x MIN (consul-template's convention) and is at least MIN. */
+export function parseWait(text: string): Wait {
+  const [min, max, ...more] = text.split(":");
+  if (more.length > 0) throw new UsageError(`Cannot use --wait ${quote(text)}: expected MIN[:MAX] such as 2s:10s`);
+  const minMs = parseDuration(min, "--wait", WAIT_RANGE);
+  const maxMs = max === undefined ? Math.min(4 * minMs, WAIT_RANGE.maxMs) : parseDuration(max, "--wait", WAIT_RANGE);
+  if (maxMs < minMs) throw new UsageError(`Cannot use --wait ${quote(text)}: expected MAX at least MIN`);
+  return { minMs, maxMs };
+}
+
+/** Parses a --check or --reload command: split like a shell, run without one. */
+function parseCommand(text: string, flag: string): string[] {
+  const argv = asUsage(() => splitCommand(text));
+  if (argv.length === 0) throw new UsageError(`Cannot use ${flag} ${quote(text)}: expected a command`);
+  return argv;
 }
 
 // ---------------------------------------------------------------------------
@@ -441,6 +524,81 @@ async function sync(cmd: Extract<Command, { command: "sync" }>, io: Io): Promise
   return 0;
 }
 
+/**
+ * What must hold before `render` writes anything: the template parses, the
+ * output's folder exists, each command can run. Returns the one-line refusal,
+ * or undefined; fills in the template.
+ */
+function checkRender(cmd: Extract<Command, { command: "render" }>, path: string): string | undefined {
+  try {
+    cmd.template = readTemplate(cmd.templatePath);
+  } catch (err) {
+    return `Cannot use --template ${quote(cmd.templatePath)}: ${oneLine((err as Error).message)}`;
+  }
+  const folder = dirname(resolve(cmd.out));
+  try {
+    if (!statSync(folder).isDirectory()) return `Cannot use --out ${quote(cmd.out)}: ${quote(folder)} is not a folder`;
+  } catch (err) {
+    return `Cannot use --out ${quote(cmd.out)}: no folder ${quote(folder)} (${(err as { code?: string }).code ?? "?"})`;
+  }
+  for (const [flag, argv] of [["--check", cmd.check], ["--reload", cmd.reload]] as const) {
+    const why = argv && unrunnable(argv, path);
+    if (why) return `Cannot use ${flag} ${quote(argv.join(" "))}: ${why}`;
+  }
+  return undefined;
+}
+
+/** Renders until SIGTERM or SIGINT, or once with --once. */
+async function render(cmd: Extract<Command, { command: "render" }>, io: Io): Promise<number> {
+  const path = readPathVariable();
+  const refusal = checkRender(cmd, path);
+  if (refusal) {
+    io.err(`registry: ${refusal}`);
+    return 2;
+  }
+  const log = createLog(process.env as Env);
+  const options = { out: resolve(cmd.out), check: cmd.check, reload: cmd.reload, env: { PATH: path } };
+  const etcd = new Etcd(cmd.etcd);
+  const stop = new AbortController();
+  for (const name of ["SIGTERM", "SIGINT"] as const) process.on(name, () => stop.abort(name));
+  stop.signal.addEventListener("abort", killRunningCommands);
+  try {
+    if (cmd.once) {
+      let values;
+      try {
+        values = (await etcd.list(servicePrefix(cmd.prefix, cmd.service))).values;
+      } catch (err) {
+        io.err(`registry: cannot read from etcd at ${cmd.etcd.endpoints.join(",")}: ${describeError(err)}`);
+        return 1;
+      }
+      const view = templateView(cmd.prefix, cmd.service, new Map(values.map((v) => [v.key, v.value])));
+      return (await renderOnce(cmd.template, view, options, log)) ? 0 : 1;
+    }
+    log("info", "started", {
+      service: cmd.service,
+      template: cmd.templatePath,
+      out: options.out,
+      wait: cmd.wait ? `${cmd.wait.minMs}ms:${cmd.wait.maxMs}ms` : undefined,
+      endpoints: cmd.etcd.endpoints.join(","),
+    });
+    const { prefix, service, template, wait } = cmd;
+    await runRender({ prefix, service, template, wait, options }, { etcd, log, now: Date.now, sleep }, stop.signal);
+    log("notice", "stopped", { signal: stop.signal.reason });
+    return 0;
+  } finally {
+    etcd.close();
+  }
+}
+
+/** PATH for the commands, or the usual one (deno without --allow-env=PATH). */
+function readPathVariable(): string {
+  try {
+    return process.env.PATH || DEFAULT_PATH;
+  } catch {
+    return DEFAULT_PATH;
+  }
+}
+
 async function main(args: string[]): Promise<number> {
   const io: Io = { out: (l) => process.stdout.write(`${l}\n`), err: (l) => process.stderr.write(`${l}\n`) };
   let cmd: Command;
@@ -459,6 +617,7 @@ async function main(args: string[]): Promise<number> {
     return 0;
   }
   if (cmd.command === "sync") return await sync(cmd, io);
+  if (cmd.command === "render") return await render(cmd, io);
   const options = cmd.etcd;
   if (cmd.command === "watch") {
     const stop = new AbortController();
