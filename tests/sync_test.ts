@@ -16,12 +16,15 @@ import {
   delay,
   type EtcdCluster,
   EVENT_MS,
+  execStart,
+  installed,
   loopback,
   READY_MS,
   runScript,
   Script,
   SOURCE_FLAGS,
   TestServer,
+  unitEnvironment,
   waitFor,
 } from "../testbed/testbed.ts";
 import type { Etcd } from "../lib/etcd.ts";
@@ -246,5 +249,29 @@ Deno.test("sync: no such socket, no such backend, a socket below admin level: on
       assert.match(lines[0], cases[i][1]);
     });
     assert.equal(await bed.haproxy.client().run("show servers state"), before, "HAProxy was changed");
+  });
+});
+
+Deno.test("sync: the installed registry-haproxy@ unit's ExecStart (the bundle, the unit's least privilege) keeps the backend", async () => {
+  const root = await installed();
+  await withBed(async (bed) => {
+    const unit = `${root}/etc/systemd/system/registry-haproxy@.service`;
+    const vars = {
+      SECRETARY_ETCD: new URL(bed.endpoints.split(",")[0]).host,
+      HAPROXY_SOCKET: bed.haproxy.adminSocket,
+      "%i": "web",
+    };
+    const argv = await execStart(unit, vars, `${root}/opt/bin`);
+    const env = await unitEnvironment(unit);
+    for (const [k, v] of Object.entries(env)) env[k] = v.replaceAll("%C", `${bed.dir}/cache`);
+    const sync = new Script(argv[0], argv.slice(1), { ...env, ...vars }, { clearEnv: true, cwd: root });
+    bed.scripts.push(sync);
+    const t = await TestServer.start(lo.ip(2));
+    bed.secretary(t.host, t.port);
+    await backendEqualsRegistry(bed, [`${t.host}:${t.port}`], "registered, through the unit's sync");
+    assert.doesNotMatch(sync.stderr, /NotCapable|Requires \w+ access|haproxy (refused|unreachable)/, sync.stderr);
+    sync.kill("SIGTERM");
+    assert.equal((await sync.finished(EVENT_MS)).code, 0, sync.stderr);
+    await t.close();
   });
 });
