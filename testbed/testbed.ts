@@ -6,7 +6,8 @@
  *
  * @module
  */
-import { createServer, type Server, type Socket } from "node:net";
+import { type AddressInfo, createServer, type Server, type Socket } from "node:net";
+import { request } from "node:http";
 import { Etcd, type EtcdOptions } from "../lib/etcd.ts";
 import { DEFAULT_PREFIX, instanceKey } from "../lib/record.ts";
 import { splitCommand } from "../lib/checks.ts";
@@ -20,19 +21,139 @@ export const ROOT = new URL("../", import.meta.url).pathname;
  */
 export const SOURCE_FLAGS = ["--allow-net", "--allow-env", "--allow-read=/etc/environment,node_modules"];
 
-/** A port that was free on `host` a moment ago. */
-export async function freePort(host = "127.0.0.1"): Promise<number> {
-  const listener = Deno.listen({ hostname: host, port: 0 });
-  const { port } = listener.addr as Deno.NetAddr;
-  listener.close();
-  await Promise.resolve();
-  return port;
+// ---------------------------------------------------------------------------
+// Addresses: a loopback block of its own for every test file
+
+/**
+ * Which test file owns which loopback addresses. A test file that listens,
+ * starts etcd or points a client anywhere takes its addresses from its own
+ * block, 127.<block>.0.0/16, through `loopback(import.meta.url)`; a file
+ * missing from this table cannot get one, and two files given one block make
+ * every test fail at import. tests/addresses_test.ts checks that no test file
+ * listens or starts etcd outside its block.
+ *
+ * | block        | owner                                                                  |
+ * | ------------ | ---------------------------------------------------------------------- |
+ * | 127.0.0.1    | the defaults (freePort, EtcdCluster.create, Relay.start): demo, bench   |
+ * | 127.0.0.2    | demo.ts (its service on :8080)                                         |
+ * | 127.0.1–9.x  | bench/ (a third octet per benchmark: removal, killed, cost, memory, checks) |
+ * | 127.1–3.x    | bench/ (scale 127.1, soak 127.2, reads' keys 127.3)                    |
+ * | 127.20.x.x … | tests/, as LOOPBACK_BLOCKS says                                        |
+ *
+ * Why: a port the kernel picks on a shared address may be one another test's
+ * etcd has just given up while its clients still dial it (a listener that
+ * must see no stray traffic then sees some), and a member restarted on its
+ * own port seconds later may find it taken. With a block each, nothing but
+ * the file's own processes ever reaches its addresses; tests within a file
+ * run one at a time.
+ *
+ * Within a block: 127.B.0.k is the k-th etcd cluster the file makes (its
+ * members on ports of their own), 127.B.1.n are the file's targets and other
+ * listeners, n chosen by its tests.
+ */
+export const LOOPBACK_BLOCKS: Readonly<Record<string, number>> = {
+  "addresses_test.ts": 20,
+  "apache_test.ts": 21,
+  "bundle_test.ts": 22,
+  "checks_test.ts": 23,
+  "cli_process_test.ts": 24,
+  "cluster_test.ts": 25,
+  "listing_test.ts": 26,
+  "network_test.ts": 27,
+  "proposals_test.ts": 28,
+  "registry_test.ts": 29,
+  "secretary_test.ts": 30,
+  "tls_test.ts": 31,
+  "watch_test.ts": 32,
+  "registrar_test.ts": 33,
+  "secretary_unit_test.ts": 34,
+  "secretary_failure_test.ts": 35,
+  "resolver_test.ts": 36,
+  "sync_test.ts": 37,
+  "render_test.ts": 38,
+  "grpcproxy_test.ts": 39,
+};
+
+/** The first block tests may take: those below are the demo's and the benchmarks'. */
+const FIRST_TEST_BLOCK = 20;
+
+{
+  const owners = new Map<number, string>();
+  for (const [file, block] of Object.entries(LOOPBACK_BLOCKS)) {
+    if (!Number.isInteger(block) || block < FIRST_TEST_BLOCK || block > 255) {
+      throw new RangeError(`LOOPBACK_BLOCKS: ${file} has block ${block}: expected ${FIRST_TEST_BLOCK} to 255`);
+    }
+    const other = owners.get(block);
+    if (other) throw new Error(`LOOPBACK_BLOCKS: ${file} and ${other} both have block 127.${block}: give each its own`);
+    owners.set(block, file);
+  }
 }
 
-/** Polls `fn` until it returns a value other than undefined/false, or throws after `timeoutMs`. */
+/** One test file's loopback addresses (see LOOPBACK_BLOCKS). */
+export class Loopback {
+  #clusters = 0;
+
+  constructor(readonly file: string, readonly block: number) {}
+
+  /** 127.B.1.n: one of the file's own addresses for targets, relays and other listeners (n from 1 to 254). */
+  ip(n: number): string {
+    if (!Number.isInteger(n) || n < 1 || n > 254) throw new RangeError(`Loopback.ip(${n}): expected 1 to 254`);
+    return `127.${this.block}.1.${n}`;
+  }
+
+  /** 127.B.0.k: an address no earlier etcd cluster of this file used. */
+  etcdHost(): string {
+    if (this.#clusters >= 254) throw new RangeError(`${this.file} made 254 etcd clusters: its block has no more`);
+    return `127.${this.block}.0.${++this.#clusters}`;
+  }
+
+  /** Plans an etcd cluster on an address of its own in the block (see EtcdCluster.create). */
+  etcd(size = 1, options: Omit<EtcdCreateOptions, "host"> = {}): Promise<EtcdCluster> {
+    return EtcdCluster.create(size, { ...options, host: this.etcdHost() });
+  }
+}
+
+/** The calling test file's addresses: `loopback(import.meta.url)`; throws for a file not in LOOPBACK_BLOCKS. */
+export function loopback(moduleUrl: string): Loopback {
+  const file = moduleUrl.slice(moduleUrl.lastIndexOf("/") + 1);
+  const block = LOOPBACK_BLOCKS[file];
+  if (block === undefined) {
+    throw new Error(`${file} has no loopback block: give it one in LOOPBACK_BLOCKS (testbed/testbed.ts)`);
+  }
+  return new Loopback(file, block);
+}
+
+/**
+ * A port that was free on `host` a moment ago. Another process may take it
+ * before it is used: only on an address of the test's own is that nobody.
+ */
+export async function freePort(host = "127.0.0.1"): Promise<number> {
+  return (await freePorts(host, 1))[0];
+}
+
+/** `count` distinct ports that were free on `host` a moment ago (held together while chosen, so never one twice). */
+export async function freePorts(host: string, count: number): Promise<number[]> {
+  const listeners = Array.from({ length: count }, () => Deno.listen({ hostname: host, port: 0 }));
+  const ports = listeners.map((l) => (l.addr as Deno.NetAddr).port);
+  for (const l of listeners) l.close();
+  await Promise.resolve();
+  return ports;
+}
+
+/** How long a wait may take that includes starting deno from source and a first check: generous for a loaded machine. */
+export const READY_MS = 30_000;
+
+/** How long a wait may take for what the product does within a few checks or a TTL: generous for a loaded machine. */
+export const EVENT_MS = 15_000;
+
+/**
+ * Polls `fn` until it returns a value other than undefined/false, or throws
+ * after `timeoutMs`. `what` names what was awaited; a function is called at
+ * the timeout, so the message can show the state then (a process's stderr).
+ */
 export async function waitFor<T>(
   fn: () => T | undefined | false | Promise<T | undefined | false>,
-  what: string,
+  what: string | (() => string),
   timeoutMs = 10_000,
   pollMs = 50,
 ): Promise<T> {
@@ -40,7 +161,9 @@ export async function waitFor<T>(
   while (true) {
     const value = await fn();
     if (value !== undefined && value !== false) return value as T;
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    if (Date.now() > deadline) {
+      throw new Error(`timed out after ${timeoutMs} ms waiting for ${typeof what === "string" ? what : what()}`);
+    }
     await delay(pollMs);
   }
 }
@@ -127,6 +250,15 @@ export class EtcdMember {
   }
 }
 
+/** Where and how EtcdCluster.create plans a cluster. */
+export interface EtcdCreateOptions {
+  /** The members' address. @default "127.0.0.1" (tests: Loopback.etcd gives one of the file's own) */
+  host?: string;
+  extraArgs?: string[];
+  scheme?: string;
+  clientOptions?: Partial<EtcdOptions>;
+}
+
 /** A set of etcd members on loopback; one member unless `size` says otherwise. */
 export class EtcdCluster {
   constructor(
@@ -140,18 +272,16 @@ export class EtcdCluster {
    * the TLS flags in `extraArgs` makes a TLS cluster; `clientOptions` (CA,
    * certificate, user) are what this class's own clients use.
    */
-  static async create(
-    size = 1,
-    options: { host?: string; extraArgs?: string[]; scheme?: string; clientOptions?: Partial<EtcdOptions> } = {},
-  ) {
+  static async create(size = 1, options: EtcdCreateOptions = {}) {
     const host = options.host ?? "127.0.0.1";
     const dir = await Deno.makeTempDir({ prefix: "secretary-etcd-" });
+    const ports = await freePorts(host, 2 * size);
     const specs = [];
     for (let i = 0; i < size; i++) {
       specs.push({
         name: `m${i}`,
-        client: `${options.scheme ?? "http"}://${host}:${await freePort(host)}`,
-        peer: `http://${host}:${await freePort(host)}`,
+        client: `${options.scheme ?? "http"}://${host}:${ports[2 * i]}`,
+        peer: `http://${host}:${ports[2 * i + 1]}`,
       });
     }
     const cluster = specs.map((s) => `${s.name}=${s.peer}`).join(",");
@@ -228,12 +358,19 @@ export class EtcdCluster {
   }
 }
 
-/** How a target answers: 200, 500, accept and never answer, or not listen at all. */
-export type ServerMode = "ok" | "error" | "hang" | "closed";
+/** How a target answers: 200, a 302 redirect, 500, accept and never answer, or not listen at all. */
+export type ServerMode = "ok" | "redirect" | "error" | "hang" | "closed";
+
+const STATUS_LINES: Record<"ok" | "redirect" | "error", string> = {
+  ok: "200 OK",
+  redirect: "302 Found\r\nLocation: /elsewhere",
+  error: "500 Internal Server Error",
+};
 
 /** A small HTTP server on `host:port` whose health the test controls. */
 export class TestServer {
   mode: ServerMode = "ok";
+  #port: number;
   #server?: Server;
   #sockets = new Set<Socket>();
   requests = 0;
@@ -243,10 +380,17 @@ export class TestServer {
   /** Close a connection that has sent nothing after this long, as servers drop idle connections. */
   idleCloseMs?: number;
 
-  constructor(readonly host: string, readonly port: number) {}
+  /** `port` 0: the kernel picks one when it first listens, and it keeps it across `closed` and back. */
+  constructor(readonly host: string, port = 0) {
+    this.#port = port;
+  }
 
-  static async start(host: string, port?: number): Promise<TestServer> {
-    const target = new TestServer(host, port ?? await freePort(host));
+  get port(): number {
+    return this.#port;
+  }
+
+  static async start(host: string, port = 0): Promise<TestServer> {
+    const target = new TestServer(host, port);
     await target.setMode("ok");
     return target;
   }
@@ -273,15 +417,15 @@ export class TestServer {
         spoke = true;
         clearTimeout(idle);
         this.requests++;
-        if (this.mode === "hang") return;
-        const status = this.mode === "ok" ? "200 OK" : "500 Internal Server Error";
-        socket.end(`HTTP/1.1 ${status}\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok`);
+        if (this.mode === "hang" || this.mode === "closed") return;
+        socket.end(`HTTP/1.1 ${STATUS_LINES[this.mode]}\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok`);
       });
     });
     await new Promise<void>((resolve, reject) => {
       server.once("error", reject);
-      server.listen(this.port, this.host, () => resolve());
+      server.listen(this.#port, this.host, () => resolve());
     });
+    this.#port = (server.address() as AddressInfo).port;
     this.#server = server;
   }
 
@@ -362,13 +506,35 @@ export class Script {
     return status;
   }
 
-  /** Waits until stderr has a line matching `pattern`. */
-  waitForLog(pattern: RegExp, timeoutMs = 10_000): Promise<string> {
-    return waitFor(
-      () => this.stderr.split("\n").find((l) => pattern.test(l)),
-      `log line ${pattern}\n${this.stderr}`,
-      timeoutMs,
-    );
+  /**
+   * Waits until stderr has a line matching `pattern` and returns it; throws
+   * with the whole stderr after `timeoutMs`, or as soon as the process has
+   * exited without printing one.
+   */
+  async waitForLog(pattern: RegExp, timeoutMs = READY_MS): Promise<string> {
+    const find = () => this.stderr.split("\n").find((l) => pattern.test(l));
+    const deadline = Date.now() + timeoutMs;
+    while (true) {
+      const line = find();
+      if (line !== undefined) return line;
+      if (this.#exited) {
+        await this.#done; // the rest of its output
+        const last = find();
+        if (last !== undefined) return last;
+        throw new Error(`${this.describeExit(await this.status)} without a log line ${pattern}:\n${this.stderr}`);
+      }
+      if (Date.now() > deadline) {
+        throw new Error(`timed out after ${timeoutMs} ms waiting for a log line ${pattern}:\n${this.stderr}`);
+      }
+      await delay(50);
+    }
+  }
+
+  /** "exited with code N" or "was killed by SIGNAL", for failure messages. */
+  describeExit(status: Deno.CommandStatus): string {
+    return status.signal
+      ? `PID ${this.pid} was killed by ${status.signal}`
+      : `PID ${this.pid} exited with code ${status.code}`;
   }
 
   /** Sends SIGKILL if still running and waits; for cleanup. */
@@ -385,9 +551,8 @@ export async function runScript(
   options: { flags?: string[]; env?: Record<string, string>; timeoutMs?: number } = {},
 ): Promise<{ code: number; stdout: string; stderr: string }> {
   const proc = Script.deno(script, args, options);
-  const timer = setTimeout(() => proc.kill("SIGKILL"), options.timeoutMs ?? 20_000);
-  const status = await proc.finished();
-  clearTimeout(timer);
+  // killed with SIGKILL after timeoutMs (finished() would otherwise do it after its own default)
+  const status = await proc.finished(options.timeoutMs ?? 20_000);
   return { code: status.code, stdout: proc.stdout, stderr: proc.stderr };
 }
 
@@ -403,11 +568,19 @@ export class Relay {
   #cut = false;
   #pending: (() => void)[] = [];
 
-  private constructor(readonly port: number, readonly upstream: { host: string; port: number }) {}
+  #port = 0;
 
+  private constructor(readonly host: string, readonly upstream: { host: string; port: number }) {}
+
+  /** The port it listens on, picked by the kernel. */
+  get port(): number {
+    return this.#port;
+  }
+
+  /** Starts a relay to `upstreamUrl`, listening on `host` (tests: an address of their own). */
   static async start(upstreamUrl: string, host = "127.0.0.1"): Promise<Relay> {
     const url = new URL(upstreamUrl);
-    const relay = new Relay(await freePort(host), { host: url.hostname, port: Number(url.port) });
+    const relay = new Relay(host, { host: url.hostname, port: Number(url.port) });
     const { connect } = await import("node:net");
     relay.#server = createServer((client) => {
       client.on("error", () => {});
@@ -434,13 +607,17 @@ export class Relay {
         relay.#pending.push(open);
       } else open();
     });
-    await new Promise<void>((resolve) => relay.#server!.listen(relay.port, host, () => resolve()));
+    await new Promise<void>((resolve, reject) => {
+      relay.#server!.once("error", reject);
+      relay.#server!.listen(0, host, () => resolve());
+    });
+    relay.#port = (relay.#server.address() as AddressInfo).port;
     return relay;
   }
 
   /** The relay's URL, to give the client instead of etcd's. */
   get url(): string {
-    return `http://127.0.0.1:${this.port}`;
+    return `http://${this.host}:${this.port}`;
   }
 
   cut(): void {
@@ -474,7 +651,34 @@ export class Relay {
   }
 }
 
-/** Files of a throwaway certificate authority, a server certificate for 127.0.0.1 and a client certificate. */
+/** GETs `url` over plain HTTP, through no proxy whatever the environment says, and resolves with the body. */
+export function httpGet(url: string, timeoutMs = 10_000): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const req = request(url, { agent: false }, (res) => {
+      const chunks: Uint8Array[] = [];
+      res.on("data", (chunk: Uint8Array) => chunks.push(chunk));
+      res.on("error", reject);
+      res.on("end", () => {
+        const text = Buffer.concat(chunks).toString();
+        if (res.statusCode === 200) resolve(text);
+        else reject(new Error(`GET ${url}: ${res.statusCode} ${text.slice(0, 500)}`));
+      });
+    });
+    req.setTimeout(timeoutMs, () => req.destroy(new Error(`GET ${url}: no answer in ${timeoutMs} ms`)));
+    req.on("error", reject);
+    req.end();
+  });
+}
+
+/** A metric without labels from an etcd member's /metrics (on its plain-http client URL), e.g. `etcd_server_proposals_committed_total`. */
+export async function etcdMetric(clientUrl: string, name: string): Promise<number> {
+  const text = await httpGet(`${clientUrl}/metrics`);
+  const line = text.split("\n").find((l) => l.startsWith(`${name} `));
+  if (line === undefined) throw new Error(`${clientUrl}/metrics has no ${name}`);
+  return Number(line.slice(name.length + 1));
+}
+
+/** Files of a throwaway certificate authority, a server certificate for loopback addresses and a client certificate. */
 export interface Certs {
   dir: string;
   ca: string;
@@ -486,8 +690,12 @@ export interface Certs {
   otherCa: string;
 }
 
-/** Makes certificates with openssl in a new temporary directory. */
-export async function makeCerts(): Promise<Certs> {
+/**
+ * Makes certificates with openssl in a new temporary directory. The server
+ * certificate is for 127.0.0.1, localhost and each of `ips` (a test's own
+ * addresses, where its etcd listens).
+ */
+export async function makeCerts(ips: string[] = []): Promise<Certs> {
   const dir = await Deno.makeTempDir({ prefix: "secretary-certs-" });
   const run = async (...args: string[]) => {
     const out = await new Deno.Command("openssl", { args, cwd: dir, stdout: "null", stderr: "piped" }).output();
@@ -544,7 +752,8 @@ export async function makeCerts(): Promise<Certs> {
   };
   await ca("ca");
   await ca("other-ca");
-  await leaf("server", "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\n");
+  const names = ["IP:127.0.0.1", ...ips.map((ip) => `IP:${ip}`), "DNS:localhost"].join(",");
+  await leaf("server", `subjectAltName=${names}\nextendedKeyUsage=serverAuth,clientAuth\n`);
   await leaf("client", "extendedKeyUsage=clientAuth\n");
   return {
     dir,
@@ -696,6 +905,8 @@ export interface Address {
 
 /** A fresh etcd and everything started against it, stopped by withBed whatever happens. */
 export interface Bed {
+  /** The test file's addresses. */
+  lo: Loopback;
   cluster: EtcdCluster;
   etcd: Etcd;
   targets: TestServer[];
@@ -708,12 +919,21 @@ export interface Bed {
   present(key: string): Promise<boolean>;
 }
 
-/** Runs `fn` with a fresh one-member etcd; stops everything it started, whatever happens. */
-export async function withBed(fn: (bed: Bed) => Promise<void>): Promise<void> {
-  const cluster = await EtcdCluster.create(1);
-  await cluster.start();
+/**
+ * Runs `fn` with a fresh one-member etcd on an address of `lo`'s (the test
+ * file's block); stops everything it started, whatever happens.
+ */
+export async function withBed(lo: Loopback, fn: (bed: Bed) => Promise<void>): Promise<void> {
+  const cluster = await lo.etcd(1);
+  try {
+    await cluster.start();
+  } catch (err) {
+    await cluster.stop();
+    throw err;
+  }
   const etcd = cluster.client();
   const bed: Bed = {
+    lo,
     cluster,
     etcd,
     targets: [],
@@ -765,8 +985,9 @@ export async function registered(
   t.idleCloseMs = options.idleCloseMs;
   const s = bed.secretary(t, options.extra, options.flags);
   const key = bed.key(t);
-  await waitFor(() => bed.present(key), "registered", 5000);
-  await s.waitForLog(/^registered key=/); // the secretary knows it too (the line follows the put's answer)
+  // started from source, checked, registered: READY_MS covers a loaded machine; the line follows the put's answer
+  await s.waitForLog(/^registered key=/, READY_MS);
+  if (!(await bed.present(key))) throw new Error(`the secretary logged its registration, but ${key} is not in etcd`);
   return { t, s, key };
 }
 

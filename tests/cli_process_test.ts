@@ -3,7 +3,13 @@
  * value, exit status 2, and nothing written to etcd; --help exits 0.
  */
 import assert from "node:assert/strict";
-import { EtcdCluster, runScript, SOURCE_FLAGS } from "../testbed/testbed.ts";
+import { loopback, runScript, SOURCE_FLAGS } from "../testbed/testbed.ts";
+
+const lo = loopback(import.meta.url);
+/** An address of this file's own, in values that must be refused before anything is dialled. */
+const IP = lo.ip(1);
+/** Dozens of deno processes started at once from source: generous for a loaded machine. */
+const RUN = { flags: SOURCE_FLAGS, timeoutMs: 60_000 };
 
 /** Each bad command line, and the value its error line must name. */
 const BAD_SECRETARY_ARGS: [string[], string][] = [
@@ -43,22 +49,22 @@ const BAD_SECRETARY_ARGS: [string[], string][] = [
   [["8080", "--prefix=/a b"], '"/a b"'],
   [["8080", "--bo\x1bgus"], "--bo\\u001bgus"],
   // endpoints: nothing silently dropped or assumed, and no password shown
-  [["8080", "--endpoints=127.0.0.1"], '"127.0.0.1"'],
-  [["8080", "--endpoints=http://127.0.0.1"], '"http://127.0.0.1"'],
-  [["8080", "--endpoints=http://u:pw@127.0.0.1:2379"], '"http://***@127.0.0.1:2379"'],
-  [["8080", "--endpoints=http://127.0.0.1:2379/?x=1"], '"http://127.0.0.1:2379/?x=1"'],
-  [["8080", "--endpoints=http://127.0.0.1:2379#f"], '"http://127.0.0.1:2379#f"'],
+  [["8080", `--endpoints=${IP}`], `"${IP}"`],
+  [["8080", `--endpoints=http://${IP}`], `"http://${IP}"`],
+  [["8080", `--endpoints=http://u:pw@${IP}:2379`], `"http://***@${IP}:2379"`],
+  [["8080", `--endpoints=http://${IP}:2379/?x=1`], `"http://${IP}:2379/?x=1"`],
+  [["8080", `--endpoints=http://${IP}:2379#f`], `"http://${IP}:2379#f"`],
 ];
 
 Deno.test("secretary: every bad input exits 2 with one line naming the value, and writes nothing", async () => {
-  const cluster = await EtcdCluster.create(1);
+  const cluster = await lo.etcd(1);
   await cluster.start();
   const etcd = cluster.client();
   try {
-    const defaults = [`--endpoints=${cluster.endpoints[0]}`, "--ip=127.0.0.2", "--hostname=h"];
+    const defaults = [`--endpoints=${cluster.endpoints[0]}`, `--ip=${IP}`, "--hostname=h"];
     const runs = BAD_SECRETARY_ARGS.map(([args, named]) =>
       // flags given later win, so each case's own value overrides the defaults
-      runScript("secretary.ts", [...defaults, ...args], { flags: SOURCE_FLAGS }).then((result) => ({
+      runScript("secretary.ts", [...defaults, ...args], RUN).then((result) => ({
         args,
         named,
         result,
@@ -86,7 +92,7 @@ Deno.test("secretary: every bad input exits 2 with one line naming the value, an
 
 Deno.test("secretary: no IP anywhere is a usage error, not a crash", async () => {
   const result = await runScript("secretary.ts", ["8080", "--hostname=h"], {
-    flags: SOURCE_FLAGS,
+    ...RUN,
     env: { COREOS_PUBLIC_IPV4: "" },
   });
   assert.equal(result.code, 2, result.stderr);
@@ -95,8 +101,8 @@ Deno.test("secretary: no IP anywhere is a usage error, not a crash", async () =>
 
 Deno.test("secretary --help and registry --help print usage and exit 0", async () => {
   const [s, r] = await Promise.all([
-    runScript("secretary.ts", ["--help"], { flags: SOURCE_FLAGS }),
-    runScript("registry.ts", ["--help"], { flags: SOURCE_FLAGS }),
+    runScript("secretary.ts", ["--help"], RUN),
+    runScript("registry.ts", ["--help"], RUN),
   ]);
   assert.equal(s.code, 0);
   assert.match(s.stdout, /^Usage: secretary <port>/);
@@ -116,9 +122,9 @@ Deno.test("registry: bad input exits 2 with one line naming the value", async ()
     [["ls", "a\x1b[2Jb"], /service "a\\u001b\[2Jb"/],
     [["get", "apache", "10.0.0.1:80\n+ forged"], /address "10\.0\.0\.1:80\\n\+ forged"/],
     [["ls", "--prefix=/a/.."], /prefix "\/a\/\.\."/],
-    [["ls", "--endpoints=127.0.0.1"], /endpoint "127\.0\.0\.1"/],
+    [["ls", `--endpoints=${IP}`], new RegExp(`endpoint "${IP.replaceAll(".", "\\.")}"`)],
   ];
-  const results = await Promise.all(cases.map(([args]) => runScript("registry.ts", args, { flags: SOURCE_FLAGS })));
+  const results = await Promise.all(cases.map(([args]) => runScript("registry.ts", args, RUN)));
   results.forEach((result, i) => {
     const [args, message] = cases[i];
     assert.equal(result.code, 2, `${args.join(" ")}: ${result.stderr}`);

@@ -7,15 +7,16 @@
  * revision, and a compaction between pages starts the listing over.
  *
  * Records are written through etcd's own HTTP gateway (`/v3/kv/txn`), not
- * through the client under test. Everything listens on 127.0.0.60.
+ * through the client under test. Everything listens on this file's own
+ * loopback addresses (testbed's LOOPBACK_BLOCKS).
  */
 import assert from "node:assert/strict";
 import { request } from "node:http";
 import { Etcd } from "../lib/etcd.ts";
 import { encodeRecord, instanceKey } from "../lib/record.ts";
-import { EtcdCluster, runScript, Script, SOURCE_FLAGS, waitFor } from "../testbed/testbed.ts";
+import { EVENT_MS, loopback, runScript, Script, SOURCE_FLAGS, waitFor } from "../testbed/testbed.ts";
 
-const HOST = "127.0.0.60";
+const lo = loopback(import.meta.url);
 const RECORDS = 10_000;
 /** etcd's default `--max-txn-ops`. */
 const OPS_PER_TXN = 128;
@@ -124,7 +125,7 @@ function countLines(text: string): number {
 }
 
 async function withCluster(fn: (endpoint: string) => Promise<void>): Promise<void> {
-  const cluster = await EtcdCluster.create(1, { host: HOST });
+  const cluster = await lo.etcd(1);
   try {
     await cluster.start();
     await fn(cluster.endpoints[0]);
@@ -133,7 +134,8 @@ async function withCluster(fn: (endpoint: string) => Promise<void>): Promise<voi
   }
 }
 
-const FLAGS = { flags: SOURCE_FLAGS, timeoutMs: 20_000 };
+/** 42 MB through a process started from source: a minute, for a loaded machine. */
+const FLAGS = { flags: SOURCE_FLAGS, timeoutMs: 60_000 };
 
 // ---------------------------------------------------------------------------
 // 10,000 records of 4 KB each
@@ -172,7 +174,7 @@ Deno.test("registry ls and watch list 10,000 records with a full-size status (42
         await waitFor(
           () => countLines(watch.stdout) >= RECORDS || watch.stderr.includes("waiting for etcd"),
           "the first listing",
-          20_000,
+          FLAGS.timeoutMs,
           200,
         );
         assert.doesNotMatch(watch.stderr, /waiting for etcd/);
@@ -184,7 +186,7 @@ Deno.test("registry ls and watch list 10,000 records with a full-size status (42
         await etcd.putIfAbsent(added.key, added.value, "0");
         const gone = records[1234].key;
         assert.ok(await etcd.deleteIfLease(gone, "0"));
-        await waitFor(() => countLines(watch.stdout) >= RECORDS + 2, "a put and a delete", 5000);
+        await waitFor(() => countLines(watch.stdout) >= RECORDS + 2, "a put and a delete", EVENT_MS);
         const changes = watch.stdout.trimEnd().split("\n").slice(RECORDS).map((l) => JSON.parse(l));
         assert.deepEqual(changes.map((c) => [c.change, c.key]), [["registered", added.key], ["gone", gone]]);
         assert.doesNotMatch(watch.stderr, /waiting for etcd/);
@@ -204,7 +206,7 @@ Deno.test("registry ls and watch list 10,000 records with a full-size status (42
       let broken: Error | undefined;
       handle.done.then((err) => (broken = err));
       try {
-        await waitFor(() => seen.size >= RECORDS || broken, "10,000 put events", 10_000);
+        await waitFor(() => seen.size >= RECORDS || broken, "10,000 put events", FLAGS.timeoutMs);
         assert.ok(!broken, `the watch broke: ${broken?.message}`);
         await handle.probe(); // and the stream is still alive
       } finally {
@@ -232,7 +234,7 @@ async function listStarted(endpoint: string, etcd: Etcd) {
   const startedBefore = await rangeCalls(endpoint);
   let settled = false;
   const listing = etcd.list("/paging/").finally(() => (settled = true));
-  await waitFor(async () => (await rangeCalls(endpoint)) >= startedBefore + 3, "the listing's third page", 5000, 5);
+  await waitFor(async () => (await rangeCalls(endpoint)) >= startedBefore + 3, "the listing's third page", EVENT_MS, 5);
   return { listing, settled: () => settled };
 }
 

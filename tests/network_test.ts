@@ -6,7 +6,19 @@
 import assert from "node:assert/strict";
 import { type Etcd } from "../lib/etcd.ts";
 import { instanceKey } from "../lib/record.ts";
-import { delay, EtcdCluster, Relay, Script, SOURCE_FLAGS, TestServer, waitFor } from "../testbed/testbed.ts";
+import {
+  delay,
+  EVENT_MS,
+  loopback,
+  READY_MS,
+  Relay,
+  Script,
+  SOURCE_FLAGS,
+  TestServer,
+  waitFor,
+} from "../testbed/testbed.ts";
+
+const lo = loopback(import.meta.url);
 
 const TTL_MS = 5000;
 
@@ -31,10 +43,10 @@ async function withRelay(
   host: string,
   fn: (bed: { etcd: Etcd; relay: Relay; secretary: Script; key: string }) => Promise<void>,
 ): Promise<void> {
-  const cluster = await EtcdCluster.create(1);
+  const cluster = await lo.etcd(1);
   await cluster.start();
   const etcd = cluster.client();
-  const relay = await Relay.start(cluster.endpoints[0]);
+  const relay = await Relay.start(cluster.endpoints[0], host);
   const t = await TestServer.start(host);
   const s = secretary(t, relay.url);
   try {
@@ -48,26 +60,25 @@ async function withRelay(
   }
 }
 
-Deno.test("a cut longer than the TTL: the secretary notices, and registers again within 2 s of the heal", async () => {
-  await withRelay("127.0.0.30", async ({ etcd, relay, secretary: s, key }) => {
-    await waitFor(() => etcd.get(key), "registered", 10_000);
+Deno.test("a cut longer than the TTL: the secretary notices, and registers again once the network heals", async () => {
+  await withRelay(lo.ip(1), async ({ etcd, relay, secretary: s, key }) => {
+    await waitFor(() => etcd.get(key), "registered", READY_MS);
     relay.cut();
     // etcd expires the lease a TTL after the last keep-alive it got
-    await waitFor(async () => (await etcd.get(key)) === undefined, "the lease to expire in etcd", TTL_MS + 2000);
-    await s.waitForLog(/lease lost/, TTL_MS + 2000);
+    await waitFor(async () => (await etcd.get(key)) === undefined, "the lease to expire in etcd", 3 * TTL_MS);
+    await s.waitForLog(/lease lost/, EVENT_MS);
     await delay(1000);
-    const healed = Date.now();
     relay.heal();
-    await waitFor(() => etcd.get(key), "registered again after the heal", 2000);
-    assert.ok(Date.now() - healed <= 2000);
-    await s.waitForLog(/^registered again /);
+    // how soon: a benchmark's figure
+    await waitFor(() => etcd.get(key), "registered again after the heal", EVENT_MS);
+    await s.waitForLog(/^registered .*again=true/);
     assert.ok(await running(s));
   });
 });
 
 Deno.test("a cut shorter than a third of the TTL: no deregistration, no flap, no write", async () => {
-  await withRelay("127.0.0.31", async ({ etcd, relay, secretary: s, key }) => {
-    await waitFor(() => etcd.get(key), "registered", 10_000);
+  await withRelay(lo.ip(2), async ({ etcd, relay, secretary: s, key }) => {
+    await waitFor(() => etcd.get(key), "registered", READY_MS);
     const revision = await etcd.revision();
     for (let i = 0; i < 3; i++) {
       relay.cut();
@@ -86,10 +97,10 @@ Deno.test("a cut shorter than a third of the TTL: no deregistration, no flap, no
 });
 
 Deno.test("registry watch cut off while its revision is compacted away lists again and ends in the state of a fresh ls", async () => {
-  const cluster = await EtcdCluster.create(1);
+  const cluster = await lo.etcd(1);
   await cluster.start();
   const etcd = cluster.client();
-  const relay = await Relay.start(cluster.endpoints[0]);
+  const relay = await Relay.start(cluster.endpoints[0], lo.ip(3));
   const lease = await etcd.grantLease(60);
   const put = (n: number, value = `{"host":"h","ipv4_addr":"10.0.0.${n}","port":80}`) =>
     etcd.putIfAbsent(instanceKey("/services", "web", `10.0.0.${n}`, 80), value, lease);
@@ -98,18 +109,18 @@ Deno.test("registry watch cut off while its revision is compacted away lists aga
   try {
     await put(1);
     await put(2);
-    await waitFor(() => watch.stdout.split("\n").length > 2, "the first listing", 8000);
+    await waitFor(() => watch.stdout.split("\n").length > 2, "the first listing", READY_MS);
     relay.cut();
     await del(1);
     await put(3);
     await del(2);
     await put(4);
     await etcd.compact(await etcd.revision());
-    await watch.waitForLog(/^registry: waiting for etcd/, 8000);
+    await watch.waitForLog(/^registry: waiting for etcd/, EVENT_MS);
     relay.heal();
-    await watch.waitForLog(/^registry: etcd answered again/, 8000);
+    await watch.waitForLog(/^registry: etcd answered again/, EVENT_MS);
     await put(5); // and it carries on
-    await waitFor(() => watch.stdout.includes("10.0.0.5"), "a change after the heal", 8000);
+    await waitFor(() => watch.stdout.includes("10.0.0.5"), "a change after the heal", EVENT_MS);
 
     // replay the watch's output: it must end where a fresh listing is
     const state = new Set<string>();
@@ -129,38 +140,34 @@ Deno.test("registry watch cut off while its revision is compacted away lists aga
   }
 });
 
-Deno.test("etcd gone for three TTLs, ten times in a row: back within 2 s of etcd answering each time, never exits", async () => {
-  const cluster = await EtcdCluster.create(1);
+Deno.test("etcd gone for three TTLs, ten times in a row: registered again under a new lease each time, never exits", async () => {
+  const cluster = await lo.etcd(1);
   await cluster.start();
   const etcd = cluster.client();
-  const t = await TestServer.start("127.0.0.32");
+  const t = await TestServer.start(lo.ip(4));
   const s = secretary(t, cluster.endpoints[0]);
   const key = instanceKey("/services", "apache", t.host, t.port);
   const member = cluster.members[0];
-  const backMs: number[] = [];
   try {
-    let lease = (await waitFor(() => etcd.get(key), "registered", 10_000)).lease;
+    let lease = (await waitFor(() => etcd.get(key), "registered", READY_MS)).lease;
     for (let round = 1; round <= 10; round++) {
       await member.stop("SIGKILL");
       await delay(3 * TTL_MS);
       member.start("existing");
       await cluster.waitReady();
-      const answered = Date.now();
       // etcd revives an unexpired-at-shutdown lease on restart; the record must come back under a new one
       const stored = await waitFor(
         async () => {
           const v = await etcd.get(key);
           return v && v.lease !== lease ? v : undefined;
         },
-        `round ${round}: registered again under a new lease`,
-        2000 + 500,
+        () => `round ${round}: registered again under a new lease\n${s.stderr}`,
+        EVENT_MS,
       );
-      backMs.push(Date.now() - answered);
       lease = stored.lease;
       assert.ok(await running(s), `round ${round}: the secretary exited\n${s.stderr}`);
     }
     assert.equal(s.stderr.match(/^lease lost/gm)?.length, 10, s.stderr);
-    assert.ok(Math.max(...backMs) <= 2000, `back after ${backMs.join(", ")} ms`);
   } finally {
     await s.stop("SIGTERM");
     await t.close();

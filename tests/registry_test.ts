@@ -2,7 +2,20 @@
 import assert from "node:assert/strict";
 import { type Etcd } from "../lib/etcd.ts";
 import { encodeRecord, instanceKey, type ServiceRecord } from "../lib/record.ts";
-import { delay, EtcdCluster, freePort, runScript, Script, SOURCE_FLAGS, waitFor } from "../testbed/testbed.ts";
+import {
+  delay,
+  EtcdCluster,
+  EVENT_MS,
+  freePort,
+  loopback,
+  READY_MS,
+  runScript,
+  Script,
+  SOURCE_FLAGS,
+  waitFor,
+} from "../testbed/testbed.ts";
+
+const lo = loopback(import.meta.url);
 
 function record(ip: string, port: number, service = "apache", meta: Record<string, string> = {}): ServiceRecord {
   // five and a half minutes ago: the AGE column shows 5m for a whole minute
@@ -18,7 +31,7 @@ async function put(etcd: Etcd, r: ServiceRecord): Promise<string> {
 }
 
 async function withEtcd(fn: (cluster: EtcdCluster, etcd: Etcd, flag: string) => Promise<void>) {
-  const cluster = await EtcdCluster.create(1);
+  const cluster = await lo.etcd(1);
   await cluster.start();
   const etcd = cluster.client();
   try {
@@ -89,18 +102,25 @@ Deno.test("registry get prints the record; Key not found and exit 1 when there i
   });
 });
 
-Deno.test("registry ls and get with etcd down: one clear line and exit 1 within a few seconds", async () => {
-  const port = await freePort();
-  const started = Date.now();
+Deno.test("registry ls and get with etcd down: one clear line and exit 1, no hang", async () => {
+  // an address of this file's own where nothing listens: no other test's etcd can answer there
+  const host = lo.ip(1);
+  const endpoint = `http://${host}:${await freePort(host)}`;
+  // a hang is killed at READY_MS, and its exit code is not 1
   const [ls, get] = await Promise.all([
-    runScript("registry.ts", ["ls", `--endpoints=http://127.0.0.1:${port}`], { ...FLAGS, timeoutMs: 10_000 }),
-    runScript("registry.ts", ["get", "apache", "1.2.3.4:80", `--endpoints=http://127.0.0.1:${port}`], FLAGS),
+    runScript("registry.ts", ["ls", `--endpoints=${endpoint}`], { ...FLAGS, timeoutMs: READY_MS }),
+    runScript("registry.ts", ["get", "apache", "1.2.3.4:80", `--endpoints=${endpoint}`], {
+      ...FLAGS,
+      timeoutMs: READY_MS,
+    }),
   ]);
-  assert.ok(Date.now() - started < 10_000);
   for (const r of [ls, get]) {
     assert.equal(r.code, 1, r.stderr);
     assert.equal(r.stderr.trimEnd().split("\n").length, 1, r.stderr);
-    assert.match(r.stderr, new RegExp(`^registry: cannot read from etcd at http://127.0.0.1:${port}: .*ECONNREFUSED`));
+    assert.match(
+      r.stderr,
+      new RegExp(`^registry: cannot read from etcd at ${endpoint.replaceAll(".", "\\.")}: .*ECONNREFUSED`),
+    );
   }
 });
 
@@ -112,24 +132,24 @@ Deno.test("registry watch prints the instances, then every change, and carries o
       await waitFor(
         () => watch.stdout.includes("+ apache 10.0.0.1:80 host=host-10.0.0.1 meta=-"),
         "initial listing",
-        5000,
+        READY_MS,
       );
       const second = await put(etcd, record("10.0.0.2", 81, "apache", { v: "2" }));
       await put(etcd, record("10.0.0.3", 82, "redis")); // another service: not shown
-      await waitFor(() => watch.stdout.includes("+ apache 10.0.0.2:81 host=host-10.0.0.2 meta=v=2"), "a put", 5000);
+      await waitFor(() => watch.stdout.includes("+ apache 10.0.0.2:81 host=host-10.0.0.2 meta=v=2"), "a put", EVENT_MS);
       const lease = (await etcd.get(first))!.lease;
       await etcd.deleteIfLease(first, lease);
-      await waitFor(() => watch.stdout.includes("- apache 10.0.0.1:80"), "a delete", 5000);
+      await waitFor(() => watch.stdout.includes("- apache 10.0.0.1:80"), "a delete", EVENT_MS);
 
       const member = cluster.members[0];
       await member.stop("SIGKILL");
-      await watch.waitForLog(/^registry: waiting for etcd/, 8000);
+      await watch.waitForLog(/^registry: waiting for etcd/, EVENT_MS);
       member.start();
       await cluster.waitReady();
       await etcd.deleteIfLease(second, (await etcd.get(second))!.lease);
-      await waitFor(() => watch.stdout.includes("- apache 10.0.0.2:81"), "a delete after the restart", 8000);
+      await waitFor(() => watch.stdout.includes("- apache 10.0.0.2:81"), "a delete after the restart", EVENT_MS);
       await put(etcd, record("10.0.0.4", 84));
-      await waitFor(() => watch.stdout.includes("+ apache 10.0.0.4:84"), "a put after the restart", 8000);
+      await waitFor(() => watch.stdout.includes("+ apache 10.0.0.4:84"), "a put after the restart", EVENT_MS);
       assert.deepEqual(watch.stdout.trimEnd().split("\n"), [
         "+ apache 10.0.0.1:80 host=host-10.0.0.1 meta=-",
         "+ apache 10.0.0.2:81 host=host-10.0.0.2 meta=v=2",
@@ -146,17 +166,23 @@ Deno.test("registry watch prints the instances, then every change, and carries o
 
 Deno.test("registry watch --json prints one JSON object a line", async () => {
   await withEtcd(async (_cluster, etcd, flag) => {
+    const listed = await put(etcd, record("10.0.0.1", 80));
     const watch = Script.deno("registry.ts", ["watch", "--json", flag], FLAGS);
     try {
-      await delay(500);
-      const key = await put(etcd, record("10.0.0.1", 80));
-      await etcd.deleteIfLease(key, (await etcd.get(key))!.lease);
-      await waitFor(() => watch.stdout.split("\n").length >= 3, "two lines", 5000);
+      // the first listing shows the watch is up: what follows are changes it saw
+      await waitFor(() => watch.stdout.includes("\n"), "the first listing", READY_MS);
+      await etcd.deleteIfLease(listed, (await etcd.get(listed))!.lease);
+      const added = await put(etcd, record("10.0.0.2", 80));
+      await waitFor(() => watch.stdout.split("\n").length >= 4, "three lines", EVENT_MS);
       const lines = watch.stdout.trimEnd().split("\n").map((l) => JSON.parse(l));
+      assert.equal(lines.length, 3, watch.stdout);
       assert.equal(lines[0].change, "registered");
-      assert.equal(lines[0].key, key);
+      assert.equal(lines[0].key, listed);
       assert.equal(lines[0].ipv4_addr, "10.0.0.1");
-      assert.deepEqual(lines[1], { change: "gone", key });
+      assert.deepEqual(lines[1], { change: "gone", key: listed });
+      assert.equal(lines[2].change, "registered");
+      assert.equal(lines[2].key, added);
+      assert.equal(lines[2].ipv4_addr, "10.0.0.2");
     } finally {
       await watch.stop("SIGTERM");
     }
@@ -164,15 +190,17 @@ Deno.test("registry watch --json prints one JSON object a line", async () => {
 });
 
 Deno.test("registry watch with etcd down says it is waiting, then lists once etcd answers", async () => {
-  const cluster = await EtcdCluster.create(1);
+  // not started yet: its address is this file's own, so nothing else answers there meanwhile
+  const cluster = await lo.etcd(1);
   const watch = Script.deno("registry.ts", ["watch", `--endpoints=${cluster.endpoints[0]}`], FLAGS);
   try {
-    await watch.waitForLog(/^registry: waiting for etcd at http:\/\/127\.0\.0\.1:\d+: /, 5000);
+    const endpoint = cluster.endpoints[0].replaceAll(".", "\\.").replaceAll("/", "\\/");
+    await watch.waitForLog(new RegExp(`^registry: waiting for etcd at ${endpoint}: `), READY_MS);
     await cluster.start();
     const etcd = cluster.client();
     await put(etcd, record("10.0.0.7", 7));
     etcd.close();
-    await waitFor(() => watch.stdout.includes("+ apache 10.0.0.7:7"), "the record once etcd answered", 8000);
+    await waitFor(() => watch.stdout.includes("+ apache 10.0.0.7:7"), "the record once etcd answered", EVENT_MS);
   } finally {
     await watch.stop("SIGTERM");
     await cluster.stop();
@@ -243,13 +271,17 @@ Deno.test("registry ls and watch escape hostile records and mark keys outside th
     const watchJson = Script.deno("registry.ts", ["watch", "--json", flag], FLAGS);
     try {
       const lines = (s: Script) => s.stdout.split("\n").length - 1;
-      await waitFor(() => lines(watch) >= stored.length && lines(watchJson) >= stored.length, "the listings", 8000);
+      await waitFor(
+        () => lines(watch) >= stored.length && lines(watchJson) >= stored.length,
+        "the listings",
+        READY_MS,
+      );
       await etcd.putIfAbsent("/services/apache/10.0.0.9:80", value("10.0.0.9", { host: HOSTILE }), lease);
       await etcd.deleteIfLease(stored[5][0], lease);
       await waitFor(
         () => lines(watch) >= stored.length + 2 && lines(watchJson) >= stored.length + 2,
         "two changes",
-        8000,
+        EVENT_MS,
       );
       await delay(300); // nothing more may come
       assertPrintable(watch.stdout, stored.length + 2, "watch");

@@ -183,6 +183,8 @@ Deno.test("render: a failing check leaves the previous file and nginx serving; t
     const render = bed.render([`--check=${bed.dir}/check.sh`]);
     bed.secretary(a);
     await upstreamIs(bed, [`${a.host}:${a.port}`], "a registered");
+    // the file is in place before its reload has run: count reloads once that one is done
+    await render.waitForLog(/^reloaded /, EVENT_MS);
     const good = await Deno.readTextFile(bed.out);
     const reloads = await bed.reloads();
     const sb = bed.secretary(b);
@@ -210,6 +212,8 @@ Deno.test("render: --wait turns a burst of additions into few reloads, and a rem
     const render = bed.render(["--wait=2s:10s"]);
     const s0 = bed.secretary(first);
     await upstreamIs(bed, [`${first.host}:${first.port}`], "the first instance");
+    // the file is in place before its reload has run: count reloads once that one is done
+    await render.waitForLog(/^reloaded /, EVENT_MS);
     const before = await bed.reloads();
     // the burst: four new instances, and the first one stopped in the middle of it
     const burst = await Promise.all([3, 4, 5, 6].map((n) => TestServer.start(lo.ip(n))));

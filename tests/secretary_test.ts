@@ -5,110 +5,118 @@
  */
 import assert from "node:assert/strict";
 import { decodeEntry } from "../lib/record.ts";
-import { delay, registered, testServer, waitFor, withBed } from "../testbed/testbed.ts";
+import { delay, EVENT_MS, loopback, READY_MS, registered, testServer, waitFor, withBed } from "../testbed/testbed.ts";
+
+const lo = loopback(import.meta.url);
+
+/** The TTL of FAST, the test bed's settings. */
+const TTL_MS = 5000;
 
 Deno.test("secretary registers a healthy instance, deregisters it when it stops, registers it again when it starts", async () => {
-  await withBed(async (bed) => {
-    const t = await testServer(bed, "127.0.0.2");
-    const s = bed.secretary(t, ["--meta=zone=a"]);
-    const key = bed.key(t);
-    await waitFor(() => bed.present(key), "registered", 5000);
+  await withBed(lo, async (bed) => {
+    const { t, s, key } = await registered(bed, lo.ip(2), { extra: ["--meta=zone=a"] });
     const stored = await bed.etcd.get(key);
     const entry = decodeEntry("/services", key, stored!.value);
     assert.equal(entry.record?.host, "testhost");
-    assert.equal(entry.record?.ipv4_addr, "127.0.0.2");
+    assert.equal(entry.record?.ipv4_addr, t.host);
     assert.equal(entry.record?.port, t.port);
     assert.equal(entry.record?.service, "apache");
     assert.deepEqual(entry.record?.meta, { zone: "a" });
     assert.notEqual(stored!.lease, "0");
 
     await t.setMode("closed");
-    await waitFor(async () => !(await bed.present(key)), "deregistered after the target stopped", 3000);
+    await waitFor(async () => !(await bed.present(key)), "deregistered after the target stopped", EVENT_MS);
     await s.waitForLog(/^deregistered key=\S+ reason=ECONNREFUSED/);
 
     await t.setMode("ok");
-    await waitFor(() => bed.present(key), "registered again", 3000);
+    await waitFor(() => bed.present(key), "registered again", EVENT_MS);
     assert.equal((await bed.etcd.get(key))!.lease, stored!.lease, "one lease for the life of the process");
   });
 });
 
 Deno.test("secretary removes a hung instance (accepts, never answers) and brings it back once it answers", async () => {
-  await withBed(async (bed) => {
-    const { t, s, key } = await registered(bed, "127.0.0.3");
+  await withBed(lo, async (bed) => {
+    const { t, s, key } = await registered(bed, lo.ip(3));
     await t.setMode("hang");
-    await waitFor(async () => !(await bed.present(key)), "deregistered while hung", 4000);
+    await waitFor(async () => !(await bed.present(key)), "deregistered while hung", EVENT_MS);
     await s.waitForLog(/deregistered .*reason="no answer within 300ms"/);
     await t.setMode("ok");
-    await waitFor(() => bed.present(key), "registered again after answering", 3000);
+    await waitFor(() => bed.present(key), "registered again after answering", EVENT_MS);
   });
 });
 
 Deno.test("secretary treats an HTTP 500 as failing and a 3xx as passing, like curl -f", async () => {
-  await withBed(async (bed) => {
-    const t = await testServer(bed, "127.0.0.4");
+  await withBed(lo, async (bed) => {
+    const t = await testServer(bed, lo.ip(4));
     t.mode = "error";
     const s = bed.secretary(t);
     await s.waitForLog(/check failed reason="status 500"/);
-    await delay(1500);
+    const seen = t.requests;
+    await waitFor(() => t.requests >= seen + 3, "three more checks answered 500", EVENT_MS);
     assert.equal(await bed.present(bed.key(t)), false, "a 500 is never registered");
+
+    t.mode = "redirect"; // 302 Found, with a Location the check does not follow
+    await s.waitForLog(/check passed reason="status 302"/, EVENT_MS);
+    await s.waitForLog(/^registered key=/, EVENT_MS);
+    assert.equal(await bed.present(bed.key(t)), true, "a 302 is registered");
   });
 });
 
 Deno.test("secretary with --check tcp passes on an open port whatever it answers", async () => {
-  await withBed(async (bed) => {
-    const t = await testServer(bed, "127.0.0.4");
+  await withBed(lo, async (bed) => {
+    const t = await testServer(bed, lo.ip(5));
     t.mode = "hang";
-    bed.secretary(t, ["--check=tcp", "--service=redis"]);
-    await waitFor(() => bed.present(bed.key(t, "redis")), "registered by a tcp check", 5000);
+    const s = bed.secretary(t, ["--check=tcp", "--service=redis"]);
+    await s.waitForLog(/^registered key=/, READY_MS);
+    assert.equal(await bed.present(bed.key(t, "redis")), true, "registered by a tcp check");
+    assert.equal(t.requests, 0, "the tcp check sent a request");
   });
 });
 
 Deno.test("SIGTERM revokes the lease: the record is gone before the process exits, exit 0", async () => {
-  await withBed(async (bed) => {
-    const { s, key } = await registered(bed, "127.0.0.5");
+  await withBed(lo, async (bed) => {
+    const { s, key } = await registered(bed, lo.ip(6));
     s.kill("SIGTERM");
     const status = await s.finished();
     assert.equal(status.code, 0);
     assert.equal(await bed.present(key), false, "record still there after the secretary exited");
-    assert.match(s.stderr, /stopped; record removed key=\S+ signal=SIGTERM/);
+    assert.match(s.stderr, /stopped key=\S+ signal=SIGTERM record=removed/);
   });
 });
 
 Deno.test("SIGINT stops the secretary the same way", async () => {
-  await withBed(async (bed) => {
-    const { s, key } = await registered(bed, "127.0.0.5");
+  await withBed(lo, async (bed) => {
+    const { s, key } = await registered(bed, lo.ip(6));
     s.kill("SIGINT");
     assert.equal((await s.finished()).code, 0);
     assert.equal(await bed.present(key), false);
   });
 });
 
-Deno.test("SIGKILL leaves the record until the TTL and no longer", async () => {
-  await withBed(async (bed) => {
-    const { s, key } = await registered(bed, "127.0.0.6");
+Deno.test("SIGKILL leaves the record to its lease, which expires it", async () => {
+  await withBed(lo, async (bed) => {
+    const { s, key } = await registered(bed, lo.ip(7));
+    const lease = (await bed.etcd.get(key))!.lease;
     s.kill("SIGKILL");
     await s.finished();
-    const killedAt = Date.now();
-    await delay(2000);
-    assert.equal(await bed.present(key), true, "the lease keeps the record for its TTL");
-    await waitFor(
-      async () => !(await bed.present(key)),
-      "expired with the lease",
-      5000 + 1500 - (Date.now() - killedAt),
-    );
+    // its last keep-alive was at most a third of the TTL ago: the record is still there
+    assert.equal(await bed.present(key), true, "the record went with the process, not with its lease");
+    // how soon after the TTL it goes is a benchmark's figure (bench/killed.ts); here, that it goes with the lease
+    await waitFor(async () => !(await bed.present(key)), "the record to expire with its lease", 3 * TTL_MS);
+    assert.equal(await bed.etcd.leaseTimeToLive(lease), undefined, "the record went, but its lease is still there");
   });
 });
 
 Deno.test("two instances on one IP are both listed, and stopping one keeps the other", async () => {
-  await withBed(async (bed) => {
-    const a = await testServer(bed, "127.0.0.7");
-    const b = await testServer(bed, "127.0.0.7");
+  await withBed(lo, async (bed) => {
+    const a = await testServer(bed, lo.ip(8));
+    const b = await testServer(bed, lo.ip(8));
     const sa = bed.secretary(a);
     bed.secretary(b);
     await waitFor(
       async () => (await bed.present(bed.key(a))) && (await bed.present(bed.key(b))),
       "both registered",
-      5000,
+      READY_MS,
     );
     sa.kill("SIGTERM");
     await sa.finished();
@@ -121,50 +129,56 @@ Deno.test("two instances on one IP are both listed, and stopping one keeps the o
 });
 
 Deno.test("no etcd write while the instance stays healthy: the revision does not move", async () => {
-  await withBed(async (bed) => {
-    const t = await testServer(bed, "127.0.0.8");
-    const s = bed.secretary(t);
-    await waitFor(() => bed.present(bed.key(t)), "registered", 5000);
+  await withBed(lo, async (bed) => {
+    const { t, s } = await registered(bed, lo.ip(9));
     const before = await bed.etcd.revision();
     const checksBefore = t.requests;
     // more than a TTL: keep-alives and the once-a-TTL read of its own key happen in here
     await delay(6000);
-    assert.ok(t.requests - checksBefore >= 8, `only ${t.requests - checksBefore} checks ran`);
+    assert.ok(t.requests - checksBefore >= 4, `only ${t.requests - checksBefore} checks ran`);
     assert.equal(await bed.etcd.revision(), before);
     assert.doesNotMatch(s.stderr, /lease lost|etcd call failed/);
   });
 });
 
-Deno.test("a record deleted by hand comes back within about a TTL", async () => {
-  await withBed(async (bed) => {
-    const { s, key } = await registered(bed, "127.0.0.9");
+Deno.test("a record deleted by hand comes back under the same lease", async () => {
+  await withBed(lo, async (bed) => {
+    const { s, key } = await registered(bed, lo.ip(10));
     const lease = (await bed.etcd.get(key))!.lease;
     assert.ok(await bed.etcd.deleteIfLease(key, lease));
-    await waitFor(() => bed.present(key), "restored", 5000 + 2000);
-    await s.waitForLog(/record missing; restoring/);
+    // the secretary reads its own key back about once a TTL
+    const restored = await waitFor(() => bed.etcd.get(key), "restored", 3 * TTL_MS);
+    assert.equal(restored.lease, lease, "restored under another lease");
+    await s.waitForLog(/^record restored /);
   });
 });
 
-Deno.test("etcd down for less than the TTL: the record is still there, or back within a few seconds", async () => {
-  await withBed(async (bed) => {
-    const { s, key } = await registered(bed, "127.0.0.10");
+Deno.test("etcd down for less than the TTL: the secretary keeps its lease alive across the restart, the record stays", async () => {
+  await withBed(lo, async (bed) => {
+    const { s, key } = await registered(bed, lo.ip(11));
+    const lease = (await bed.etcd.get(key))!.lease;
     const member = bed.cluster.members[0];
     await member.stop("SIGKILL");
     await delay(2000);
     member.start();
     await bed.cluster.waitReady();
-    await waitFor(() => bed.present(key), "registered after etcd came back", 4000);
-    assert.equal(s.child.pid > 0, true);
+    // etcd revives an unexpired lease when it restarts, with a fresh TTL: the record shows again whether or not
+    // anybody keeps the lease alive. Only keep-alives keep it there past a TTL after the restart.
+    await delay(2 * TTL_MS);
+    assert.ok(s.running, `the secretary exited:\n${s.stderr}`);
+    assert.equal((await bed.etcd.get(key))?.lease, lease, `the record is not there under its lease:\n${s.stderr}`);
+    const left = await bed.etcd.leaseTimeToLive(lease);
+    assert.ok(left !== undefined && left.ttlSeconds > 0, `the lease is expiring: ${JSON.stringify(left)}`);
   });
 });
 
-Deno.test("etcd down for longer than the TTL: the lease is lost, and the record is back within a few seconds of etcd answering", async () => {
-  await withBed(async (bed) => {
-    const { s, key } = await registered(bed, "127.0.0.11");
+Deno.test("etcd down for longer than the TTL: the lease is lost, and the record is back under a new lease once etcd answers", async () => {
+  await withBed(lo, async (bed) => {
+    const { s, key } = await registered(bed, lo.ip(12));
     const lease = (await bed.etcd.get(key))!.lease;
     const member = bed.cluster.members[0];
     await member.stop("SIGKILL");
-    await s.waitForLog(/etcd call failed; retrying/, 8000);
+    await s.waitForLog(/^etcd call failed /, 8000);
     await delay(8000);
     member.start();
     await bed.cluster.waitReady();
@@ -175,39 +189,39 @@ Deno.test("etcd down for longer than the TTL: the lease is lost, and the record 
         return stored !== undefined && stored.lease !== lease;
       },
       "registered again under a new lease after etcd came back",
-      4000,
+      EVENT_MS,
     );
-    await s.waitForLog(/^registered again /);
+    await s.waitForLog(/^registered .*again=true/);
     await s.waitForLog(/lease lost/);
   });
 });
 
 Deno.test("two secretaries for one instance by mistake: neither deletes the record the other holds; the log says so", async () => {
-  await withBed(async (bed) => {
-    const t = await testServer(bed, "127.0.0.12");
+  await withBed(lo, async (bed) => {
+    const t = await testServer(bed, lo.ip(13));
     const key = bed.key(t);
     const a = bed.secretary(t);
-    const leaseA = (await waitFor(() => bed.etcd.get(key), "the first registered", 5000)).lease;
+    const leaseA = (await waitFor(() => bed.etcd.get(key), "the first registered", READY_MS)).lease;
     const b = bed.secretary(t);
-    await b.waitForLog(/^not registered: another lease holds the record/, 5000);
+    await b.waitForLog(/^registration blocked /, READY_MS);
     b.kill("SIGTERM");
     assert.equal((await b.finished()).code, 0);
     assert.equal((await bed.etcd.get(key))?.lease, leaseA, "the second secretary's stop removed the first's record");
 
     const c = bed.secretary(t);
-    await c.waitForLog(/^not registered: another lease holds the record/, 5000);
+    await c.waitForLog(/^registration blocked /, READY_MS);
     await delay(1500);
     assert.equal((await bed.etcd.get(key))?.lease, leaseA, "the record changed hands while both ran");
     a.kill("SIGTERM");
     await a.finished();
-    // the one left takes the record over within about an interval
+    // the one left takes the record over (within about an interval: a benchmark's figure)
     const taken = await waitFor(
       async () => {
         const stored = await bed.etcd.get(key);
         return stored && stored.lease !== leaseA ? stored : undefined;
       },
       "the other secretary to register",
-      3000,
+      EVENT_MS,
     );
     assert.notEqual(taken.lease, leaseA);
     await c.waitForLog(/^registered /);
@@ -215,14 +229,16 @@ Deno.test("two secretaries for one instance by mistake: neither deletes the reco
 });
 
 Deno.test("a secretary restarted after a crash takes its predecessor's record over, never missing", async () => {
-  await withBed(async (bed) => {
-    const t = await testServer(bed, "127.0.0.13");
+  await withBed(lo, async (bed) => {
+    const t = await testServer(bed, lo.ip(14));
     const key = bed.key(t);
-    const first = bed.secretary(t);
-    const crashed = (await waitFor(() => bed.etcd.get(key), "registered", 5000)).lease;
+    // a TTL long enough that the successor, started from source on a loaded machine, is up well before it ends
+    const ttl = ["--ttl=15s"];
+    const first = bed.secretary(t, ttl);
+    const crashed = (await waitFor(() => bed.etcd.get(key), "registered", READY_MS)).lease;
     first.kill("SIGKILL"); // as a crash would: no revoke
     await first.finished();
-    const second = bed.secretary(t); // as systemd's Restart= would
+    const second = bed.secretary(t, ttl); // as systemd's Restart= would
     let missing = 0;
     const taken = await waitFor(
       async () => {
@@ -231,7 +247,7 @@ Deno.test("a secretary restarted after a crash takes its predecessor's record ov
         return stored && stored.lease !== crashed ? stored : undefined;
       },
       "the record under the new secretary's lease",
-      5000 + 1000,
+      15_000 + READY_MS,
       100,
     );
     assert.equal(missing, 0, "the record was missing during the takeover");

@@ -16,12 +16,15 @@ import {
   EtcdCluster,
   execStart,
   installed,
+  loopback,
   makeCerts,
+  READY_MS,
   Script,
   TestServer,
   unitEnvironment,
-  waitFor,
 } from "../testbed/testbed.ts";
+
+const lo = loopback(import.meta.url);
 
 const FAST = ["--interval=500ms", "--timeout=300ms", "--ttl=5s"];
 const PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -71,6 +74,12 @@ async function enableAuth(endpoint: string, password: string, certs?: Certs): Pr
   }
 }
 
+/** `registry: cannot read from etcd at <endpoint>: <reason>`, the endpoint with either scheme. */
+function cannotRead(endpoint: string): RegExp {
+  const hostPort = new URL(endpoint).host.replaceAll(".", "\\.");
+  return new RegExp(`^registry: cannot read from etcd at https?:\\/\\/${hostPort}: \\S`);
+}
+
 function assertOneLine(r: { code: number; stderr: string }, pattern: RegExp): void {
   assert.equal(r.code, 1, r.stderr);
   assert.equal(r.stderr.trimEnd().split("\n").length, 1, r.stderr);
@@ -79,9 +88,11 @@ function assertOneLine(r: { code: number; stderr: string }, pattern: RegExp): vo
 
 Deno.test("TLS with client certificates: the installed unit's drop-in and the registry wrapper work; a wrong CA or plain http gets one clear line", async () => {
   const root = await installed();
-  const certs = await makeCerts();
+  const host = lo.etcdHost();
+  const certs = await makeCerts([host]);
   const tls = { cacert: certs.ca, cert: certs.clientCert, key: certs.clientKey };
   const cluster = await EtcdCluster.create(1, {
+    host,
     scheme: "https",
     extraArgs: [
       ...["--cert-file", certs.serverCert, "--key-file", certs.serverKey, "--trusted-ca-file", certs.ca],
@@ -93,7 +104,7 @@ Deno.test("TLS with client certificates: the installed unit's drop-in and the re
   const etcd = cluster.client();
   const endpoint = cluster.endpoints[0];
   const hostPort = new URL(endpoint).host;
-  const t = await TestServer.start("127.0.0.40");
+  const t = await TestServer.start(lo.ip(1));
   const key = instanceKey("/services", "apache", t.host, t.port);
   const env = {
     ETCDCTL_ENDPOINTS: endpoint,
@@ -106,7 +117,8 @@ Deno.test("TLS with client certificates: the installed unit's drop-in and the re
   const good = await secretary(root, dropIn, t, env);
   const wrongCa = await secretary(root, dropIn, t, { ...env, ETCDCTL_CACERT: certs.otherCa }, ["--service=wrongca"]);
   try {
-    await waitFor(() => etcd.get(key), `registered over TLS\n${good.stderr}`, 15_000);
+    await good.waitForLog(/^registered key=/, READY_MS);
+    assert.ok(await etcd.get(key), `registered over TLS, but not in etcd:\n${good.stderr}`);
 
     const ls = await registry(root, ["ls"], env);
     assert.equal(ls.code, 0, ls.stderr);
@@ -118,10 +130,10 @@ Deno.test("TLS with client certificates: the installed unit's drop-in and the re
       registry(root, ["ls"], { ETCDCTL_ENDPOINTS: endpoint, ETCDCTL_CACERT: certs.ca }),
     ]);
     for (const r of [badCa, plain, noCert]) {
-      assertOneLine(r, /^registry: cannot read from etcd at https?:\/\/127\.0\.0\.1:\d+: \S/);
+      assertOneLine(r, cannotRead(endpoint));
     }
 
-    await wrongCa.waitForLog(/^etcd call failed; retrying .*reason=/, 15_000);
+    await wrongCa.waitForLog(/^etcd call failed .*reason=/, 15_000);
     assert.ok(wrongCa.running);
     assert.equal(await etcd.get(instanceKey("/services", "wrongca", t.host, t.port)), undefined);
     for (const p of [good, wrongCa]) assert.doesNotMatch(p.stderr, /NotCapable|Requires \w+ access/);
@@ -134,18 +146,18 @@ Deno.test("TLS with client certificates: the installed unit's drop-in and the re
     await Deno.remove(certs.dir, { recursive: true });
   }
   assert.equal((await good.status).code, 0, good.stderr);
-  assert.match(good.stderr, /stopped; record removed/);
+  assert.match(good.stderr, /^stopped .*record=removed/m);
 });
 
 Deno.test("etcd authentication: the installed unit and the registry wrapper work with ETCDCTL_USER; a wrong password gets one clear line or logged retries", async () => {
   const root = await installed();
-  const cluster = await EtcdCluster.create(1);
+  const cluster = await lo.etcd(1);
   await cluster.start();
   const endpoint = cluster.endpoints[0];
   const hostPort = new URL(endpoint).host;
   await enableAuth(endpoint, "s3cret");
   const etcd = new Etcd({ endpoints: [endpoint], user: { name: "root", password: "s3cret" } });
-  const t = await TestServer.start("127.0.0.41");
+  const t = await TestServer.start(lo.ip(2));
   const key = instanceKey("/services", "apache", t.host, t.port);
   const unit = `${UNITS}/apache-secretary@.service`;
   const good = await secretary(root, unit, t, { SECRETARY_ETCD: hostPort, ETCDCTL_USER: "root:s3cret" });
@@ -153,7 +165,8 @@ Deno.test("etcd authentication: the installed unit and the registry wrapper work
     "--service=badpass",
   ]);
   try {
-    await waitFor(() => etcd.get(key), `registered with ETCDCTL_USER\n${good.stderr}`, 15_000);
+    await good.waitForLog(/^registered key=/, READY_MS);
+    assert.ok(await etcd.get(key), `registered with ETCDCTL_USER, but not in etcd:\n${good.stderr}`);
     const ls = await registry(root, ["ls"], { SECRETARY_ETCD: hostPort, ETCDCTL_USER: "root:s3cret" });
     assert.equal(ls.code, 0, ls.stderr);
     assert.match(ls.stdout, new RegExp(`apache +${t.host}:${t.port} `));
@@ -168,11 +181,11 @@ Deno.test("etcd authentication: the installed unit and the registry wrapper work
       registry(root, ["ls"], { SECRETARY_ETCD: hostPort }),
     ]);
     for (const r of [badPassword, noUser]) {
-      assertOneLine(r, /^registry: cannot read from etcd at http:\/\/127\.0\.0\.1:\d+: \S/);
+      assertOneLine(r, cannotRead(endpoint));
     }
     assert.doesNotMatch(badPassword.stderr, /nope/, "the password is printed");
 
-    await wrong.waitForLog(/^etcd call failed; retrying .*reason=.*(authentication|password|auth)/i, 15_000);
+    await wrong.waitForLog(/^etcd call failed .*reason=.*(authentication|password|auth)/i, 15_000);
     assert.ok(wrong.running);
     assert.doesNotMatch(wrong.stderr, /wr0ngpw/, "the password is printed");
     for (const p of [good, wrong]) assert.doesNotMatch(p.stderr, /NotCapable|Requires \w+ access/);
@@ -184,14 +197,16 @@ Deno.test("etcd authentication: the installed unit and the registry wrapper work
     await cluster.stop();
   }
   assert.equal((await good.status).code, 0, good.stderr);
-  assert.match(good.stderr, /stopped; record removed/);
+  assert.match(good.stderr, /^stopped .*record=removed/m);
 });
 
 Deno.test("TLS and authentication together: the installed drop-in and the registry wrapper authenticate over https to an IP", async () => {
   const root = await installed();
-  const certs = await makeCerts();
+  const host = lo.etcdHost();
+  const certs = await makeCerts([host]);
   const tls = { cacert: certs.ca, cert: certs.clientCert, key: certs.clientKey };
   const cluster = await EtcdCluster.create(1, {
+    host,
     scheme: "https",
     extraArgs: [
       ...["--cert-file", certs.serverCert, "--key-file", certs.serverKey, "--trusted-ca-file", certs.ca],
@@ -203,7 +218,7 @@ Deno.test("TLS and authentication together: the installed drop-in and the regist
   const endpoint = cluster.endpoints[0];
   await enableAuth(endpoint, "s3cret", certs);
   const etcd = new Etcd({ endpoints: [endpoint], ...tls, user: { name: "root", password: "s3cret" } });
-  const t = await TestServer.start("127.0.0.42");
+  const t = await TestServer.start(lo.ip(3));
   const key = instanceKey("/services", "apache", t.host, t.port);
   const env = {
     ETCDCTL_ENDPOINTS: endpoint,
@@ -215,7 +230,8 @@ Deno.test("TLS and authentication together: the installed drop-in and the regist
   };
   const good = await secretary(root, `${UNITS}/apache-secretary@.service.d/tls.conf`, t, env);
   try {
-    await waitFor(() => etcd.get(key), `registered over TLS with a user\n${good.stderr}`, 15_000);
+    await good.waitForLog(/^registered key=/, READY_MS);
+    assert.ok(await etcd.get(key), `registered over TLS with a user, but not in etcd:\n${good.stderr}`);
     const ls = await registry(root, ["ls", "--json"], env);
     assert.equal(ls.code, 0, ls.stderr);
     assert.equal(JSON.parse(ls.stdout).length, 1);

@@ -312,6 +312,8 @@ Deno.test("apache-secretary@.service is bound to its Apache and stops before it,
     "%H",
     "--endpoints",
     "${SECRETARY_ETCD}",
+    "--drain",
+    "5s",
   ]);
 });
 
