@@ -1,0 +1,121 @@
+/**
+ * etcd's gRPC proxy (`etcd grpc-proxy start`, in Debian's etcd package) for
+ * tests and benchmarks: one process on an address and port of the caller's,
+ * in front of a cluster's members, with its own data directory. Clients
+ * (lib/etcd.ts's Etcd) connect to `url` as to a member. `restart()` starts a
+ * new process on the same address, as systemd restarts a killed one. Stopped
+ * by PID, never by name. Never shipped.
+ *
+ * @module
+ */
+import { Etcd } from "../lib/etcd.ts";
+import { freePort, waitFor } from "./testbed.ts";
+
+/** One `etcd grpc-proxy start` process. */
+export class GrpcProxy {
+  #child?: Deno.ChildProcess;
+  #log = "";
+
+  private constructor(
+    readonly endpoints: string[],
+    readonly host: string,
+    readonly port: number,
+    readonly dataDir: string,
+  ) {}
+
+  /**
+   * Starts a proxy for `endpoints` (members' client URLs) on `host` (a port
+   * the kernel picks unless `port` is given) and waits until a read through
+   * it succeeds.
+   */
+  static async start(endpoints: string[], host: string, options: { port?: number } = {}): Promise<GrpcProxy> {
+    const dataDir = await Deno.makeTempDir({ prefix: "secretary-grpc-proxy-" });
+    const proxy = new GrpcProxy(endpoints, host, options.port ?? await freePort(host), dataDir);
+    try {
+      await proxy.#start();
+    } catch (err) {
+      await proxy.stop();
+      throw err;
+    }
+    return proxy;
+  }
+
+  /** The URL clients are given instead of the members'. */
+  get url(): string {
+    return `http://${this.host}:${this.port}`;
+  }
+
+  get pid(): number | undefined {
+    return this.#child?.pid;
+  }
+
+  get running(): boolean {
+    return this.#child !== undefined;
+  }
+
+  /** The tail of what the proxy printed, for failure messages. */
+  get log(): string {
+    return this.#log;
+  }
+
+  async #start(): Promise<void> {
+    const child = new Deno.Command("etcd", {
+      args: [
+        "grpc-proxy",
+        "start",
+        // host:port, as the proxy's client takes them
+        `--endpoints=${this.endpoints.map((e) => new URL(e).host).join(",")}`,
+        `--listen-addr=${this.host}:${this.port}`,
+        `--advertise-client-url=${this.host}:${this.port}`,
+        `--data-dir=${this.dataDir}`,
+      ],
+      stdin: "null",
+      stdout: "null",
+      stderr: "piped",
+    }).spawn();
+    this.#child = child;
+    void (async () => {
+      const decoder = new TextDecoder();
+      for await (const chunk of child.stderr) this.#log = (this.#log + decoder.decode(chunk)).slice(-20_000);
+    })();
+    await waitFor(
+      async () => {
+        const etcd = new Etcd({ endpoints: [this.url], callTimeoutMs: 1000 });
+        try {
+          await etcd.revision();
+          return true;
+        } catch {
+          return false;
+        } finally {
+          etcd.close();
+        }
+      },
+      `etcd grpc-proxy at ${this.url}\n${this.#log.slice(-2000)}`,
+      20_000,
+      100,
+    );
+  }
+
+  /** Kills the process (SIGKILL by default) and waits for it to exit. */
+  async kill(signal: Deno.Signal = "SIGKILL"): Promise<void> {
+    const child = this.#child;
+    if (!child) return;
+    this.#child = undefined;
+    try {
+      child.kill(signal);
+    } catch { /* already gone */ }
+    await child.status;
+  }
+
+  /** Starts a new process on the same address and port; waits until it answers. */
+  async restart(): Promise<void> {
+    await this.kill();
+    await this.#start();
+  }
+
+  /** Kills the process and removes its data directory. */
+  async stop(signal: Deno.Signal = "SIGKILL"): Promise<void> {
+    await this.kill(signal);
+    await Deno.remove(this.dataDir, { recursive: true }).catch(() => {});
+  }
+}
