@@ -70,7 +70,7 @@ Options:
   --backend NAME            sync: the backend (declared in haproxy.cfg, no servers needed)
   --server-options "..."    sync: added to each server (default "${DEFAULT_SERVER_OPTIONS}":
                             HAProxy's own health check, so a dead host leaves rotation in
-                            about 2 s whatever the registry says); "" for none
+                            about a second whatever the registry says); "" for none
   --template FILE           render: a Mustache template; it sees service, instances (sorted by
                             address: key, address, ip, port and the record), count, empty
   --out FILE                render: the file written (atomically, only when its text changes)

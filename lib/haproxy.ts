@@ -155,8 +155,8 @@ export class HAProxy {
     const state = await this.run(`show servers state ${backend}`);
     if (/^Can't find backend\./m.test(state)) throw new HAProxyError(`no backend ${backend}`);
     const servers = parseServersState(state);
-    // type 4: servers only, of this backend only
-    const sessions = parseSessions(await this.run(`show stat ${backend} 4 -1`), backend);
+    // every proxy's servers (type 4), filtered by name here: "show stat NAME" answers for a frontend of that name
+    const sessions = parseSessions(await this.run("show stat -1 4 -1"), backend);
     return servers.map((s) => ({ ...s, sessions: sessions.get(s.name) ?? 0 }));
   }
 
