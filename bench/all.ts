@@ -10,8 +10,9 @@
  * the idle cost window; then the article's loop at 2 s; then the reads; then
  * what each check kind costs, one sidekick at a time, alone, as it measures
  * CPU; then memory as a host pays it (hosts of one and of ten sidekicks,
- * under deno and node); then 100 sidekicks, alone, as they load the host.
- * About 13 minutes on 2 cores.
+ * under deno and node); then 100 sidekicks, alone, as they load the host;
+ * then traffic through HAProxy while instances come and go (three lanes
+ * side by side), alone, as it loads both cores. About 17 minutes on 2 cores.
  *
  * Every sentence it writes into bench/README.md comes from that run's
  * figures: which targets were met or missed is computed, never written in.
@@ -28,11 +29,12 @@ import { ROOT } from "../testbed/testbed.ts";
 import type { CheckCost, ChecksFigures } from "./checks.ts";
 import type { KilledFigures } from "./killed.ts";
 import type { CostFigures, HostCost } from "./cost.ts";
-import { bundlesBuilt, DEFAULT_ARGS, formatMiB, formatMs, summarize } from "./lib.ts";
+import { bundlesBuilt, DEFAULT_ARGS, formatMiB, formatMs, percentile, summarize } from "./lib.ts";
 import type { MemoryFigures, MemoryHost } from "./memory.ts";
 import type { ReadsFigures } from "./reads.ts";
 import type { RemovalFigures } from "./removal.ts";
 import type { ScaleFigures } from "./scale.ts";
+import type { TrafficFigures, TrafficLane } from "./traffic.ts";
 
 /** One benchmark run as a child process: its name, script, arguments and time limit. */
 interface Phase {
@@ -464,17 +466,164 @@ function tableRows(results: Map<string, PhaseResult>): string[][] {
   ];
 }
 
-function markdown(rows: string[][]): string {
-  const header = [
+function markdown(
+  rows: string[][],
+  header = [
     "figure",
     "target",
     "ours",
     "the article's loop, 20 s / TTL 30 s",
     "the article's loop, 2 s / TTL 10 s",
     "met",
-  ];
+  ],
+): string {
   const line = (cells: string[]) => `| ${cells.join(" | ")} |`;
   return [line(header), line(header.map(() => "---")), ...rows.map(line)].join("\n");
+}
+
+// ---------------------------------------------------------------------------
+// Traffic through HAProxy: a table of its own, one column per lane
+
+/** `p50 1.2 ms, p99 3.4 ms (n=20)`, or `n/a`. */
+function p50p99(times: number[] | undefined): string {
+  if (!times?.length) return "n/a";
+  return `p50 ${formatMs(percentile(times, 50))}, p99 ${formatMs(percentile(times, 99))} (n=${times.length})`;
+}
+
+/** `GET 0, POST 1 of 5,432`. */
+function failedOf(f: TrafficLane, window: "stop" | "kill" | "host"): string {
+  const all = f.requests[window].GET + f.requests[window].POST;
+  return `GET ${f.failed[window].GET}, POST ${f.failed[window].POST} of ${all.toLocaleString("en")}`;
+}
+
+/** The rows: figure, target (for lane 1), the three lanes, and whether lane 1 met it. */
+function trafficRows(t: TrafficFigures | undefined): string[][] {
+  const met = (ok: boolean | undefined) => ok === undefined ? "" : ok ? "yes" : "**no**";
+  const [ours, none, noWatch] = [0, 1, 2].map((i) => t?.lanes[i]);
+  const each = (cell: (f: TrafficLane) => string, registryOnly = false) =>
+    [ours, none, noWatch].map((f) => (!f ? "n/a" : registryOnly && !f.registry ? "n/a (no registry)" : cell(f)));
+  const inFlight = (f: TrafficLane) => f.inFlightAtKills.reduce((a, b) => a + b, 0);
+  const twice = (f: TrafficLane) =>
+    (["stop", "kill", "host"] as const).map((w) => `${w}: GET ${f.sentTwice[w].GET}, POST ${f.sentTwice[w].POST}`)
+      .join("; ");
+  const hostOut = (f: TrafficLane) =>
+    f.hostOutMs === null
+      ? "never"
+      : `${formatMs(f.hostOutMs)}, by ${f.hostOutBy}${
+        f.hostRecordGoneMs !== null ? ` (record gone after ${formatMs(f.hostRecordGoneMs)})` : ""
+      }; failed after it: GET ${f.failed.host.GET}`;
+  return [
+    [
+      `failed requests in stop cycles (${t?.cycles.stop ?? "n/a"})`,
+      "0 of either method",
+      ...each((f) => failedOf(f, "stop")),
+      met(ours && ours.failed.stop.GET + ours.failed.stop.POST === 0),
+    ],
+    [
+      `failed requests in kill cycles (${t?.cycles.kill ?? "n/a"})`,
+      "0 GET; POST at most those in flight at the kills",
+      ...each((f) => failedOf(f, "kill")),
+      met(ours && ours.failed.kill.GET === 0 && ours.failed.kill.POST <= inFlight(ours)),
+    ],
+    ["requests in flight at each kill (HAProxy's scur)", "", ...each((f) => f.inFlightAtKills.join(", ") || "n/a"), ""],
+    ["failed requests after the host death", "", ...each((f) => failedOf(f, "host")), ""],
+    [
+      "requests in flight at the host death",
+      "",
+      ...each((f) => String(f.inFlightAtHostDeath ?? "n/a")),
+      "",
+    ],
+    [
+      "host death to out of rotation",
+      "within 3 s, no failed GET",
+      ...each(hostOut),
+      met(ours && ours.hostOutMs !== null && ours.hostOutMs <= 3000 && ours.failed.host.GET === 0),
+    ],
+    [
+      "requests received twice (sent, then retried by HAProxy on another instance), by cycle",
+      "",
+      ...each(twice),
+      "",
+    ],
+    [
+      "record removed to server out of rotation",
+      "p99 50 ms",
+      ...each((f) => p50p99(f.removedToOutMs), true),
+      met(ours && ours.removedToOutMs.length > 0 && percentile(ours.removedToOutMs, 99) <= 50),
+    ],
+    [
+      "record removed to the sync's `server out` log line (it logs once HAProxy answered)",
+      "",
+      ...each((f) => p50p99(f.removedToLoggedMs), true),
+      "",
+    ],
+    ["new record to server serving", "", ...each((f) => p50p99(f.putToServingMs), true), ""],
+    ["SIGKILL to record gone (the secretary's own finding)", "", ...each((f) => p50p99(f.killToGoneMs), true), ""],
+    [
+      "SIGKILL to out of rotation (by the registry or HAProxy's check)",
+      "",
+      ...each((f) => p50p99(f.killToOutMs), true),
+      "",
+    ],
+    [
+      "HAProxy reloads (new Pids in `show info`)",
+      "0",
+      ...each((f) => String(f.reloads)),
+      met(ours && ours.reloads === 0),
+    ],
+    [
+      "throughput during the churn, against the baseline",
+      "",
+      ...each((f) =>
+        `${f.throughput.churn.toFixed(0)} of ${f.throughput.baseline.toFixed(0)} req/s (${
+          (100 * f.throughput.churn / f.throughput.baseline).toFixed(0)
+        }%)`
+      ),
+      "",
+    ],
+    [
+      "latency of successful requests, p99 / worst: baseline; stop; kill; host death",
+      "",
+      ...each((f) =>
+        (["baseline", "stop", "kill", "host"] as const).map((w) => {
+          const l = f.latency[w];
+          return l ? `${formatMs(l.p99Ms)} / ${formatMs(l.worstMs)}` : "n/a";
+        }).join("; ")
+      ),
+      "",
+    ],
+    [
+      "HAProxy's retries, redispatches during the churn",
+      "",
+      ...each((f) => `${f.haproxyRetries}, ${f.haproxyRedispatches}`),
+      "",
+    ],
+  ];
+}
+
+/** The section: what ran, the table, and which lane-1 targets this run met. */
+export function trafficSection(t: TrafficFigures | undefined): string {
+  const rows = trafficRows(t);
+  const header = ["figure", "target (lane 1)", "1. ours", "2. no registry", "3. ours, --no-watch-connection", "met"];
+  const what = t
+    ? `${t.churnSeconds} s of churn after a ${t.baselineSeconds} s baseline: ${t.cycles.stop} stops, ${t.cycles.kill} ` +
+      `kills and one host death, a cycle every ${
+        t.cycleMs / 1000
+      } s; ${t.clients} keep-alive clients a lane, GET and ` +
+      `POST in turn, ${t.deadlineMs / 1000} s deadline, no client retry; instances answer after ${t.workMs} ms. ` +
+      `Secretaries: \`${t.secretaryArgs.join(" ")}\` (${t.runtime === "deno" ? "the bundle" : "source"}); ` +
+      `the sync's server options: \`${t.serverOptions}\`; lane 2's servers: \`${t.staticServerOptions}\`.` +
+      (t.backendLines.length ? ` Added to every backend: \`${t.backendLines.join("; ")}\`.` : "") +
+      ` The machine's load average (1 min, 2 cores) was ${t.loadAverage.start} as the churn began and ` +
+      `${t.loadAverage.end} as it ended.`
+    : "The traffic benchmark failed or did not run.";
+  return `## Traffic through HAProxy while instances come and go
+
+${what}
+
+${markdown(rows, header)}
+
+${verdict(rows)}`;
 }
 
 /** Which targets this run met and missed, from the table's own cells. */
@@ -527,6 +676,8 @@ ${markdown(rows)}
 
 ${verdict(rows)}
 
+${trafficSection(results.get("traffic")?.figures as TrafficFigures | undefined)}
+
 How each figure is taken:
 
 - Removal ([removal.ts](removal.ts)): each trial waits a random part of the check interval first; trials run in
@@ -561,6 +712,17 @@ How each figure is taken:
 - Scale ([scale.ts](scale.ts)): ${
     scale ? `${scale.instances} sidekicks` : "sidekicks"
   } started at a steady rate, each with its own target, all served by the benchmark's one process.
+- Traffic ([traffic.ts](traffic.ts)): three lanes side by side (their cycles a third of a cycle apart), each
+  Debian's HAProxy (\`retries 3\`, \`option redispatch 1\`,
+  \`retry-on conn-failure empty-response response-timeout\`) before three instances, each a process of its own on a
+  host of its own. A stop is systemd's:
+  SIGTERM to the secretary (it removes the record, drains, exits), then to the service; a kill is SIGKILL to the
+  service, its HAProxy sessions read just before; the host death drops every packet to and from a host (a network
+  namespace behind a veth pair) before its service and secretary get SIGKILL, so no RST ever comes. Lane 2 restarts an
+  instance on its port, the others on a new one. A request fails on any non-2xx or socket error, filed under the cycle
+  in effect in its lane when it ended. Times are from the event (the benchmark's own etcd watch, or the drop) to
+  HAProxy's \`show servers state\` showing it, polled every 2 ms; requests received twice are counted from the ids
+  the instances print on receipt, filed under what happened to the instance that got them first.
 - The soak ([soak.ts](soak.ts)) is not part of this suite: it runs far longer than the rest.
 
 ## Output of each benchmark
@@ -607,6 +769,7 @@ async function main(): Promise<void> {
     await stage([{ name: "checks", script: "checks.ts", args: q, limitMinutes: 8 }]);
     await stage([{ name: "memory", script: "memory.ts", args: q, limitMinutes: 4 }]);
     await stage([{ name: "scale", script: "scale.ts", args: q, limitMinutes: 8 }]);
+    await stage([{ name: "traffic", script: "traffic.ts", args: q, limitMinutes: 6 }]);
   } finally {
     await Deno.remove(dir, { recursive: true }).catch(() => {});
   }
