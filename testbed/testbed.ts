@@ -140,6 +140,9 @@ export async function freePorts(host: string, count: number): Promise<number[]> 
   return ports;
 }
 
+/** The deadline of a test's own etcd calls (see EtcdCluster.client). */
+export const TEST_CALL_TIMEOUT_MS = 5000;
+
 /** How long a wait may take that includes starting deno from source and a first check: generous for a loaded machine. */
 export const READY_MS = 30_000;
 
@@ -347,8 +350,12 @@ export class EtcdCluster {
     return this.members.filter((m) => m.running && lines.some((l) => l.includes(` ${new URL(m.clientUrl).host} `)));
   }
 
-  /** A client for the whole cluster. */
-  client(callTimeoutMs = 1500): Etcd {
+  /**
+   * A client for the whole cluster, for a test's own reads and writes: its
+   * calls wait longer than the scripts' (1.5 s), since on a loaded machine a
+   * test's assertion must not fail on a slow answer.
+   */
+  client(callTimeoutMs = TEST_CALL_TIMEOUT_MS): Etcd {
     return new Etcd({ ...this.clientOptions, endpoints: this.endpoints, callTimeoutMs });
   }
 
@@ -653,22 +660,78 @@ export class Relay {
 
 /** GETs `url` over plain HTTP, through no proxy whatever the environment says, and resolves with the body. */
 export function httpGet(url: string, timeoutMs = 10_000): Promise<string> {
+  return httpRequest(url, undefined, timeoutMs);
+}
+
+/** GETs `url`, or POSTs `body` as JSON, over plain HTTP/1.1 with a connection of its own and no proxy; resolves with the body of a 200. */
+function httpRequest(url: string, body: unknown, timeoutMs: number): Promise<string> {
   return new Promise((resolve, reject) => {
-    const req = request(url, { agent: false }, (res) => {
+    const options = body === undefined
+      ? { agent: false }
+      : { agent: false, method: "POST", headers: { "content-type": "application/json" } };
+    const req = request(url, options, (res) => {
       const chunks: Uint8Array[] = [];
       res.on("data", (chunk: Uint8Array) => chunks.push(chunk));
       res.on("error", reject);
       res.on("end", () => {
         const text = Buffer.concat(chunks).toString();
         if (res.statusCode === 200) resolve(text);
-        else reject(new Error(`GET ${url}: ${res.statusCode} ${text.slice(0, 500)}`));
+        else {reject(
+            new Error(`${body === undefined ? "GET" : "POST"} ${url}: ${res.statusCode} ${text.slice(0, 500)}`),
+          );}
       });
     });
-    req.setTimeout(timeoutMs, () => req.destroy(new Error(`GET ${url}: no answer in ${timeoutMs} ms`)));
+    req.setTimeout(timeoutMs, () => req.destroy(new Error(`${url}: no answer in ${timeoutMs} ms`)));
     req.on("error", reject);
-    req.end();
+    req.end(body === undefined ? undefined : JSON.stringify(body));
   });
 }
+
+/**
+ * A test's own reads and writes through etcd's JSON gateway (`/v3/...` on a
+ * plain-http client URL), over HTTP/1.1, trying each member in turn. For
+ * tests that stop members gracefully: a graceful stop sends the HTTP/2
+ * clients a GOAWAY, on which Deno can abort inside nghttp2
+ * (denoland/deno#36788), and in the test runner that abort ends the whole
+ * suite, not one test. The scripts under test keep their own gRPC clients.
+ */
+export class EtcdGateway {
+  #next = 0;
+
+  constructor(readonly endpoints: string[], readonly timeoutMs = 1000) {}
+
+  async #post(path: string, body: unknown): Promise<Record<string, unknown>> {
+    let last: unknown;
+    for (let i = 0; i < this.endpoints.length; i++) {
+      const endpoint = this.endpoints[this.#next];
+      try {
+        return JSON.parse(await httpRequest(`${endpoint}${path}`, body, this.timeoutMs));
+      } catch (err) {
+        last = err;
+        this.#next = (this.#next + 1) % this.endpoints.length; // that member is down or without a quorum: the next
+      }
+    }
+    throw last;
+  }
+
+  /** The value and lease of `key` (a linearizable read: it needs a quorum), or undefined. */
+  async get(key: string): Promise<{ value: string; lease: string } | undefined> {
+    const res = await this.#post("/v3/kv/range", { key: base64(key) });
+    const kv = (res.kvs as { value?: string; lease?: string }[] | undefined)?.[0];
+    return kv && { value: Buffer.from(kv.value ?? "", "base64").toString(), lease: kv.lease ?? "0" };
+  }
+
+  /** Grants a lease of `ttlSeconds`; its ID. */
+  async grantLease(ttlSeconds: number): Promise<string> {
+    return String((await this.#post("/v3/lease/grant", { TTL: ttlSeconds })).ID);
+  }
+
+  async put(key: string, value: string, lease = "0"): Promise<void> {
+    await this.#post("/v3/kv/put", { key: base64(key), value: base64(value), lease });
+  }
+}
+
+const base64 = (text: string) => Buffer.from(text).toString("base64");
 
 /** A metric without labels from an etcd member's /metrics (on its plain-http client URL), e.g. `etcd_server_proposals_committed_total`. */
 export async function etcdMetric(clientUrl: string, name: string): Promise<number> {

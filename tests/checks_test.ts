@@ -38,8 +38,8 @@ case "$(cat "$d/mode")" in
   fail) echo "queue stuck" >&2; echo "more detail" >&2; exit 3 ;;
   hang) sleep 30 & echo $! > "$d/child"; sleep 30 ;;
   leave) sleep 30 & echo $! > "$d/child"; exit 0 ;;
-  big) head -c 20000000 /dev/zero | tr '\\0' x; exit 0 ;;
-  bigerr) head -c 20000000 /dev/zero | tr '\\0' x >&2; exit 1 ;;
+  big) head -c 4000000 /dev/zero | tr '\\0' x; exit 0 ;;
+  bigerr) head -c 4000000 /dev/zero | tr '\\0' x >&2; exit 1 ;;
   text) echo "OK - fine"; exit 0 ;;
   env) printf '{"ip":"%s","port":"%s","service":"%s","secret":"%s"}' \\
          "$SECRETARY_IP" "$SECRETARY_PORT" "$SECRETARY_SERVICE" "$SECRET_TOKEN"; exit 0 ;;
@@ -165,15 +165,16 @@ Deno.test("exec check: megabytes of output, text and broken JSON pass without a 
   await withBed(lo, async (bed) => {
     const check = await execCheck(bed);
     await check.status('{"v":1}');
-    // 20 MB through a pipe takes a loaded machine more than FAST's 300 ms: a timeout that only a stall can reach
-    const timing = ["--interval=3s", "--timeout=2s"];
+    // 4 MB through a pipe (a thousand times the status cap, sixty times a pipe's buffer) can take a loaded machine
+    // more than FAST's 300 ms: a timeout that only a stall reaches
+    const timing = ["--interval=4s", "--timeout=3s"];
     const { s, key } = await execRegistered(bed, check, lo.ip(5), timing);
     assert.deepEqual((await stored(bed, key)).status, { v: 1 });
     /** Waits until the stored status is `status`, or none. */
     const statusBecomes = (status: Record<string, number> | undefined, what: string) =>
       waitFor(async () => JSON.stringify((await stored(bed, key)).status) === JSON.stringify(status), what, EVENT_MS);
 
-    await check.mode("big"); // 20 MB on stdout every check
+    await check.mode("big"); // 4 MB on stdout every check
     await s.waitForLog(/check passed reason="exit 0, output over 4096 bytes, no status"/, EVENT_MS);
     await statusBecomes(undefined, "the status dropped after megabytes");
 
@@ -191,7 +192,7 @@ Deno.test("exec check: megabytes of output, text and broken JSON pass without a 
     await s.waitForLog(/check passed reason="exit 0, output is not a JSON object, no status"/, EVENT_MS);
     await statusBecomes(undefined, "the status dropped after broken JSON");
 
-    await check.mode("bigerr"); // 20 MB on stderr, then exit 1
+    await check.mode("bigerr"); // 4 MB on stderr, then exit 1
     await waitFor(async () => !(await bed.present(key)), "deregistered", EVENT_MS);
     const line = await s.waitForLog(/^deregistered .*reason="exit 1: x+…"$/);
     assert.ok(line.length < 300, "one short line");
