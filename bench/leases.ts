@@ -1,0 +1,733 @@
+#!/usr/bin/env -S deno run --allow-all
+/**
+ * Lease load: thousands of instances' registrars (lib/registrar.ts's
+ * EtcdRegistrar, the secretary's own code), each with its own connection as
+ * each secretary has, against a three-member etcd on 127.4.0.k, directly or
+ * through one `etcd grpc-proxy` per host group (127.4.k.g): instance i is in
+ * group i mod `--groups`. The registrars run in `--workers` worker threads of
+ * this process, one a core by default (both cores used; more threads cost
+ * more CPU for the same calls). For each size, TTL and path: keep-alives
+ * a second at the leader, the leader's CPU, keep-alive latency as the
+ * registrars see it, leases lost; then, the load still on, `--kill`
+ * instances whose checks fail at once (their registrars told `want(false)`,
+ * as the check loop tells them when the connection watch sees the service
+ * die): the time until each record is gone from etcd, and whether every
+ * other lease held.
+ *
+ * Each configuration gets a fresh cluster. Registrars start at up to `--rate`
+ * a second and over at least a third of the TTL, so keep-alives are spread
+ * as a fleet's are; the window starts a third of a TTL after the last
+ * registration. What this cannot show: 10,000 secretaries are 10,000
+ * processes on hundreds of hosts, each paying its own client's CPU; here
+ * their clients share the two cores etcd runs on, so this process's CPU and
+ * its workers' event-loop lag are printed beside the figures, and a latency
+ * with a large lag is partly ours.
+ *
+ * ```sh
+ * node_modules/.bin/deno run -A bench/leases.ts                  # 1,000, 5,000, 10,000 x TTL 10 s, 30 s x direct, proxy
+ * node_modules/.bin/deno run -A bench/leases.ts --quick          # 500 and 2,000 x TTL 10 s x both paths, short windows
+ * node_modules/.bin/deno run -A bench/leases.ts --instances 1000 --ttl 10 --paths proxy --groups 10 --window 30
+ * ```
+ *
+ * @module
+ */
+import { parseArgs } from "node:util";
+import { sleep } from "../lib/cli.ts";
+import { describeError, Etcd } from "../lib/etcd.ts";
+import { DEFAULT_PREFIX, instanceKey, servicePrefix } from "../lib/record.ts";
+import { type EtcdClient, EtcdRegistrar } from "../lib/registrar.ts";
+import { GrpcProxy } from "../testbed/grpcproxy.ts";
+import { delay, EtcdCluster, type EtcdMember } from "../testbed/testbed.ts";
+import { benchmark, cpuSecondsOf, formatMs, KeyClock, now, percentile, scrapeMetrics } from "./lib.ts";
+
+/** How long a killed instance's record may stay (the issue's target). */
+export const KILL_BOUND_MS = 500;
+/** The service every simulated instance belongs to. */
+const SERVICE = "leases";
+/** The secretary's default deadline for one etcd call (lib/etcd.ts). */
+const CALL_TIMEOUT_MS = 1500;
+/** The secretary's default check interval: how often a record held by another lease is read again. */
+const INTERVAL_MS = 2000;
+
+/** How the registrars reach etcd: each to the members itself, or each to its host group's gRPC proxy. */
+export type LeasePath = "direct" | "proxy";
+
+/** One configuration's figures. */
+export interface LeaseRun {
+  instances: number;
+  ttlSeconds: number;
+  path: LeasePath;
+  /** Host groups, gRPC proxies (one a group on the proxy path, else 0), and the threads running the registrars. */
+  groups: number;
+  workers: number;
+  proxies: number;
+  /** Instances registered when the window began, and the most registered at once before it. */
+  registered: number;
+  peakRegistered: number;
+  /** From the first start to the last registration. */
+  registerSeconds: number;
+  windowSeconds: number;
+  /** What the leader renewed a second (etcd_debugging_lease_renewed_total), and what instances x 3 / TTL asks. */
+  keepAlivesPerSecond: number;
+  expectedPerSecond: number;
+  /** LeaseKeepAlive streams the members opened a second: one a keep-alive direct, none through proxies. */
+  keepAliveStreamsPerSecond: number;
+  /** Raft proposals a second in the window (nothing but keep-alives and reads: should be 0). */
+  proposalsPerSecond: number;
+  /** CPU, in cores (CPU seconds a second): the leader, all three members, all proxies, this process. */
+  leaderCpu: number;
+  membersCpu: number;
+  proxiesCpu: number;
+  benchCpu: number;
+  /** The worst worker's event-loop lag, p99 (ms): large means the latencies are partly ours. */
+  loopLagP99Ms: number;
+  benchRssMiB: number;
+  leaderChanged: boolean;
+  /** Keep-alive calls answered in the window, and their latency (ms) as the registrars saw it. */
+  keepAlives: number;
+  keepAliveP50Ms: number;
+  keepAliveP99Ms: number;
+  keepAliveWorstMs: number;
+  /** Keep-alive calls that failed (a deadline, a broken stream) in the window. */
+  keepAliveFailures: number;
+  /** Any etcd call that failed, from the registrars' `etcd call failed` events, after all registered. */
+  callFailures: number;
+  /**
+   * Healthy instances not held: whose registrar lost its lease after the registration phase, or whose record
+   * went or never came (when not all registered). Target 0.
+   */
+  leasesLost: number;
+  /**
+   * Leases etcd expired (the leader's etcd_debugging_server_lease_expired_total) from the window on, and
+   * leases granted in all (etcd_debugging_lease_granted_total): a grant whose answer came after its deadline
+   * is retried, and the first lease, held by nobody, expires a TTL later.
+   */
+  leasesExpired: number;
+  leasesGranted: number;
+  /** Time from the checks failing to each killed instance's record gone (ms; Infinity: not within 10 s). */
+  killed: number[];
+  killedWithinBound: number;
+  /** Healthy records missing or deleted at the end (other than the killed): target 0. */
+  othersLost: number;
+  error?: string;
+}
+
+export interface LeaseFigures {
+  runs: LeaseRun[];
+  killBoundMs: number;
+  groups: number;
+}
+
+/** What to run. */
+interface Config {
+  sizes: number[];
+  ttls: number[];
+  paths: LeasePath[];
+  groups: number;
+  workers: number;
+  kill: number;
+  rate: number;
+  /** The window over which steady figures are taken, in seconds; undefined: two TTLs. */
+  windowSeconds?: number;
+  json?: string;
+}
+
+function parseConfig(args: string[]): Config {
+  const { values } = parseArgs({
+    args,
+    options: {
+      instances: { type: "string" },
+      ttl: { type: "string" },
+      paths: { type: "string", default: "direct,proxy" },
+      groups: { type: "string", default: "10" },
+      workers: { type: "string" },
+      window: { type: "string" },
+      kill: { type: "string", default: "10" },
+      rate: { type: "string", default: "250" },
+      quick: { type: "boolean", default: false },
+      json: { type: "string" },
+    },
+  });
+  const list = (text: string) => text.split(",").map((s) => s.trim()).filter(Boolean);
+  const paths = list(values.paths) as LeasePath[];
+  for (const p of paths) {
+    if (p !== "direct" && p !== "proxy") throw new Error(`--paths: ${p}: expected direct or proxy`);
+  }
+  return {
+    sizes: list(values.instances ?? (values.quick ? "500,2000" : "1000,5000,10000")).map(Number),
+    ttls: list(values.ttl ?? (values.quick ? "10" : "10,30")).map(Number),
+    paths,
+    groups: Number(values.groups),
+    workers: Number(values.workers ?? navigator.hardwareConcurrency),
+    kill: Number(values.kill),
+    rate: Number(values.rate),
+    // two TTLs: each lease renewed about six times; 15 s when quick
+    windowSeconds: values.window ? Number(values.window) : values.quick ? 15 : undefined,
+    json: values.json,
+  };
+}
+
+/** Instance `index`'s address (10.x.y.z) and key. */
+function addressOf(index: number): string {
+  return `10.${(index >> 16) & 255}.${(index >> 8) & 255}.${index & 255}`;
+}
+function keyOf(index: number): string {
+  return instanceKey(DEFAULT_PREFIX, SERVICE, addressOf(index), 8080);
+}
+
+/** Samples an event loop's lag: how late a 100 ms timer fires. */
+export class LoopLag {
+  samples: number[] = [];
+  #timer?: ReturnType<typeof setInterval>;
+  start(): void {
+    let expected = performance.now() + 100;
+    this.#timer = setInterval(() => {
+      const t = performance.now();
+      this.samples.push(Math.max(0, t - expected));
+      expected = t + 100;
+    }, 100);
+  }
+  stop(): void {
+    clearInterval(this.#timer);
+  }
+}
+
+// ---------------------------------------------------------------------------
+// A worker thread running its share of the instances' registrars
+
+/** What the main thread asks a worker. */
+type ThreadRequest =
+  | {
+    type: "start";
+    indexes: number[];
+    /** Instance i is in group i mod groups: host `host-<group>`, and the group's endpoints. */
+    groups: number;
+    endpointsByGroup: string[][];
+    ttlSeconds: number;
+    /** Instance `index` starts at `startedAt + index * spacingMs` (ms since the epoch). */
+    startedAt: number;
+    spacingMs: number;
+  }
+  | { type: "measure"; on: boolean }
+  | { type: "kill"; indexes: number[] }
+  | { type: "report" }
+  | { type: "stop" };
+
+/** A worker's answer to "report" (and to "measure", with the window's samples when it ends). */
+interface ThreadReport {
+  registered: number;
+  unregistered: number[];
+  /** When each instance's registrar logged `lease lost` (index, ms since the epoch). */
+  leasesLost: [number, number][];
+  callFailures: { at: number; reason: string }[];
+  keepAliveMs: number[];
+  keepAliveFailures: number;
+  lagP99Ms: number;
+}
+
+/** The worker's side: runs the registrars it is given, counts what they do, answers the main thread. */
+function registrarThread(): void {
+  const scope = self as unknown as {
+    onmessage: (e: MessageEvent<{ id: number; request: ThreadRequest }>) => void;
+    postMessage(m: unknown): void;
+  };
+  let stopped = false;
+  // each registrar its own stop signal, as each secretary has: one shared signal would gather thousands of
+  // AbortSignal.any() dependents a second (a registrar makes one each time it waits)
+  const fleet: { index: number; etcd: Etcd; registrar: EtcdRegistrar; stop: AbortController }[] = [];
+  const lag = new LoopLag();
+  let measuring = false;
+  let keepAliveMs: number[] = [];
+  let keepAliveFailures = 0;
+  const leasesLost: [number, number][] = [];
+  const callFailures: { at: number; reason: string }[] = [];
+
+  /** A client that times each keep-alive (the registrar's own call) and passes everything else on. */
+  const timed = (etcd: Etcd): EtcdClient => ({
+    grantLease: (ttl) => etcd.grantLease(ttl),
+    keepAlive: async (lease) => {
+      const start = now();
+      try {
+        const remaining = await etcd.keepAlive(lease);
+        if (measuring) keepAliveMs.push(now() - start);
+        return remaining;
+      } catch (err) {
+        if (measuring) keepAliveFailures++;
+        throw err;
+      }
+    },
+    leaseTimeToLive: (lease) => etcd.leaseTimeToLive(lease),
+    revokeLease: (lease, timeoutMs) => etcd.revokeLease(lease, timeoutMs),
+    putIfAbsent: (key, value, lease) => etcd.putIfAbsent(key, value, lease),
+    putIfLease: (key, value, lease, previous) => etcd.putIfLease(key, value, lease, previous),
+    deleteIfLease: (key, lease) => etcd.deleteIfLease(key, lease),
+    get: (key) => etcd.get(key),
+    close: () => etcd.close(),
+  });
+
+  const report = (): ThreadReport => ({
+    registered: fleet.filter((i) => i.registrar.registered).length,
+    unregistered: fleet.filter((i) => !i.registrar.registered).map((i) => i.index),
+    leasesLost,
+    callFailures,
+    keepAliveMs,
+    keepAliveFailures,
+    lagP99Ms: lag.samples.length ? percentile(lag.samples, 99) : NaN,
+  });
+
+  const start = async (request: Extract<ThreadRequest, { type: "start" }>) => {
+    for (const index of request.indexes) {
+      const wait = request.startedAt + index * request.spacingMs - now();
+      if (wait > 1) await delay(wait);
+      if (stopped) return;
+      const group = index % request.groups;
+      const etcd = new Etcd({ endpoints: request.endpointsByGroup[group], callTimeoutMs: CALL_TIMEOUT_MS });
+      const registrar = new EtcdRegistrar(
+        {
+          prefix: DEFAULT_PREFIX,
+          instance: {
+            host: `host-${group}`,
+            ipv4_addr: addressOf(index),
+            port: 8080,
+            service: SERVICE,
+            meta: {},
+          },
+          ttlSeconds: request.ttlSeconds,
+          intervalMs: INTERVAL_MS,
+        },
+        timed(etcd),
+        {
+          now: Date.now,
+          sleep,
+          random: Math.random,
+          // counted, never printed: 10,000 registrations would drown the output
+          log: (_level, event, fields) => {
+            if (event === "lease lost") leasesLost.push([index, now()]);
+            if (event === "etcd call failed") callFailures.push({ at: now(), reason: String(fields?.reason) });
+          },
+        },
+      );
+      const stop = new AbortController();
+      registrar.want(true, "check passed");
+      void registrar.run(stop.signal);
+      fleet.push({ index, etcd, registrar, stop });
+    }
+  };
+
+  scope.onmessage = (e) => {
+    const { id, request } = e.data;
+    const answer = (value: unknown) => scope.postMessage({ id, value });
+    switch (request.type) {
+      case "start":
+        lag.start();
+        void start(request);
+        return answer(null);
+      case "measure":
+        measuring = request.on;
+        if (request.on) {
+          keepAliveMs = [];
+          keepAliveFailures = 0;
+          lag.samples = [];
+        }
+        return answer(report());
+      case "kill": {
+        const mine = new Set(request.indexes);
+        for (const i of fleet) if (mine.has(i.index)) i.registrar.want(false, "check failed");
+        return answer(null);
+      }
+      case "report":
+        return answer(report());
+      case "stop":
+        stopped = true;
+        lag.stop();
+        for (const i of fleet) {
+          i.stop.abort();
+          i.etcd.close();
+        }
+        return answer(null);
+    }
+  };
+}
+
+/** The main thread's handle on one worker. */
+class RegistrarThread {
+  readonly #worker = new Worker(import.meta.url, { type: "module" });
+  #next = 0;
+  readonly #pending = new Map<number, (value: unknown) => void>();
+
+  constructor() {
+    this.#worker.onmessage = (e: MessageEvent<{ id: number; value: unknown }>) => {
+      this.#pending.get(e.data.id)?.(e.data.value);
+      this.#pending.delete(e.data.id);
+    };
+  }
+
+  ask(request: Extract<ThreadRequest, { type: "report" | "measure" }>): Promise<ThreadReport>;
+  ask(request: ThreadRequest): Promise<unknown>;
+  ask(request: ThreadRequest): Promise<unknown> {
+    const id = this.#next++;
+    return new Promise((resolve) => {
+      this.#pending.set(id, resolve);
+      this.#worker.postMessage({ id, request });
+    });
+  }
+
+  /** Stops its registrars and closes their connections (5 s at most), then ends the thread. */
+  async stop(): Promise<void> {
+    await Promise.race([this.ask({ type: "stop" }), delay(5000)]);
+    this.#worker.terminate();
+  }
+}
+
+// ---------------------------------------------------------------------------
+// The main thread: the cluster, the proxies, the measuring
+
+/** What runOne() started, so an interrupted benchmark can stop it. */
+let current: (() => Promise<void>) | undefined;
+
+/** Sums the counters named `name` (any labels) that have every one of `labels`. */
+function sumMetric(metrics: Map<string, number>, name: string, ...labels: string[]): number {
+  let sum = 0;
+  for (const [key, value] of metrics) {
+    if ((key === name || key.startsWith(`${name}{`)) && labels.every((l) => key.includes(l))) sum += value;
+  }
+  return sum;
+}
+
+/** The CPU seconds the processes `pids` have used, together (one that has exited counts nothing). */
+export function cpuOf(pids: (number | undefined)[]): number {
+  return pids.reduce<number>((sum, pid) => {
+    if (pid === undefined) return sum;
+    try {
+      return sum + cpuSecondsOf(pid);
+    } catch {
+      return sum; // exited
+    }
+  }, 0);
+}
+
+/**
+ * The member that leads now, asked with deadlines a busy machine can meet
+ * (testbed's leader() gives each member a second); tried for up to 30 s.
+ */
+export async function leaderOf(cluster: EtcdCluster): Promise<EtcdMember> {
+  const deadline = now() + 30_000;
+  for (;;) {
+    for (const m of cluster.members.filter((m) => m.running)) {
+      const etcd = new Etcd({ endpoints: [m.clientUrl], callTimeoutMs: 5000 });
+      try {
+        const { member, leader } = await etcd.status();
+        if (member === leader) return m;
+      } catch {
+        /* not answering now: not the leader, or too busy to say */
+      } finally {
+        etcd.close();
+      }
+    }
+    if (now() > deadline) throw new Error("no member says it leads the cluster");
+    await delay(500);
+  }
+}
+
+/** The reports of every worker, merged. */
+async function askAll(threads: RegistrarThread[], request: Extract<ThreadRequest, { type: "report" | "measure" }>) {
+  const reports = await Promise.all(threads.map((h) => h.ask(request)));
+  return {
+    registered: reports.reduce((s, r) => s + r.registered, 0),
+    unregistered: new Set(reports.flatMap((r) => r.unregistered)),
+    leasesLost: reports.flatMap((r) => r.leasesLost),
+    callFailures: reports.flatMap((r) => r.callFailures),
+    keepAliveMs: reports.flatMap((r) => r.keepAliveMs),
+    keepAliveFailures: reports.reduce((s, r) => s + r.keepAliveFailures, 0),
+    lagP99Ms: Math.max(...reports.map((r) => (Number.isFinite(r.lagP99Ms) ? r.lagP99Ms : 0))),
+  };
+}
+
+async function runOne(
+  config: Config,
+  k: number,
+  instances: number,
+  ttlSeconds: number,
+  path: LeasePath,
+): Promise<LeaseRun> {
+  const { groups, workers } = config;
+  const cluster = await EtcdCluster.create(3, { host: `127.4.0.${k}` });
+  const proxies: GrpcProxy[] = [];
+  const threads: RegistrarThread[] = [];
+  let observer: Etcd | undefined;
+  let clock: KeyClock | undefined;
+  const teardown = async () => {
+    await Promise.all(threads.map((h) => h.stop()));
+    clock?.stop();
+    observer?.close();
+    await Promise.all(proxies.map((p) => p.stop()));
+    await cluster.stop();
+  };
+  current = teardown;
+  const prefix = servicePrefix(DEFAULT_PREFIX, SERVICE);
+  const run: LeaseRun = {
+    instances,
+    ttlSeconds,
+    path,
+    groups,
+    workers,
+    proxies: path === "proxy" ? groups : 0,
+    registered: 0,
+    peakRegistered: 0,
+    registerSeconds: NaN,
+    windowSeconds: NaN,
+    keepAlivesPerSecond: NaN,
+    expectedPerSecond: (instances * 3) / ttlSeconds,
+    keepAliveStreamsPerSecond: NaN,
+    proposalsPerSecond: NaN,
+    leaderCpu: NaN,
+    membersCpu: NaN,
+    proxiesCpu: NaN,
+    benchCpu: NaN,
+    loopLagP99Ms: NaN,
+    benchRssMiB: NaN,
+    leaderChanged: false,
+    keepAlives: 0,
+    keepAliveP50Ms: NaN,
+    keepAliveP99Ms: NaN,
+    keepAliveWorstMs: NaN,
+    keepAliveFailures: 0,
+    callFailures: 0,
+    leasesLost: NaN,
+    leasesExpired: NaN,
+    leasesGranted: NaN,
+    killed: [],
+    killedWithinBound: 0,
+    othersLost: NaN,
+  };
+  try {
+    await cluster.start();
+    if (path === "proxy") {
+      for (let g = 0; g < groups; g++) proxies.push(await GrpcProxy.start(cluster.endpoints, `127.4.${k}.${g + 1}`));
+    }
+    observer = cluster.client(5000);
+    clock = await KeyClock.start(observer, prefix);
+
+    // each instance starts at its own time: up to --rate a second overall, and over at least a third of the
+    // TTL, so their keep-alives are spread as a fleet's are
+    const spacingMs = Math.max(1000 / config.rate, (ttlSeconds * 1000) / 3 / instances);
+    const startedAt = now() + 1000; // the workers load their modules first
+    // a real secretary is given every member (it picks one at random), or its host's proxy
+    const endpointsByGroup = Array.from(
+      { length: groups },
+      (_, g) => path === "proxy" ? [proxies[g].url] : cluster.endpoints,
+    );
+    for (let w = 0; w < workers; w++) {
+      const thread = new RegistrarThread();
+      threads.push(thread);
+      const indexes = Array.from({ length: instances }, (_, i) => i).filter((i) => i % workers === w);
+      await thread.ask({ type: "start", indexes, groups, endpointsByGroup, ttlSeconds, startedAt, spacingMs });
+    }
+    const registerBy = startedAt + instances * spacingMs + 60_000;
+    let registered = 0;
+    while (now() < registerBy) {
+      await delay(500);
+      registered = (await askAll(threads, { type: "report" })).registered;
+      run.peakRegistered = Math.max(run.peakRegistered, registered);
+      if (registered === instances) break;
+    }
+    const registeredAt = now();
+    run.registerSeconds = (registeredAt - startedAt) / 1000;
+    console.log(
+      `  registered ${registered} of ${instances} in ${run.registerSeconds.toFixed(1)} s` +
+        (registered < instances ? ` (at most ${run.peakRegistered} at once)` : "") +
+        ` (${groups} host groups${path === "proxy" ? `, each through its own proxy` : ""}, ${workers} threads)`,
+    );
+
+    await delay((ttlSeconds * 1000) / 3 + 1000); // every lease into its keep-alive rhythm
+    const leader = await leaderOf(cluster);
+    const sample = async () => ({
+      at: now(),
+      leaderMetrics: await scrapeMetrics(leader.clientUrl),
+      memberMetrics: await Promise.all(cluster.members.map((m) => scrapeMetrics(m.clientUrl))),
+      leaderCpu: cpuOf([leader.pid]),
+      membersCpu: cpuOf(cluster.members.map((m) => m.pid)),
+      proxiesCpu: cpuOf(proxies.map((p) => p.pid)),
+      benchCpu: cpuOf([Deno.pid]), // every thread of this process
+    });
+    const before = await sample();
+    await askAll(threads, { type: "measure", on: true });
+    await delay((config.windowSeconds ?? 2 * ttlSeconds) * 1000);
+    const measured = await askAll(threads, { type: "measure", on: false });
+    run.registered = instances - measured.unregistered.size;
+    const after = await sample();
+    const seconds = (after.at - before.at) / 1000;
+    const delta = (name: string, ...labels: string[]) =>
+      sumMetric(after.leaderMetrics, name, ...labels) - sumMetric(before.leaderMetrics, name, ...labels);
+    const streams = (metrics: Map<string, number>[]) =>
+      metrics.reduce((sum, m) => sum + sumMetric(m, "grpc_server_started_total", 'grpc_method="LeaseKeepAlive"'), 0);
+    run.windowSeconds = seconds;
+    run.keepAlivesPerSecond = delta("etcd_debugging_lease_renewed_total") / seconds;
+    run.proposalsPerSecond = delta("etcd_server_proposals_committed_total") / seconds;
+    run.keepAliveStreamsPerSecond = (streams(after.memberMetrics) - streams(before.memberMetrics)) / seconds;
+    run.leaderCpu = (after.leaderCpu - before.leaderCpu) / seconds;
+    run.membersCpu = (after.membersCpu - before.membersCpu) / seconds;
+    run.proxiesCpu = (after.proxiesCpu - before.proxiesCpu) / seconds;
+    run.benchCpu = (after.benchCpu - before.benchCpu) / seconds;
+    run.loopLagP99Ms = measured.lagP99Ms;
+    run.benchRssMiB = Deno.memoryUsage().rss / 1024 / 1024;
+    run.keepAlives = measured.keepAliveMs.length;
+    if (run.keepAlives) {
+      run.keepAliveP50Ms = percentile(measured.keepAliveMs, 50);
+      run.keepAliveP99Ms = percentile(measured.keepAliveMs, 99);
+      run.keepAliveWorstMs = measured.keepAliveMs.reduce((a, b) => Math.max(a, b), 0);
+    }
+    run.keepAliveFailures = measured.keepAliveFailures;
+    const reasons = new Map<string, number>();
+    for (const f of measured.callFailures.filter((f) => f.at >= before.at && f.at <= after.at)) {
+      const reason = f.reason.replace(/\d+/g, "N");
+      reasons.set(reason, (reasons.get(reason) ?? 0) + 1);
+    }
+    for (const [reason, n] of reasons) console.log(`  etcd call failed ${n}x in the window: ${reason}`);
+
+    // the load still on: some instances' checks fail at once
+    const healthy = Array.from({ length: instances }, (_, i) => i).filter((i) => !measured.unregistered.has(i));
+    const victims = healthy.sort(() => Math.random() - 0.5).slice(0, config.kill);
+    const killedAt = now();
+    await Promise.all(threads.map((h) => h.ask({ type: "kill", indexes: victims })));
+    run.killed = await Promise.all(
+      victims.map((v) =>
+        clock!.until("delete", keyOf(v), killedAt, 10_000).then((at) => at - killedAt, () => Infinity)
+      ),
+    );
+    run.killedWithinBound = run.killed.filter((ms) => ms <= KILL_BOUND_MS).length;
+    await delay(2000); // anything else that was going to go would have gone
+    const leaderAfter = await leaderOf(cluster);
+    run.leaderChanged = leaderAfter !== leader;
+    const listed = new Set((await observer.list(prefix)).values.map((v) => v.key));
+    const victimSet = new Set(victims);
+    const final = await askAll(threads, { type: "report" });
+    const lostLease = new Set(final.leasesLost.filter(([, at]) => at > registeredAt).map(([i]) => i));
+    const others = Array.from({ length: instances }, (_, i) => i).filter((i) => !victimSet.has(i));
+    const gone = (i: number) => !listed.has(keyOf(i)) || (clock!.deletes.get(keyOf(i)) ?? 0) > registeredAt;
+    run.othersLost = others.filter(gone).length;
+    run.leasesLost = others.filter((i) => gone(i) || lostLease.has(i)).length;
+    const leaderMetrics = await scrapeMetrics(leaderAfter.clientUrl);
+    run.leasesExpired = sumMetric(leaderMetrics, "etcd_debugging_server_lease_expired_total") -
+      sumMetric(before.leaderMetrics, "etcd_debugging_server_lease_expired_total");
+    run.leasesGranted = sumMetric(leaderMetrics, "etcd_debugging_lease_granted_total");
+    run.callFailures = final.callFailures.filter((f) => f.at > registeredAt).length;
+  } catch (err) {
+    run.error = describeError(err);
+    console.log(`  failed: ${run.error}`);
+  } finally {
+    await teardown();
+    current = undefined;
+  }
+  return run;
+}
+
+/** `35%` of one core. */
+function cores(x: number): string {
+  return Number.isFinite(x) ? `${Math.round(x * 100)}%` : "n/a";
+}
+
+function count(x: number): string {
+  return Number.isFinite(x) ? Math.round(x).toLocaleString("en-US") : "n/a";
+}
+
+/** A run's figures as it ends. */
+function describeRun(r: LeaseRun): string {
+  return [
+    `keep-alives at the leader ${count(r.keepAlivesPerSecond)}/s (asked ${count(r.expectedPerSecond)}/s); ` +
+    `keep-alive streams opened at the members ${count(r.keepAliveStreamsPerSecond)}/s; ` +
+    `proposals ${r.proposalsPerSecond.toFixed(1)}/s`,
+    `CPU: leader ${cores(r.leaderCpu)}, members ${cores(r.membersCpu)}, proxies ${cores(r.proxiesCpu)}, ` +
+    `this process ${cores(r.benchCpu)} (worst thread's loop lag p99 ${formatMs(r.loopLagP99Ms)}, RSS ${
+      Math.round(r.benchRssMiB)
+    } MiB)`,
+    `keep-alive p50 ${formatMs(r.keepAliveP50Ms)}, p99 ${formatMs(r.keepAliveP99Ms)}, worst ${
+      formatMs(r.keepAliveWorstMs)
+    } (n=${r.keepAlives}, failed ${r.keepAliveFailures})`,
+    `leases lost ${r.leasesLost}; calls failed after registration ${r.callFailures}; ` +
+    `leases granted ${r.leasesGranted} for ${r.instances} instances, ${r.leasesExpired} expired from the window on`,
+    `${r.killed.length} killed to gone: ${r.killed.map((ms) => formatMs(ms)).join(" ")}; ` +
+    `${r.killedWithinBound} within ${formatMs(KILL_BOUND_MS)}; others lost ${r.othersLost}` +
+    (r.leaderChanged ? "; the leader changed" : ""),
+  ].join("\n  ");
+}
+
+/** The lease-load table, in Markdown, for bench/README.md. */
+export function leaseTable(figures: LeaseFigures): string {
+  const header = [
+    "instances",
+    "TTL",
+    "path",
+    "keep-alives/s at the leader (asked)",
+    "leader CPU",
+    "all members' CPU",
+    "proxies' CPU",
+    "keep-alive p50 / p99",
+    "keep-alive failures",
+    "leases lost",
+    `${figures.runs[0]?.killed.length || "n/a"} killed: worst to gone (within ${formatMs(figures.killBoundMs)})`,
+    "this process: CPU, loop lag p99",
+  ];
+  const row = (r: LeaseRun) =>
+    r.error
+      ? [count(r.instances), `${r.ttlSeconds} s`, pathName(r), `failed: ${r.error}`, ...header.slice(4).map(() => "")]
+      : [
+        count(r.instances),
+        `${r.ttlSeconds} s`,
+        pathName(r),
+        `${count(r.keepAlivesPerSecond)} (${count(r.expectedPerSecond)})`,
+        cores(r.leaderCpu),
+        cores(r.membersCpu),
+        r.path === "proxy" ? cores(r.proxiesCpu) : "",
+        `${formatMs(r.keepAliveP50Ms)} / ${formatMs(r.keepAliveP99Ms)}`,
+        String(r.keepAliveFailures),
+        `${r.leasesLost}${
+          r.registered < r.instances
+            ? ` (${r.registered} registered at the window's end, at most ${r.peakRegistered} before)`
+            : ""
+        }`,
+        `${formatMs(Math.max(...r.killed))} (${r.killedWithinBound} of ${r.killed.length})`,
+        `${cores(r.benchCpu)}, ${formatMs(r.loopLagP99Ms)}`,
+      ];
+  const line = (cells: string[]) => `| ${cells.join(" | ")} |`;
+  return [line(header), line(header.map(() => "---")), ...figures.runs.map((r) => line(row(r)))].join("\n");
+}
+
+function pathName(r: LeaseRun): string {
+  return r.path === "proxy" ? `${r.proxies} gRPC proxies` : "direct";
+}
+
+async function main(config: Config): Promise<LeaseFigures> {
+  const { groups } = config;
+  const figures: LeaseFigures = { runs: [], killBoundMs: KILL_BOUND_MS, groups };
+  let k = 0;
+  for (const ttlSeconds of config.ttls) {
+    for (const instances of config.sizes) {
+      for (const path of config.paths) {
+        k++;
+        console.log(
+          `${count(instances)} instances, TTL ${ttlSeconds} s, ${
+            path === "proxy" ? `${groups} gRPC proxies` : "direct"
+          }:`,
+        );
+        const r = await runOne(config, k, instances, ttlSeconds, path);
+        figures.runs.push(r);
+        if (!r.error) console.log(`  ${describeRun(r)}`);
+      }
+    }
+  }
+  console.log(
+    `\nOne connection per instance, as each secretary has its own; ${groups} host groups, each through its own ` +
+      `gRPC proxy on the proxy path; the registrars in ${config.workers} threads of one process. Three members on ` +
+      `loopback; CPU in % of one core.\n`,
+  );
+  console.log(leaseTable(figures));
+  return figures;
+}
+
+if (typeof (globalThis as { WorkerGlobalScope?: unknown }).WorkerGlobalScope !== "undefined") {
+  registrarThread(); // this module loaded as a worker
+} else if (import.meta.main) {
+  const config = parseConfig(Deno.args);
+  await benchmark(config.json, async () => await current?.(), () => main(config));
+}
