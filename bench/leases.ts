@@ -143,7 +143,7 @@ function parseConfig(args: string[]): Config {
       workers: { type: "string" },
       window: { type: "string" },
       kill: { type: "string", default: "10" },
-      rate: { type: "string", default: "250" },
+      rate: { type: "string", default: "100" },
       quick: { type: "boolean", default: false },
       json: { type: "string" },
     },
@@ -608,8 +608,11 @@ async function runOne(
     run.othersLost = others.filter(gone).length;
     run.leasesLost = others.filter((i) => gone(i) || lostLease.has(i)).length;
     const leaderMetrics = await scrapeMetrics(leaderAfter.clientUrl);
-    run.leasesExpired = sumMetric(leaderMetrics, "etcd_debugging_server_lease_expired_total") -
-      sumMetric(before.leaderMetrics, "etcd_debugging_server_lease_expired_total");
+    // the leader counts expiries: a new leader's count starts from its own
+    run.leasesExpired = run.leaderChanged
+      ? NaN
+      : sumMetric(leaderMetrics, "etcd_debugging_server_lease_expired_total") -
+        sumMetric(before.leaderMetrics, "etcd_debugging_server_lease_expired_total");
     run.leasesGranted = sumMetric(leaderMetrics, "etcd_debugging_lease_granted_total");
     run.callFailures = final.callFailures.filter((f) => f.at > registeredAt).length;
   } catch (err) {
@@ -681,9 +684,10 @@ export function leaseTable(figures: LeaseFigures): string {
         r.path === "proxy" ? cores(r.proxiesCpu) : "",
         `${formatMs(r.keepAliveP50Ms)} / ${formatMs(r.keepAliveP99Ms)}`,
         String(r.keepAliveFailures),
-        `${r.leasesLost}${
+        `${count(r.leasesLost)}${
           r.registered < r.instances
-            ? ` (${r.registered} registered at the window's end, at most ${r.peakRegistered} before)`
+            ? ` (${count(r.registered)} registered at the window's end, at most ${count(r.peakRegistered)} before; ` +
+              `${count(r.leasesGranted)} leases granted)`
             : ""
         }`,
         `${formatMs(Math.max(...r.killed))} (${r.killedWithinBound} of ${r.killed.length})`,

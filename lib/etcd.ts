@@ -57,7 +57,7 @@ export type WatchEvent =
 /** A running watch: `done` settles when the stream ends or fails (never while it is healthy). */
 export interface WatchHandle {
   done: Promise<Error>;
-  /** Asks etcd for a progress report on this stream; rejects when none comes in time (a dead stream). */
+  /** Asks for an answer on this stream (a progress report, or a watch created); rejects when none comes in time. */
   probe(): Promise<void>;
   cancel(): void;
 }
@@ -434,14 +434,21 @@ export class Etcd {
     let settle: (err: Error) => void = () => {};
     const done = new Promise<Error>((resolve) => (settle = resolve));
     let created = false;
+    let watchId: string | undefined;
     let answered: () => void = () => {};
     const created$ = new Promise<void>((resolve, reject) => {
       stream.on("data", (res: IWatchResponse) => {
-        answered();
+        answered(); // any answer on the stream proves it alive
         if (res.created && !created) {
           created = true;
+          watchId = String(res.watch_id);
           resolve();
+        } else if (res.created) {
+          // a probe's own watch (below): done with it
+          stream.write({ cancel_request: { watch_id: res.watch_id } });
+          return;
         }
+        if (String(res.watch_id) !== watchId) return; // a progress report, or a probe's watch ending
         if (res.canceled || res.compact_revision !== "0") {
           const reason = res.compact_revision !== "0"
             ? `revision ${startRevision} was compacted (compact revision ${res.compact_revision})`
@@ -473,16 +480,32 @@ export class Etcd {
         stream.end();
       } catch { /* already closed */ }
     };
-    // a stream on a half-dead connection raises nothing under Deno: only an answer proves it alive
-    const probe = () =>
+    // A stream on a half-dead connection raises nothing under Deno: only an answer proves it alive. A member
+    // answers a progress request; etcd's gRPC proxy never does (etcd-io/etcd#19710), but it does answer a new
+    // watch on the stream: so once a progress request goes unanswered, the probe is a second watch on the
+    // same prefix (which the proxy serves from the watch it already has), cancelled as soon as it is created.
+    let progress: "unknown" | "answered" | "silent" = "unknown";
+    const ask = (request: object, what: string) =>
       withDeadline(
         new Promise<void>((resolve) => {
           answered = resolve;
-          stream.write({ progress_request: {} });
+          stream.write(request);
         }),
         bound,
-        `watch progress at ${this.endpoint}`,
+        `${what} at ${this.endpoint}`,
       );
+    const watchProbe = { create_request: { key: Buffer.from(prefix), range_end: prefixRangeEnd(prefix) } };
+    const probe = async () => {
+      if (progress === "silent") return await ask(watchProbe, "watch probe");
+      try {
+        await ask({ progress_request: {} }, "watch progress");
+        progress = "answered";
+      } catch (err) {
+        if (progress === "answered" || !(err instanceof DeadlineError)) throw err;
+        await ask(watchProbe, "watch probe"); // never answered a progress request: a proxy, or a dead stream
+        progress = "silent";
+      }
+    };
     try {
       await withDeadline(created$, bound, `watch create at ${this.endpoint}`);
     } catch (err) {
