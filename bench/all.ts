@@ -12,7 +12,9 @@
  * CPU; then memory as a host pays it (hosts of one and of ten sidekicks,
  * under deno and node); then 100 sidekicks, alone, as they load the host;
  * then traffic through HAProxy while instances come and go (three lanes
- * side by side), alone, as it loads both cores. About 17 minutes on 2 cores.
+ * side by side), alone, as it loads both cores; then watch fan-out and the
+ * lease load of thousands of instances against three members, alone. About
+ * 50 minutes on 2 cores, 30 of them the lease load.
  *
  * Every sentence it writes into bench/README.md comes from that run's
  * figures: which targets were met or missed is computed, never written in.
@@ -29,6 +31,8 @@ import { ROOT } from "../testbed/testbed.ts";
 import type { CheckCost, ChecksFigures } from "./checks.ts";
 import type { KilledFigures } from "./killed.ts";
 import type { CostFigures, HostCost } from "./cost.ts";
+import { type FanoutFigures, fanoutTable } from "./fanout.ts";
+import { type LeaseFigures, leaseTable } from "./leases.ts";
 import { bundlesBuilt, DEFAULT_ARGS, formatMiB, formatMs, percentile, summarize } from "./lib.ts";
 import type { MemoryFigures, MemoryHost } from "./memory.ts";
 import type { ReadsFigures } from "./reads.ts";
@@ -646,6 +650,62 @@ function verdict(rows: string[][]): string {
   return parts.join("\n\n");
 }
 
+/** Lease load and watch fan-out (bench/leases.ts, bench/fanout.ts), with the scale targets judged from the run. */
+export function scaleSection(leases: LeaseFigures | undefined, fanout: FanoutFigures | undefined): string {
+  const judged: string[] = [];
+  if (leases) {
+    const big = leases.runs.filter((r) => r.instances >= 10_000);
+    for (const r of big) {
+      const held = !r.error && r.registered === r.instances && r.leasesLost === 0;
+      const out = !r.error && r.killed.length > 0 && r.killedWithinBound === r.killed.length;
+      judged.push(
+        `- ${r.instances.toLocaleString("en-US")} instances, TTL ${r.ttlSeconds} s, ${
+          r.path === "proxy" ? `${r.proxies} gRPC proxies` : "direct"
+        }: ${
+          r.error
+            ? `failed (${r.error})`
+            : `${held ? "held" : "**not held**"} (${r.leasesLost} leases lost), the ${r.killed.length} killed ${
+              out ? "out" : "**not all out**"
+            } within ${formatMs(leases.killBoundMs)} (${r.killedWithinBound} were)`
+        }.`,
+      );
+    }
+  }
+  if (fanout) {
+    const base = fanout.runs.find((r) =>
+      r.watchers === 1 && r.path === "direct" && r.follower === "follow" && !r.error
+    );
+    const proxied = fanout.runs.find((r) =>
+      r.watchers === 100 && r.path === "proxy" && r.follower === "follow" && !r.error
+    );
+    if (base && proxied) {
+      const ratio = proxied.p99Ms / base.p99Ms;
+      judged.push(
+        `- 100 watchers through the gRPC proxy: watch p99 ${formatMs(proxied.p99Ms)}, ${ratio.toFixed(1)}x one ` +
+          `direct watcher's ${formatMs(base.p99Ms)} (target: at most 2x): ${ratio <= 2 ? "met" : "**missed**"}.`,
+      );
+    }
+  }
+  return `## Scale: lease load and watch fan-out
+
+Targets: 10,000 instances held with 0 leases lost and 10 killed ones out within 0.5 s; at 100 watchers through etcd's
+gRPC proxy, watch p99 no worse than twice one direct watcher's. What to run at each size, from these tables:
+[docs/scale.md](../docs/scale.md).
+
+${judged.length ? judged.join("\n") : "Neither the lease load nor the fan-out ran."}
+
+Lease load ([leases.ts](leases.ts)): the secretary's own registrar (lib/registrar.ts), one connection an instance, in
+the threads of one process on the machine's two cores beside three members on loopback; "proxies": one
+\`etcd grpc-proxy\` per host group.
+
+${leases ? leaseTable(leases) : "The lease load failed or did not run."}
+
+Watch fan-out ([fanout.ts](fanout.ts)): followers of one service (lib/follow.ts, as \`registry watch\`, \`sync\`
+and \`render\` follow it), each with its own connection, while its instances change; then a quiet window.
+
+${fanout ? fanoutTable(fanout) : "The fan-out failed or did not run."}`;
+}
+
 function readme(results: Map<string, PhaseResult>, began: Date, minutes: number, note: string): string {
   const command = quick ? "node_modules/.bin/deno run -A bench/all.ts --quick" : "node_modules/.bin/deno task bench";
   const rows = tableRows(results);
@@ -677,6 +737,13 @@ ${markdown(rows)}
 ${verdict(rows)}
 
 ${trafficSection(results.get("traffic")?.figures as TrafficFigures | undefined)}
+
+${
+    scaleSection(
+      results.get("leases")?.figures as LeaseFigures | undefined,
+      results.get("fanout")?.figures as FanoutFigures | undefined,
+    )
+  }
 
 How each figure is taken:
 
@@ -770,6 +837,8 @@ async function main(): Promise<void> {
     await stage([{ name: "memory", script: "memory.ts", args: q, limitMinutes: 4 }]);
     await stage([{ name: "scale", script: "scale.ts", args: q, limitMinutes: 8 }]);
     await stage([{ name: "traffic", script: "traffic.ts", args: q, limitMinutes: 6 }]);
+    await stage([{ name: "fanout", script: "fanout.ts", args: q, limitMinutes: 10 }]);
+    await stage([{ name: "leases", script: "leases.ts", args: q, limitMinutes: 45 }]);
   } finally {
     await Deno.remove(dir, { recursive: true }).catch(() => {});
   }
