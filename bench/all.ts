@@ -605,7 +605,118 @@ function trafficRows(t: TrafficFigures | undefined): string[][] {
   ];
 }
 
-/** The section: what ran, the table, and which lane-1 targets this run met. */
+/**
+ * The nginx lanes' rows: figure, target (for lane 4), lanes 4 and 5, lane 1 (HAProxy) beside them where it has the
+ * like figure, and whether lane 4 met it.
+ */
+function trafficNginxRows(t: TrafficFigures | undefined): string[][] {
+  const met = (ok: boolean | undefined) => ok === undefined ? "" : ok ? "yes" : "**no**";
+  const [ours, wait, every] = [0, 3, 4].map((i) => t?.lanes[i]);
+  const n4 = wait?.nginx ?? undefined;
+  /** Lanes 4 and 5, then lane 1's like figure (or nothing). */
+  const each = (cell: (f: TrafficLane) => string, haproxy?: (f: TrafficLane) => string) => [
+    ...[wait, every].map((f) => (f?.nginx ? cell(f) : "n/a")),
+    ours && haproxy ? haproxy(ours) : "",
+  ];
+  const nginx = (cell: (n: NonNullable<TrafficLane["nginx"]>) => string) => (f: TrafficLane) => cell(f.nginx!);
+  const throughput = (f: TrafficLane) =>
+    `${f.throughput.churn.toFixed(0)} of ${f.throughput.baseline.toFixed(0)} req/s (${
+      (100 * f.throughput.churn / f.throughput.baseline).toFixed(0)
+    }%)`;
+  const latency = (f: TrafficLane) =>
+    (["baseline", "stop", "kill", "host"] as const).map((w) => {
+      const l = f.latency[w];
+      return l ? `${formatMs(l.p99Ms)} / ${formatMs(l.worstMs)}` : "n/a";
+    }).join("; ");
+  return [
+    [
+      `failed requests in stop cycles (${t?.cycles.stop ?? "n/a"})`,
+      "0 of either method",
+      ...each((f) => failedOf(f, "stop"), (f) => failedOf(f, "stop")),
+      met(wait && wait.failed.stop.GET + wait.failed.stop.POST === 0),
+    ],
+    [
+      `failed requests in kill cycles (${t?.cycles.kill ?? "n/a"})`,
+      "",
+      ...each((f) => failedOf(f, "kill"), (f) => failedOf(f, "kill")),
+      "",
+    ],
+    [
+      "failed requests after the host death",
+      "",
+      ...each((f) => failedOf(f, "host"), (f) => failedOf(f, "host")),
+      "",
+    ],
+    [
+      "record removed to nginx reloaded (the render's `reloaded` line); lane 1: to out of rotation",
+      "p99 100 ms",
+      ...each(nginx((n) => p50p99(n.removedToReloadedMs)), (f) => p50p99(f.removedToOutMs)),
+      met(n4 && n4.removedToReloadedMs.length > 0 && percentile(n4.removedToReloadedMs, 99) <= 100),
+    ],
+    [
+      "record removed to nginx's new worker (its error log)",
+      "",
+      ...each(nginx((n) => p50p99(n.removedToWorkerMs))),
+      "",
+    ],
+    [
+      "new record to nginx reloaded with it; lane 1: to serving",
+      "",
+      ...each(nginx((n) => p50p99(n.putToReloadedMs)), (f) => p50p99(f.putToServingMs)),
+      "",
+    ],
+    [
+      "nginx reloads during the churn (a minute); lane 1: HAProxy reloads",
+      "at most removals + one per `--wait` window",
+      ...each(
+        nginx((n) => `${n.reloads} (${n.reloadsPerMinute.toFixed(1)}/min)`),
+        (f) => String(f.reloads),
+      ),
+      met(n4 && n4.reloads <= n4.removals + n4.windows),
+    ],
+    [
+      "changes that removed an instance + `--wait` windows of the others (without `--wait`: one a change)",
+      "",
+      ...each(nginx((n) => `${n.removals} + ${n.windows} = ${n.removals + n.windows} (other changes: ${n.additions})`)),
+      "",
+    ],
+    [
+      "the render's `rendered` / `reloaded` log lines during the churn",
+      "",
+      ...each(nginx((n) => `${n.rendered} / ${n.reloaded}`)),
+      "",
+    ],
+    [
+      "SIGKILL to record gone (the secretary's own finding)",
+      "",
+      ...each((f) => p50p99(f.killToGoneMs), (f) => p50p99(f.killToGoneMs)),
+      "",
+    ],
+    [
+      "host death to record gone (its lease expired)",
+      "",
+      ...each(
+        (f) => f.hostRecordGoneMs === null ? "never" : formatMs(f.hostRecordGoneMs),
+        (f) => f.hostRecordGoneMs === null ? "never" : formatMs(f.hostRecordGoneMs),
+      ),
+      "",
+    ],
+    [
+      "throughput during the churn, against the baseline",
+      "",
+      ...each(throughput, throughput),
+      "",
+    ],
+    [
+      "latency of successful requests, p99 / worst: baseline; stop; kill; host death",
+      "",
+      ...each(latency, latency),
+      "",
+    ],
+  ];
+}
+
+/** The section: what ran, the tables (HAProxy's lanes, nginx's), and which lane-1 and lane-4 targets this run met. */
 export function trafficSection(t: TrafficFigures | undefined): string {
   const rows = trafficRows(t);
   const header = ["figure", "target (lane 1)", "1. ours", "2. no registry", "3. ours, --no-watch-connection", "met"];
@@ -621,13 +732,39 @@ export function trafficSection(t: TrafficFigures | undefined): string {
       ` The machine's load average (1 min, 2 cores) was ${t.loadAverage.start} as the churn began and ` +
       `${t.loadAverage.end} as it ended.`
     : "The traffic benchmark failed or did not run.";
+  const nginxRows = trafficNginxRows(t);
+  const nginxHeader = [
+    "figure",
+    "target (lane 4)",
+    "4. nginx, `render --wait`",
+    "5. nginx, reload on every change (confd)",
+    "1. ours (HAProxy), beside them",
+    "met",
+  ];
+  const wait = t?.lanes[3]?.nginx?.wait;
+  const nginxWhat = t?.lanes[3]?.nginx
+    ? `Lanes 4 and 5 of the same run, with the same churn and load: Debian's nginx with \`proxy_next_upstream ` +
+      `error timeout http_502\` and \`proxy_connect_timeout 1s\`, its upstream rendered by \`registry render\` ` +
+      `from the shipped template (units/examples/nginx/apache-upstream.conf.tmpl), checked with \`nginx -t\` and ` +
+      `reloaded with \`nginx -s reload\`; lane 4 with the shipped unit's \`--wait ${wait}\`, lane 5 without ` +
+      "`--wait` (every change rendered and reloaded at once, as confd does). nginx's upstream state cannot be " +
+      "read: times run to the render's `reloaded` line and to nginx's new worker, not to out of rotation."
+    : "The nginx lanes did not run.";
   return `## Traffic through HAProxy while instances come and go
 
 ${what}
 
 ${markdown(rows, header)}
 
-${verdict(rows)}`;
+${verdict(rows)}
+
+## Traffic through nginx fed by \`registry render\`
+
+${nginxWhat}
+
+${markdown(nginxRows, nginxHeader)}
+
+${verdict(nginxRows)}`;
 }
 
 /** Which targets this run met and missed, from the table's own cells. */

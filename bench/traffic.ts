@@ -1,10 +1,13 @@
 /**
- * Requests through HAProxy while instances come and go: what a client sees.
+ * Requests through HAProxy and nginx while instances come and go: what a
+ * client sees.
  *
- * Three lanes side by side in one run, each with Debian's HAProxy
+ * Five lanes side by side in one run, each with three instances on hosts of
+ * their own and a load of keep-alive clients; lanes 1–3 with Debian's HAProxy
  * (testbed/haproxy.ts: `retries 3`, `option redispatch 1`, `retry-on
- * conn-failure empty-response response-timeout`), three instances on hosts
- * of their own, and a load of keep-alive clients:
+ * conn-failure empty-response response-timeout`), lanes 4 and 5 with
+ * Debian's nginx (testbed/nginx.ts: `proxy_next_upstream error timeout
+ * http_502`, `proxy_connect_timeout 1s`):
  *
  * 1. ours: a secretary per instance (`--check http --drain 2s`, the unit's
  *    defaults otherwise) and `registry sync` on an empty backend, with its
@@ -12,7 +15,15 @@
  * 2. no registry: a static backend listing the instances with HAProxy's own
  *    checks (`check inter 2s fall 2 rise 2`); an instance is restarted on its
  *    own port, as HAProxy cannot learn a new one;
- * 3. ours with `--no-watch-connection`.
+ * 3. ours with `--no-watch-connection`;
+ * 4. nginx fed by `registry render --wait` as
+ *    units/examples/nginx/registry-nginx@.service runs it (its `--wait`, its
+ *    permissions, its `--check "nginx -t -q"` and `--reload "nginx -s
+ *    reload"`, addressed to this nginx), the shipped template
+ *    units/examples/nginx/apache-upstream.conf.tmpl as it is, secretaries as
+ *    in lane 1;
+ * 5. the same without `--wait`: every change rendered and nginx reloaded at
+ *    once (confd's behaviour).
  *
  * The instances (testbed/traffic.ts `serve`) answer GET and POST with 200
  * after 20 ms of work, each in a process of its own. The load
@@ -24,7 +35,7 @@
  * After a baseline window with no churn, every 5 s for 120 s one instance
  * goes, the hosts in turn, and a replacement starts on its host once it is
  * gone, on a new port (lane 2: on the same port). The lanes run the same
- * schedule a third of a cycle apart, so one lane's process starts and stops
+ * schedule a fifth of a cycle apart, so one lane's process starts and stops
  * (CPU on 2 cores) do not land on another's removals and additions:
  * - stop (as systemd stops the secretary's unit, then the service's):
  *   SIGTERM to the secretary, which removes the record, drains 2 s and exits,
@@ -55,14 +66,28 @@
  * the ids the instances print on receipt, and filed under what happened to
  * the instance that got them first.
  *
+ * nginx's upstream state cannot be read, so the nginx lanes have no sessions,
+ * no "out of rotation" and no `show servers state` polling. Instead, polled
+ * every 2 ms from the event: "record removed → reloaded" to the render's
+ * `reloaded` line (`nginx -s reload` returned) for a file without the
+ * instance, and on to nginx's next new worker ("start worker process" in its
+ * error log); "new record → reloaded" likewise. Reloads: the "reconfiguring"
+ * lines in nginx's error log during the churn, beside the changes that
+ * removed an instance and the `--wait` windows the other changes make
+ * (replayed from this benchmark's events by lib/render.ts whenToRender; one a
+ * change without `--wait`), as the target is "no more reloads than removals
+ * plus one per window". After the host death: the failed requests, and the
+ * record gone when its lease expires.
+ *
  * `--server-options` (the sync's) and `--backend-line` (repeatable, added to
  * every lane's backend) are for trying alternatives; the figures of record
  * use neither.
  *
- * Addresses: etcd on 127.0.10.1, lane N's HAProxy on 127.0.1N.1:8000 and two
- * of its hosts on 127.0.1N.2 and 127.0.1N.3 (N = 1, 2, 3); its third host at
- * 198.51.100.(4N+2) in namespace `sttrafficN`. Needs root (the namespaces)
- * and the bundles (or it runs the source). About 3 minutes, alone.
+ * Addresses: etcd on 127.0.10.1, lane N's HAProxy or nginx on
+ * 127.0.1N.1:8000 and two of its hosts on 127.0.1N.2 and 127.0.1N.3 (N = 1
+ * to 5); its third host at 198.51.100.(4N+2) in namespace `sttrafficN`.
+ * Needs root (the namespaces), nginx and HAProxy, and the bundles (or it
+ * runs the source). About 3 minutes, alone.
  *
  * ```sh
  * node_modules/.bin/deno task bundle && node_modules/.bin/deno run -A bench/traffic.ts [--json traffic.json]
@@ -73,10 +98,13 @@
  * @module
  */
 import { parseArgs } from "node:util";
+import { parseDuration } from "../lib/cli.ts";
 import { type HAProxy, type HAProxyServer, parseServersState } from "../lib/haproxy.ts";
 import { DEFAULT_PREFIX, instanceKey } from "../lib/record.ts";
+import { readTemplate, renderTemplate, templateView, type Wait, whenToRender } from "../lib/render.ts";
 import { DEFAULT_SERVER_OPTIONS } from "../lib/sync.ts";
 import { HAProxyProcess } from "../testbed/haproxy.ts";
+import { NGINX, NginxProcess } from "../testbed/nginx.ts";
 import { delay, EtcdCluster, ROOT, Script, SOURCE_FLAGS, waitFor } from "../testbed/testbed.ts";
 import { type Failure, type Latency, type LoadTotals, NetnsHost } from "../testbed/traffic.ts";
 import { benchmark, bundlesBuilt, commandFor, DEFAULT_ARGS, formatMs, now, percentile, TTL_MS } from "./lib.ts";
@@ -92,9 +120,40 @@ export interface MethodCounts {
   POST: number;
 }
 
+/** An nginx lane's figures: what `registry render` did, and nginx's reloads. */
+export interface NginxFigures {
+  /** The render's `--wait` (the shipped unit's), or null: every change rendered at once. */
+  wait: string | null;
+  /** nginx's reloads during the churn (its error log's "reconfiguring" lines), and a minute. */
+  reloads: number;
+  reloadsPerMinute: number;
+  /** Changes during the churn that removed an instance (deletes of a live record), and the others (puts). */
+  removals: number;
+  additions: number;
+  /**
+   * The renders the other changes call for: `--wait` windows as lib/render.ts whenToRender closes them (a
+   * removal renders what is pending with it), replayed from this benchmark's events; without `--wait`, one a change.
+   * The target: reloads at most removals + windows.
+   */
+  windows: number;
+  /** The render's `rendered` and `reloaded` log lines during the churn. */
+  rendered: number;
+  reloaded: number;
+  /** Record removed to the render's `reloaded` line for a file without it (`nginx -s reload` returned). */
+  removedToReloadedMs: number[];
+  /** Record removed to nginx's next new worker after that reload (its error log's "start worker process"). */
+  removedToWorkerMs: number[];
+  /** Each removal: seconds from the start of the churn, ms to the `reloaded` line and to the new worker. */
+  removalTimes: { atSeconds: number; reloadedMs: number; workerMs?: number }[];
+  /** New record to the render's `reloaded` line for a file with it. */
+  putToReloadedMs: number[];
+}
+
 /** One lane's figures. */
 export interface TrafficLane {
   name: string;
+  /** The proxy the load goes through. */
+  proxy: "haproxy" | "nginx";
   registry: boolean;
   watchConnection: boolean;
   /** Every request, by the window it ended in. */
@@ -107,18 +166,22 @@ export interface TrafficLane {
   sentTwice: Record<Window, MethodCounts>;
   /** Each of them: seconds from the start of the churn of each receipt, and the instances. */
   sentTwiceDetail: { id: string; method: string; window: string; atSeconds: number[]; instances: string[] }[];
-  /** HAProxy's sessions (`scur`) on the killed server just before each SIGKILL. */
+  /** HAProxy's sessions (`scur`) on the killed server just before each SIGKILL (none for nginx lanes). */
   inFlightAtKills: number[];
-  /** HAProxy's sessions on the host's server just before it died. */
+  /** HAProxy's sessions on the host's server just before it died (null for nginx lanes). */
   inFlightAtHostDeath: number | null;
-  /** The host's death to its server out of rotation (down by HAProxy's check, or in maintenance). */
+  /**
+   * The host's death to its server out of rotation (down by HAProxy's check, or in maintenance); null for nginx
+   * lanes, whose upstream state (max_fails) cannot be read.
+   */
   hostOutMs: number | null;
   /** What took it out first. */
   hostOutBy: "HAProxy's check" | "the registry" | null;
   /** The host's death to its record's delete event (the lease expired). */
   hostRecordGoneMs: number | null;
-  /** The host's death to its server in maintenance or deleted (lanes with the registry). */
+  /** The host's death to its server in maintenance or deleted (HAProxy lanes with the registry). */
   hostMaintMs: number | null;
+  /** Record removed to its server in maintenance or gone (HAProxy lanes with the registry; nginx: see `nginx`). */
   removedToOutMs: number[];
   /** Record removed to the sync's `server out` line read from its stderr (it logs once HAProxy answered). */
   removedToLoggedMs: number[];
@@ -130,18 +193,26 @@ export interface TrafficLane {
   killToOutMs: number[];
   /** Records removed or added whose server never got there within the poll's bound. */
   unmatched: number;
-  /** New HAProxy processes seen (a reload or restart changes the Pid), and the Pids seen. */
+  /**
+   * New HAProxy processes seen (a reload or restart changes the Pid), and the Pids seen; nginx lanes: its reloads
+   * over the whole run (during the churn: `nginx.reloads`), no Pids.
+   */
   reloads: number;
   pids: number[];
   /** Successful requests a second. */
   throughput: { baseline: number; churn: number };
   /** Latency of the successful requests, by window. */
   latency: Partial<Record<Window, Latency>>;
-  /** HAProxy's own counters over the churn: retries and redispatches of the backend. */
-  haproxyRetries: number;
-  haproxyRedispatches: number;
-  /** Warnings the sync logged (HAProxy refused or unreachable, etcd unreachable). */
+  /** HAProxy's own counters over the churn: retries and redispatches of the backend (null for nginx lanes). */
+  haproxyRetries: number | null;
+  haproxyRedispatches: number | null;
+  /**
+   * Warnings the sync logged (HAProxy refused or unreachable, etcd unreachable); nginx lanes: the render's (a check,
+   * reload or render failed, etcd unreachable).
+   */
   syncWarnings: string[];
+  /** nginx lanes' own figures; null for HAProxy lanes. */
+  nginx: NginxFigures | null;
   /** Cycles this benchmark could not carry out (an instance that would not start): its figures are short of them. */
   cycleErrors: string[];
 }
@@ -182,11 +253,69 @@ const POLL_EVERY_MS = 2;
 const FIRST_PORT = 20_000;
 const SECRETARY_ARGS = [...DEFAULT_ARGS, "--check=http", `--drain=${DRAIN}`];
 
-const LANES = [
-  { name: "ours", registry: true, watchConnection: true },
-  { name: "no registry", registry: false, watchConnection: false },
-  { name: "ours, --no-watch-connection", registry: true, watchConnection: false },
-] as const;
+/** The shipped nginx example: the template, and the unit whose `--wait` lane 4 uses. */
+const NGINX_TEMPLATE = "units/examples/nginx/apache-upstream.conf.tmpl";
+const NGINX_UNIT = "units/examples/nginx/registry-nginx@.service";
+/** The upstream the template names. */
+const NGINX_UPSTREAM = "apache";
+
+interface LaneSpec {
+  name: string;
+  proxy: "haproxy" | "nginx";
+  registry: boolean;
+  watchConnection: boolean;
+  /** nginx lanes: `registry render --wait` as the shipped unit has it, or no --wait (every change rendered). */
+  wait?: boolean;
+}
+
+const LANES: readonly LaneSpec[] = [
+  { name: "ours", proxy: "haproxy", registry: true, watchConnection: true },
+  { name: "no registry", proxy: "haproxy", registry: false, watchConnection: false },
+  { name: "ours, --no-watch-connection", proxy: "haproxy", registry: true, watchConnection: false },
+  { name: "nginx, render --wait", proxy: "nginx", registry: true, watchConnection: true, wait: true },
+  {
+    name: "nginx, reload on every change (confd)",
+    proxy: "nginx",
+    registry: true,
+    watchConnection: true,
+    wait: false,
+  },
+];
+
+/** The `--wait` of the shipped unit (units/examples/nginx/registry-nginx@.service), as written there. */
+function unitWait(): string {
+  const wait = /--wait (\S+)/.exec(Deno.readTextFileSync(`${ROOT}${NGINX_UNIT}`))?.[1];
+  if (!wait) throw new Error(`${NGINX_UNIT} has no --wait`);
+  return wait;
+}
+
+/** `MIN[:MAX]` as `registry render --wait` reads it (MAX 4 x MIN by default). */
+export function parseWaitText(text: string): Wait {
+  const range = { minMs: 1, maxMs: 3_600_000 };
+  const [min, max] = text.split(":");
+  const minMs = parseDuration(min, "--wait", range);
+  return { minMs, maxMs: max === undefined ? 4 * minMs : parseDuration(max, "--wait", range) };
+}
+
+/**
+ * How many renders the changes other than removals call for (pure): `--wait` windows closed as lib/render.ts
+ * whenToRender closes them, a removal rendering what is pending with it at once; without `wait`, one a change.
+ * `changes` in time order. An upper bound without `wait`: changes during a render are rendered together.
+ */
+export function waitWindows(changes: readonly { atMs: number; removal: boolean }[], wait: Wait | undefined): number {
+  let windows = 0;
+  let pending: { firstMs?: number; lastMs?: number; removal: boolean } = { removal: false };
+  for (const change of changes) {
+    if (pending.firstMs !== undefined && whenToRender(pending, change.atMs, wait) === "now") {
+      windows++;
+      pending = { removal: false };
+    }
+    if (change.removal) pending = { removal: false };
+    else if (wait === undefined) windows++;
+    else pending = { firstMs: pending.firstMs ?? change.atMs, lastMs: change.atMs, removal: false };
+  }
+  return windows + (pending.firstMs === undefined ? 0 : 1);
+}
 
 /**
  * What each of `n` cycles does: a stop, or a kill every fourth, of hosts 0, 1, 2 in turn; mid-run, host 0 dies,
@@ -233,17 +362,73 @@ interface Host {
 
 interface Lane {
   index: number;
-  spec: (typeof LANES)[number];
+  spec: LaneSpec;
   service: string;
-  haproxy: HAProxyProcess;
-  client: HAProxy;
+  /** Where the load goes: HAProxy's frontend or nginx's server. */
+  front: { ip: string; port: number };
+  /** HAProxy lanes. */
+  haproxy?: HAProxyProcess;
+  client?: HAProxy;
   sync?: Script;
+  /** nginx lanes: nginx, `registry render`, and the upstream file it writes. */
+  nginx?: NginxProcess;
+  render?: Script;
+  out?: string;
   hosts: Host[];
   figures: TrafficLane;
   /** Keys with a record now. */
   present: Set<string>;
   /** When each key's record was last deleted. */
   deleted: Map<string, number>;
+  /** Every change of the lane's records, as this benchmark's watch saw it. */
+  changes: { atMs: number; removal: boolean }[];
+}
+
+/** How many lines of `text` match `line` (a regexp with the m and g flags). */
+function linesOf(text: string, line: RegExp): number {
+  return text.match(line)?.length ?? 0;
+}
+
+const RELOADED = /^reloaded /gm;
+const RENDERED = /^rendered /gm;
+
+/** Whether an upstream file rendered from the template lists `server` (`ip:port`). */
+const lists = (upstream: string, server: string) => upstream.includes(`server ${server} `);
+
+/**
+ * Polls an nginx lane's render until a `reloaded` line past the first `after` is for a file with `server` (or
+ * without it): when that line was read and how many there were then, or undefined after `boundMs`. The file is
+ * read when the line is: a render that followed within the poll's 2 ms could be taken for the one before.
+ */
+async function reloadedWith(
+  lane: Lane,
+  server: string,
+  present: boolean,
+  after: number,
+  boundMs = POLL_BOUND_MS,
+): Promise<{ at: number; count: number } | undefined> {
+  const deadline = now() + boundMs;
+  let seen = after;
+  while (now() < deadline) {
+    const count = linesOf(lane.render!.stderr, RELOADED);
+    if (count > seen) {
+      const at = now();
+      if (lists(await Deno.readTextFile(lane.out!).catch(() => ""), server) === present) return { at, count };
+      seen = count;
+    }
+    await delay(POLL_EVERY_MS);
+  }
+  return undefined;
+}
+
+/** Polls nginx's error log until it has started `atLeast` workers: when, or undefined after `boundMs`. */
+async function workerStarted(nginx: NginxProcess, atLeast: number, boundMs = POLL_BOUND_MS) {
+  const deadline = now() + boundMs;
+  while (now() < deadline) {
+    if ((await nginx.workersStarted()) >= atLeast) return now();
+    await delay(POLL_EVERY_MS);
+  }
+  return undefined;
 }
 
 function parseArgsOrExit() {
@@ -345,7 +530,8 @@ async function main(): Promise<void> {
     } catch { /* exited */ }
     await load?.status;
     await Promise.all(scripts.map((s) => s.stop()));
-    await Promise.all(lanes.map((l) => l.haproxy.stop()));
+    await Promise.all(lanes.map((l) => l.haproxy?.stop()));
+    await Promise.all(lanes.map((l) => l.nginx?.stop()));
     for (const n of netns) await n.remove();
     etcd.close();
     await cluster.stop();
@@ -426,7 +612,9 @@ async function main(): Promise<void> {
     const waitDeleted = (lane: Lane, key: string, since: number, boundMs: number) =>
       waitFor(() => (lane.deleted.get(key) ?? 0) >= since, `${key} deleted`, boundMs, 20).then(() => true, () => false);
 
-    // ---- lanes: hosts, instances, HAProxy, the sync
+    // ---- lanes: hosts, instances, HAProxy and the sync, or nginx and the render
+    const waitText = unitWait();
+    const template = readTemplate(`${ROOT}${NGINX_TEMPLATE}`);
     for (const [index, spec] of LANES.entries()) {
       const net = `127.0.${11 + index}`;
       const host = await NetnsHost.create(`sttraffic${index + 1}`, index + 1);
@@ -436,27 +624,45 @@ async function main(): Promise<void> {
         { index: 1, ip: `${net}.2`, port: FIRST_PORT, busy: Promise.resolve() },
         { index: 2, ip: `${net}.3`, port: FIRST_PORT, busy: Promise.resolve() },
       ];
-      const haproxy = await HAProxyProcess.start({
-        dir: `${dir}/haproxy-${index + 1}`,
-        ip: `${net}.1`,
-        port: 8000,
-        backend: BACKEND,
-        backendLines: [
-          ...options.backendLines,
-          ...(spec.registry ? [] : hosts.map((h) => `server s${h.index} ${h.ip}:${h.port} ${STATIC_CHECK}`)),
-        ],
-      });
+      const service = `traffic-${index + 1}`;
+      const front = { ip: `${net}.1`, port: 8000 };
+      const haproxy = spec.proxy === "haproxy"
+        ? await HAProxyProcess.start({
+          dir: `${dir}/haproxy-${index + 1}`,
+          ...front,
+          backend: BACKEND,
+          backendLines: [
+            ...options.backendLines,
+            ...(spec.registry ? [] : hosts.map((h) => `server s${h.index} ${h.ip}:${h.port} ${STATIC_CHECK}`)),
+          ],
+        })
+        : undefined;
+      let nginx: NginxProcess | undefined;
+      const nginxDir = `${dir}/nginx-${index + 1}`;
+      const out = `${nginxDir}/conf.d/upstream.conf`;
+      if (spec.proxy === "nginx") {
+        // nginx needs the file before it starts: what the render's first listing will write, no instance yet
+        await Deno.mkdir(`${nginxDir}/conf.d`, { recursive: true });
+        await Deno.writeTextFile(out, renderTemplate(template, templateView(DEFAULT_PREFIX, service, new Map())));
+        nginx = await NginxProcess.start({ dir: nginxDir, ...front, upstream: NGINX_UPSTREAM });
+      }
+      const wait = spec.wait ? waitText : undefined;
       const lane: Lane = {
         index,
         spec,
-        service: `traffic-${index + 1}`,
+        service,
+        front,
         haproxy,
-        client: haproxy.client(),
+        client: haproxy?.client(),
+        nginx,
+        out: nginx ? out : undefined,
         hosts,
         present: new Set(),
         deleted: new Map(),
+        changes: [],
         figures: {
           name: spec.name,
+          proxy: spec.proxy,
           registry: spec.registry,
           watchConnection: spec.watchConnection,
           requests: counts(),
@@ -478,19 +684,79 @@ async function main(): Promise<void> {
           killToOutMs: [],
           unmatched: 0,
           reloads: 0,
-          pids: [(await haproxy.client().process()).pid],
+          pids: haproxy ? [(await haproxy.client().process()).pid] : [],
           throughput: { baseline: 0, churn: 0 },
           latency: {},
-          haproxyRetries: 0,
-          haproxyRedispatches: 0,
+          haproxyRetries: haproxy ? 0 : null,
+          haproxyRedispatches: haproxy ? 0 : null,
           syncWarnings: [],
           cycleErrors: [],
+          nginx: nginx
+            ? {
+              wait: wait ?? null,
+              reloads: 0,
+              reloadsPerMinute: 0,
+              removals: 0,
+              additions: 0,
+              windows: 0,
+              rendered: 0,
+              reloaded: 0,
+              removedToReloadedMs: [],
+              removedToWorkerMs: [],
+              removalTimes: [],
+              putToReloadedMs: [],
+            }
+            : null,
         },
       };
       lanes.push(lane);
       figures.lanes.push(lane.figures);
-      if (spec.registry) {
-        const socket = haproxy.adminSocket;
+      if (nginx) {
+        // as units/examples/nginx/registry-nginx@.service runs it, this nginx's prefix and config added
+        const addressed = NginxProcess.args(nginxDir).join(" ");
+        const args = [
+          "render",
+          service,
+          "--template",
+          NGINX_TEMPLATE,
+          "--out",
+          out,
+          "--check",
+          `${NGINX} -t -q ${addressed}`,
+          "--reload",
+          `${NGINX} -s reload ${addressed}`,
+          ...(wait ? ["--wait", wait] : []),
+          "--endpoints",
+          endpoints,
+        ];
+        const render = runtime === "deno"
+          ? new Script(Deno.execPath(), [
+            "run",
+            "--v8-flags=--lite-mode",
+            `--allow-net=${etcdHost}`,
+            // and nginx itself: render's check that a command can run stats it, which the unit does not allow
+            `--allow-read=${NGINX_TEMPLATE},${nginxDir}/conf.d,${NGINX}`,
+            `--allow-write=${nginxDir}/conf.d`,
+            "--allow-run",
+            "--allow-env=ETCDCTL_CACERT,ETCDCTL_CERT,ETCDCTL_KEY,ETCDCTL_USER,JOURNAL_STREAM,GRPC_*,PATH,NODE_V8_COVERAGE",
+            "dist/registry.mjs",
+            ...args,
+          ])
+          : new Script(Deno.execPath(), [
+            "run",
+            "--allow-net",
+            "--allow-env",
+            "--allow-read",
+            "--allow-write",
+            "--allow-run",
+            "registry.ts",
+            ...args,
+          ]);
+        scripts.push(render);
+        lane.render = render;
+        await render.waitForLog(/^started /);
+      } else if (spec.registry) {
+        const socket = haproxy!.adminSocket;
         // as units/registry-haproxy@.service runs it
         const args = [
           "sync",
@@ -527,6 +793,38 @@ async function main(): Promise<void> {
       const lane = laneOf(key);
       if (!lane) return;
       const server = key.slice(key.lastIndexOf("/") + 1);
+      lane.changes.push({ atMs: at, removal: type === "delete" && lane.present.has(key) });
+      if (lane.nginx) {
+        const nginx = lane.nginx;
+        const f = lane.figures.nginx!;
+        const after = linesOf(lane.render!.stderr, RELOADED);
+        if (type === "delete") {
+          lane.present.delete(key);
+          lane.deleted.set(key, at);
+          pending.push((async () => {
+            const workers = await nginx.workersStarted();
+            const reloaded = await reloadedWith(lane, server, false, after);
+            if (!reloaded) return lane.figures.unmatched++;
+            // one new worker a reload (worker_processes 1): the one of the reload that matched
+            const worker = await workerStarted(nginx, workers + reloaded.count - after);
+            f.removedToReloadedMs.push(reloaded.at - at);
+            if (worker !== undefined) f.removedToWorkerMs.push(worker - at);
+            f.removalTimes.push({
+              atSeconds: Math.round(at - churnAt) / 1000,
+              reloadedMs: reloaded.at - at,
+              ...(worker === undefined ? {} : { workerMs: worker - at }),
+            });
+          })());
+        } else if (!lane.present.has(key)) {
+          lane.present.add(key);
+          pending.push(
+            reloadedWith(lane, server, true, after).then((r) =>
+              r === undefined ? lane.figures.unmatched++ : f.putToReloadedMs.push(r.at - at)
+            ),
+          );
+        }
+        return;
+      }
       if (type === "delete") {
         lane.present.delete(key);
         lane.deleted.set(key, at);
@@ -534,7 +832,7 @@ async function main(): Promise<void> {
         const logged = lane.sync!.stderr.split(line).length - 1; // lines for this server so far
         pending.push(
           Promise.all([
-            pollUntil(lane.client, (servers) => {
+            pollUntil(lane.client!, (servers) => {
               const s = servers.find((x) => x.name === server);
               return s === undefined || s.maint;
             }),
@@ -554,7 +852,7 @@ async function main(): Promise<void> {
       } else if (!lane.present.has(key)) {
         lane.present.add(key);
         pending.push(
-          pollUntil(lane.client, (servers) => inRotation(servers.find((x) => x.name === server)))
+          pollUntil(lane.client!, (servers) => inRotation(servers.find((x) => x.name === server)))
             .then((t) => t === undefined ? lane.figures.unmatched++ : lane.figures.putToServingMs.push(t - at)),
         );
       }
@@ -578,7 +876,15 @@ async function main(): Promise<void> {
     await waitFor(
       async () => {
         for (const lane of lanes) {
-          const servers = await serversState(lane.client);
+          if (lane.nginx) {
+            // every instance in the file, and nginx told of it: no render in flight
+            const upstream = await Deno.readTextFile(lane.out!).catch(() => "");
+            if (!lane.hosts.every((h) => h.current && lists(upstream, h.current.server))) return false;
+            const log = lane.render!.stderr;
+            if (linesOf(log, RELOADED) < linesOf(log, RENDERED)) return false;
+            continue;
+          }
+          const servers = await serversState(lane.client!);
           if (!lane.hosts.every((h) => inRotation(servers.find((s) => s.name === h.current?.server)))) return false;
         }
         return true;
@@ -594,10 +900,12 @@ async function main(): Promise<void> {
         } s deadline, ${WORK_MS} ms of work a request`,
     );
 
-    // ---- reloads: HAProxy's Pid every second
+    // ---- reloads: HAProxy's Pid every second (nginx's are in its error log)
     for (const lane of lanes) {
+      if (!lane.client) continue;
+      const client = lane.client;
       timers.push(setInterval(() => {
-        lane.client.process().then((p) => {
+        client.process().then((p) => {
           if (!lane.figures.pids.includes(p.pid)) {
             lane.figures.pids.push(p.pid);
             lane.figures.reloads++;
@@ -613,7 +921,7 @@ async function main(): Promise<void> {
         "--allow-net",
         "testbed/traffic.ts",
         "load",
-        ...lanes.map((l) => `http://${l.haproxy.ip}:${l.haproxy.port}/`),
+        ...lanes.map((l) => `http://${l.front.ip}:${l.front.port}/`),
         "--clients",
         String(CLIENTS),
         "--deadline-ms",
@@ -649,8 +957,16 @@ async function main(): Promise<void> {
     await label(undefined, "baseline");
     const baselineAt = now();
     await delay(options.baselineSeconds * 1000);
-    const retriesAtChurn = await Promise.all(lanes.map((l) => retryCounters(l.client)));
+    const retriesAtChurn = await Promise.all(lanes.map((l) => l.client && retryCounters(l.client)));
     figures.loadAverage.start = loadAverage();
+    /** nginx lanes: nginx's reloads and the render's log lines so far. */
+    const nginxCounts = (lane: Lane) =>
+      lane.nginx!.reloads().then((reloads) => ({
+        reloads,
+        rendered: linesOf(lane.render!.stderr, RENDERED),
+        reloaded: linesOf(lane.render!.stderr, RELOADED),
+      }));
+    const nginxAtChurn = await Promise.all(lanes.map((l) => l.nginx && nginxCounts(l)));
 
     // ---- the churn
     churnAt = now();
@@ -669,10 +985,10 @@ async function main(): Promise<void> {
           host.current = await startInstance(lane, host);
           return;
         case "kill": {
-          lane.figures.inFlightAtKills.push(await sessionsOf(lane.client, old.server));
+          if (lane.client) lane.figures.inFlightAtKills.push(await sessionsOf(lane.client, old.server));
           const at = now();
           old.service.kill("SIGKILL");
-          if (lane.spec.registry) {
+          if (lane.spec.registry && lane.client) {
             background.push(
               pollUntil(lane.client, (servers) => !inRotation(servers.find((s) => s.name === old.server)))
                 .then((t) => t !== undefined && lane.figures.killToOutMs.push(t - at)),
@@ -683,11 +999,17 @@ async function main(): Promise<void> {
             // the secretary finds out by itself; then systemd's BindsTo= stops it, and the unit starts again
             const gone = await waitDeleted(lane, old.key!, at, TTL_MS + 10_000);
             if (gone) lane.figures.killToGoneMs.push(lane.deleted.get(old.key!)! - at);
-            // not before the sync has acted on the removal: starting processes then would slow what is timed
-            await pollUntil(lane.client, (servers) => {
-              const s = servers.find((x) => x.name === old.server);
-              return s === undefined || s.maint;
-            }, 2000);
+            // not before the sync (the render) has acted on the removal: starting processes then would slow what is
+            // timed
+            if (lane.client) {
+              await pollUntil(lane.client, (servers) => {
+                const s = servers.find((x) => x.name === old.server);
+                return s === undefined || s.maint;
+              }, 2000);
+            } else {
+              const after = linesOf(lane.render!.stderr, RELOADED) - 1; // its reload may be logged already
+              await reloadedWith(lane, old.server, false, Math.max(0, after), 2000);
+            }
             old.secretary!.kill(gone ? "SIGTERM" : "SIGKILL");
             await old.secretary!.finished(30_000);
             host.port++;
@@ -697,23 +1019,31 @@ async function main(): Promise<void> {
         }
         case "host": {
           const netns = host.netns!;
-          lane.figures.inFlightAtHostDeath = await sessionsOf(lane.client, old.server);
+          const client = lane.client;
+          if (client) lane.figures.inFlightAtHostDeath = await sessionsOf(client, old.server);
           await netns.drop();
           const at = now();
           old.service.kill("SIGKILL");
           old.secretary?.kill("SIGKILL");
           background.push((async () => {
+            if (!client) {
+              // nginx's view of its upstream cannot be read: the record's lease expiring is what there is
+              if (await waitDeleted(lane, old.key!, at, TTL_MS + 10_000)) {
+                lane.figures.hostRecordGoneMs = lane.deleted.get(old.key!)! - at;
+              }
+              return;
+            }
             const out = await pollUntil(
-              lane.client,
+              client,
               (servers) => !inRotation(servers.find((s) => s.name === old.server)),
             );
             if (out !== undefined) {
               lane.figures.hostOutMs = out - at;
-              const s = (await serversState(lane.client)).find((x) => x.name === old.server);
+              const s = (await serversState(client)).find((x) => x.name === old.server);
               lane.figures.hostOutBy = s === undefined || s.maint ? "the registry" : "HAProxy's check";
             }
             if (lane.spec.registry) {
-              const maint = await pollUntil(lane.client, (servers) => {
+              const maint = await pollUntil(client, (servers) => {
                 const s = servers.find((x) => x.name === old.server);
                 return s === undefined || s.maint;
               });
@@ -735,7 +1065,7 @@ async function main(): Promise<void> {
           return;
       }
     };
-    // each lane a third of a cycle after the one before, so that one lane's process starts and stops do not
+    // each lane a fifth of a cycle (1/lanes) after the one before, so that one lane's process starts and stops do not
     // land on another's removals and additions; the load's labels are per lane
     const offsetMs = (lane: Lane) => lane.index * CYCLE_MS / lanes.length;
     const events = plan.flatMap((step, c) =>
@@ -768,7 +1098,7 @@ async function main(): Promise<void> {
       await delay(Math.max(0, churnAt + churnMs + offsetMs(lane) - now()));
       await label(lane, "idle");
     }
-    const retriesAtEnd = await Promise.all(lanes.map((l) => retryCounters(l.client)));
+    const retriesAtEnd = await Promise.all(lanes.map((l) => l.client && retryCounters(l.client)));
     figures.loadAverage.end = loadAverage();
     await labels.close();
     await reading;
@@ -777,6 +1107,9 @@ async function main(): Promise<void> {
     await Promise.all(lanes.flatMap((l) => l.hosts.map((h) => h.busy)));
     await Promise.all(background);
     await Promise.all(pending);
+    // the churn's reloads: to here, where the last cycle's changes have been rendered and reloaded
+    const churnEnd = now();
+    const nginxAtEnd = await Promise.all(lanes.map((l) => l.nginx && nginxCounts(l)));
 
     // ---- figures
     if (!totals) throw new Error("the load printed no totals");
@@ -805,8 +1138,23 @@ async function main(): Promise<void> {
         baseline: ok(["baseline"]) / ((churnAt - baselineAt) / 1000),
         churn: ok(["stop", "kill", "host"]) / (churnMs / 1000),
       };
-      f.haproxyRetries = retriesAtEnd[lane.index].retries - retriesAtChurn[lane.index].retries;
-      f.haproxyRedispatches = retriesAtEnd[lane.index].redispatches - retriesAtChurn[lane.index].redispatches;
+      const [retriesBefore, retriesAfter] = [retriesAtChurn[lane.index], retriesAtEnd[lane.index]];
+      if (retriesBefore && retriesAfter) {
+        f.haproxyRetries = retriesAfter.retries - retriesBefore.retries;
+        f.haproxyRedispatches = retriesAfter.redispatches - retriesBefore.redispatches;
+      }
+      const [nginxBefore, nginxAfter] = [nginxAtChurn[lane.index], nginxAtEnd[lane.index]];
+      if (f.nginx && nginxBefore && nginxAfter) {
+        const changes = lane.changes.filter((c) => c.atMs >= churnAt && c.atMs <= churnEnd);
+        f.nginx.reloads = nginxAfter.reloads - nginxBefore.reloads;
+        f.nginx.reloadsPerMinute = f.nginx.reloads / ((churnEnd - churnAt) / 60_000);
+        f.nginx.rendered = nginxAfter.rendered - nginxBefore.rendered;
+        f.nginx.reloaded = nginxAfter.reloaded - nginxBefore.reloaded;
+        f.nginx.removals = changes.filter((c) => c.removal).length;
+        f.nginx.additions = changes.length - f.nginx.removals;
+        f.nginx.windows = waitWindows(changes, f.nginx.wait === null ? undefined : parseWaitText(f.nginx.wait));
+        f.reloads = nginxAfter.reloads;
+      }
       // requests received by two instances: sent, then sent again
       const received = new Map<string, { at: number[]; method: string; instances: string[]; first?: Script }>();
       for (const [instance, s] of services) {
@@ -831,7 +1179,9 @@ async function main(): Promise<void> {
         const instances = order.map((i) => r.instances[i]);
         f.sentTwiceDetail.push({ id, method: r.method, window, atSeconds, instances });
       }
-      f.syncWarnings = (lane.sync?.stderr ?? "").split("\n").filter((l) => /unreachable|refused/.test(l));
+      f.syncWarnings = lane.render
+        ? lane.render.stderr.split("\n").filter((l) => /failed|unreachable/.test(l))
+        : (lane.sync?.stderr ?? "").split("\n").filter((l) => /unreachable|refused/.test(l));
     }
     print(figures);
     return figures;
@@ -851,12 +1201,16 @@ export function failedText(f: TrafficLane, w: Window): string {
 }
 
 function print(figures: TrafficFigures): void {
+  /** A cell for HAProxy lanes only (nginx's upstream state and sessions cannot be read). */
+  const haproxy = (cell: (f: TrafficLane) => string) => (f: TrafficLane) => f.proxy === "haproxy" ? cell(f) : "n/a";
+  /** A cell for nginx lanes only. */
+  const nginx = (cell: (n: NginxFigures) => string) => (f: TrafficLane) => f.nginx ? cell(f.nginx) : "n/a";
   const rows: [string, (f: TrafficLane) => string][] = [
     ["failed in stop cycles", (f) => failedText(f, "stop")],
     ["failed in kill cycles", (f) => failedText(f, "kill")],
-    ["in flight at each kill (scur)", (f) => f.inFlightAtKills.join(", ") || "n/a"],
+    ["in flight at each kill (scur)", haproxy((f) => f.inFlightAtKills.join(", ") || "n/a")],
     ["failed after the host death", (f) => failedText(f, "host")],
-    ["in flight at the host death", (f) => String(f.inFlightAtHostDeath ?? "n/a")],
+    ["in flight at the host death", haproxy((f) => String(f.inFlightAtHostDeath ?? "n/a"))],
     ["failed in the baseline", (f) => failedText(f, "baseline")],
     [
       "sent twice (stop, kill, host)",
@@ -867,29 +1221,53 @@ function print(figures: TrafficFigures): void {
     ],
     [
       "host death -> out of rotation",
-      (f) => f.hostOutMs === null ? "never" : `${formatMs(f.hostOutMs)} (${f.hostOutBy})`,
+      haproxy((f) => f.hostOutMs === null ? "never" : `${formatMs(f.hostOutMs)} (${f.hostOutBy})`),
     ],
     [
       "host death -> record gone / server in maint",
-      (f) => f.registry ? `${formatMs(f.hostRecordGoneMs ?? NaN)} / ${formatMs(f.hostMaintMs ?? NaN)}` : "n/a",
+      (f) =>
+        f.registry
+          ? `${formatMs(f.hostRecordGoneMs ?? NaN)} / ${f.nginx ? "n/a" : formatMs(f.hostMaintMs ?? NaN)}`
+          : "n/a",
     ],
     ["kill -> record gone", (f) => f.registry ? p50p99(f.killToGoneMs) : "n/a"],
-    ["kill -> out of rotation", (f) => f.registry ? p50p99(f.killToOutMs) : "n/a"],
-    ["record removed -> out of rotation", (f) => f.registry ? p50p99(f.removedToOutMs) : "n/a"],
-    ["record removed -> sync logged server out", (f) => f.registry ? p50p99(f.removedToLoggedMs) : "n/a"],
+    ["kill -> out of rotation", haproxy((f) => f.registry ? p50p99(f.killToOutMs) : "n/a")],
+    ["record removed -> out of rotation", haproxy((f) => f.registry ? p50p99(f.removedToOutMs) : "n/a")],
+    ["record removed -> sync logged server out", haproxy((f) => f.registry ? p50p99(f.removedToLoggedMs) : "n/a")],
     [
       "  each (s into the churn: ms to out/logged)",
-      (f) =>
+      haproxy((f) =>
         f.removals.map((r) => `${r.atSeconds.toFixed(1)}: ${r.ms.toFixed(1)}/${r.loggedMs?.toFixed(1) ?? "-"}`)
-          .join(", ") || "n/a",
+          .join(", ") || "n/a"
+      ),
     ],
-    ["new record -> serving", (f) => f.registry ? p50p99(f.putToServingMs) : "n/a"],
-    ["HAProxy reloads", (f) => String(f.reloads)],
+    ["new record -> serving", haproxy((f) => f.registry ? p50p99(f.putToServingMs) : "n/a")],
+    ["record removed -> render reloaded nginx", nginx((n) => p50p99(n.removedToReloadedMs))],
+    ["record removed -> nginx's new worker", nginx((n) => p50p99(n.removedToWorkerMs))],
+    [
+      "  each (s into the churn: ms to reloaded/worker)",
+      nginx((n) =>
+        n.removalTimes.map((r) =>
+          `${r.atSeconds.toFixed(1)}: ${r.reloadedMs.toFixed(1)}/${r.workerMs?.toFixed(1) ?? "-"}`
+        ).join(", ") || "n/a"
+      ),
+    ],
+    ["new record -> render reloaded nginx with it", nginx((n) => p50p99(n.putToReloadedMs))],
+    [
+      "nginx reloads in the churn, a minute",
+      nginx((n) => `${n.reloads}, ${n.reloadsPerMinute.toFixed(1)}/min (--wait ${n.wait ?? "none"})`),
+    ],
+    [
+      "removals + --wait windows (reloads at most)",
+      nginx((n) => `${n.removals} + ${n.windows} = ${n.removals + n.windows} (other changes ${n.additions})`),
+    ],
+    ["render's rendered / reloaded lines in the churn", nginx((n) => `${n.rendered} / ${n.reloaded}`)],
+    ["HAProxy reloads", haproxy((f) => String(f.reloads))],
     [
       "throughput, churn / baseline",
       (f) => `${f.throughput.churn.toFixed(0)} / ${f.throughput.baseline.toFixed(0)} req/s`,
     ],
-    ["HAProxy retries, redispatches", (f) => `${f.haproxyRetries}, ${f.haproxyRedispatches}`],
+    ["HAProxy retries, redispatches", haproxy((f) => `${f.haproxyRetries}, ${f.haproxyRedispatches}`)],
     [
       "latency p99/worst: baseline, stop, kill, host",
       (f) =>
@@ -912,7 +1290,7 @@ function print(figures: TrafficFigures): void {
         `  sent twice (${x.window}): ${x.method} ${x.id} at ${x.atSeconds.join(", ")} s to ${x.instances.join(", ")}`,
       );
     }
-    for (const w of f.syncWarnings) console.log(`  sync: ${w}`);
+    for (const w of f.syncWarnings) console.log(`  ${f.nginx ? "render" : "sync"}: ${w}`);
     for (const e of f.cycleErrors) console.log(`  not carried out: ${e}`);
   }
 }

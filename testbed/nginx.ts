@@ -74,10 +74,22 @@ export class NginxProcess {
     return nginx;
   }
 
-  /** How many times it has reloaded: its error log's "reconfiguring" lines. */
+  /** Its error log so far ("" before there is one). */
+  errorLog(): Promise<string> {
+    return Deno.readTextFile(`${this.dir}/error.log`).catch(() => "");
+  }
+
+  /**
+   * How many times it has reloaded: its error log's "reconfiguring" lines, the master's own (the line of the
+   * SIGHUP's receipt, "signal 1 (SIGHUP) received from …, reconfiguring", is not counted: it would count each twice).
+   */
   async reloads(): Promise<number> {
-    const log = await Deno.readTextFile(`${this.dir}/error.log`).catch(() => "");
-    return log.split("\n").filter((l) => l.includes("reconfiguring")).length;
+    return (await this.errorLog()).split("\n").filter((l) => /: reconfiguring$/.test(l)).length;
+  }
+
+  /** How many worker processes it has started (one at its start and at each reload, with `worker_processes 1`). */
+  async workersStarted(): Promise<number> {
+    return (await this.errorLog()).split("\n").filter((l) => l.includes("start worker process")).length;
   }
 
   /** SIGTERM: nginx's fast shutdown, which ends its workers too (a SIGKILL would leave them behind). */
