@@ -209,8 +209,13 @@ export function unrunnable(argv: string[], path: string): string | undefined {
       // an execute bit, rather than access(): deno asks --allow-sys=uid for that
       const info = statSync(candidate);
       if (info.isFile() && (info.mode & 0o111) !== 0) return undefined;
-    } catch {
-      // not this one
+    } catch (err) {
+      // deno without --allow-read for it: say so, rather than "no such file"
+      if (
+        err instanceof Error && /NotCapable|PermissionDenied|Requires read access/.test(`${err.name} ${err.message}`)
+      ) {
+        return `${candidate} cannot be looked at: add it to deno's --allow-read`;
+      }
     }
   }
   return name.includes("/") ? "no such executable file" : `no executable ${name} in PATH`;

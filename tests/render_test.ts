@@ -11,9 +11,11 @@ import assert from "node:assert/strict";
 import { DEFAULT_PREFIX, instanceKey } from "../lib/record.ts";
 import { NGINX, NginxProcess } from "../testbed/nginx.ts";
 import {
+  bundles,
   delay,
   type EtcdCluster,
   EVENT_MS,
+  execStart,
   loopback,
   READY_MS,
   ROOT,
@@ -21,6 +23,7 @@ import {
   Script,
   SOURCE_FLAGS,
   TestServer,
+  unitEnvironment,
   waitFor,
 } from "../testbed/testbed.ts";
 import type { Etcd } from "../lib/etcd.ts";
@@ -169,6 +172,45 @@ Deno.test("render: instances added, stopped and killed show in nginx's upstream,
     await waitFor(async () => (await nginx.reloads()) >= 3, "nginx reloaded after each change", EVENT_MS);
     await servers[0].close();
     assert.doesNotMatch(render.stderr, /check failed|reload failed/, render.stderr);
+  });
+});
+
+Deno.test("render: the nginx example unit's ExecStart (the bundle, the unit's least privilege) renders and reloads", async () => {
+  await withBed(async (bed) => {
+    const nginx = await startNginx(bed);
+    const nginxDir = `${bed.dir}/nginx`;
+    const unit = `${ROOT}units/examples/nginx/registry-nginx@.service`;
+    const vars = { SECRETARY_ETCD: new URL(bed.endpoints.split(",")[0]).host, "%i": "apache" };
+    // the unit's paths, moved into this test's folder; its commands given this nginx's prefix and config
+    await Deno.mkdir(`${bed.dir}/secretary`);
+    await Deno.copyFile(TEMPLATE, `${bed.dir}/secretary/apache-upstream.conf.tmpl`);
+    const own = `${NGINX} ${NginxProcess.args(nginxDir).join(" ")}`;
+    const argv = (await execStart(unit, vars, await bundles())).map((word) =>
+      word.replaceAll("/etc/nginx/conf.d", `${nginxDir}/conf.d`).replaceAll("/etc/nginx/", `${bed.dir}/`)
+        .replace(/^\/usr\/sbin\/nginx (-t -q|-s reload)$/, `${own} $1`)
+    );
+    assert.ok(argv.some((w) => w.startsWith(own)), `the unit's commands: ${argv.join(" ")}`);
+    const env = await unitEnvironment(unit);
+    for (const [k, v] of Object.entries(env)) env[k] = v.replaceAll("%C", `${bed.dir}/cache`);
+    const render = new Script(argv[0], argv.slice(1), { ...env, ...vars, PATH: "/usr/sbin:/usr/bin:/bin" }, {
+      clearEnv: true,
+      cwd: bed.dir,
+    });
+    bed.scripts.push(render);
+    await render.waitForLog(/^started /, READY_MS);
+    const reloadsBefore = await nginx.reloads();
+    const server = await TestServer.start(lo.ip(2));
+    bed.secretary(server);
+    await upstreamIs(bed, [`${server.host}:${server.port}`], "registered, through the unit's render");
+    await waitFor(
+      async () => (await nginx.reloads()) > reloadsBefore,
+      "nginx reloaded by the unit's command",
+      EVENT_MS,
+    );
+    assert.doesNotMatch(render.stderr, /NotCapable|Requires \w+ access|cannot be looked at|failed/, render.stderr);
+    render.kill("SIGTERM");
+    assert.equal((await render.finished(EVENT_MS)).code, 0, render.stderr);
+    await server.close();
   });
 });
 
