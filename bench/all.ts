@@ -11,8 +11,8 @@
  * what each check kind costs, one sidekick at a time, alone, as it measures
  * CPU; then memory as a host pays it (hosts of one and of ten sidekicks,
  * under deno and node); then 100 sidekicks, alone, as they load the host;
- * then traffic through HAProxy while instances come and go (three lanes
- * side by side), alone, as it loads both cores; then watch fan-out and the
+ * then traffic through HAProxy and nginx while instances come and go (six
+ * lanes side by side), alone, as it loads both cores; then watch fan-out and the
  * lease load of thousands of instances against three members, alone. About
  * 50 minutes on 2 cores, 30 of them the lease load.
  *
@@ -500,7 +500,7 @@ function failedOf(f: TrafficLane, window: "stop" | "kill" | "host"): string {
   return `GET ${f.failed[window].GET}, POST ${f.failed[window].POST} of ${all.toLocaleString("en")}`;
 }
 
-/** The rows: figure, target (for lane 1), the three lanes, and whether lane 1 met it. */
+/** The rows: figure, target (for lane 1), the three HAProxy lanes, and whether lane 1 met it. */
 function trafficRows(t: TrafficFigures | undefined): string[][] {
   const met = (ok: boolean | undefined) => ok === undefined ? "" : ok ? "yes" : "**no**";
   const [ours, none, noWatch] = [0, 1, 2].map((i) => t?.lanes[i]);
@@ -606,16 +606,16 @@ function trafficRows(t: TrafficFigures | undefined): string[][] {
 }
 
 /**
- * The nginx lanes' rows: figure, target (for lane 4), lanes 4 and 5, lane 1 (HAProxy) beside them where it has the
+ * The nginx lanes' rows: figure, target (for lane 4), lanes 4 to 6, lane 1 (HAProxy) beside them where it has the
  * like figure, and whether lane 4 met it.
  */
 function trafficNginxRows(t: TrafficFigures | undefined): string[][] {
   const met = (ok: boolean | undefined) => ok === undefined ? "" : ok ? "yes" : "**no**";
-  const [ours, wait, every] = [0, 3, 4].map((i) => t?.lanes[i]);
+  const [ours, wait, every, closing] = [0, 3, 4, 5].map((i) => t?.lanes[i]);
   const n4 = wait?.nginx ?? undefined;
-  /** Lanes 4 and 5, then lane 1's like figure (or nothing). */
+  /** Lanes 4 to 6, then lane 1's like figure (or nothing). */
   const each = (cell: (f: TrafficLane) => string, haproxy?: (f: TrafficLane) => string) => [
-    ...[wait, every].map((f) => (f?.nginx ? cell(f) : "n/a")),
+    ...[wait, every, closing].map((f) => (f?.nginx ? cell(f) : "n/a")),
     ours && haproxy ? haproxy(ours) : "",
   ];
   const nginx = (cell: (n: NonNullable<TrafficLane["nginx"]>) => string) => (f: TrafficLane) => cell(f.nginx!);
@@ -738,6 +738,7 @@ export function trafficSection(t: TrafficFigures | undefined): string {
     "target (lane 4)",
     "4. nginx, `render --wait`",
     "5. nginx, reload on every change (confd)",
+    "6. nginx, `render --wait`, `keepalive_timeout 0`",
     "1. ours (HAProxy), beside them",
     "met",
   ];
@@ -747,8 +748,11 @@ export function trafficSection(t: TrafficFigures | undefined): string {
       `error timeout http_502\` and \`proxy_connect_timeout 1s\`, its upstream rendered by \`registry render\` ` +
       `from the shipped template (units/examples/nginx/apache-upstream.conf.tmpl), checked with \`nginx -t\` and ` +
       `reloaded with \`nginx -s reload\`; lane 4 with the shipped unit's \`--wait ${wait}\`, lane 5 without ` +
-      "`--wait` (every change rendered and reloaded at once, as confd does). nginx's upstream state cannot be " +
-      "read: times run to the render's `reloaded` line and to nginx's new worker, not to out of rotation."
+      "`--wait` (every change rendered and reloaded at once, as confd does); lane 6 as lane 4, with " +
+      "`keepalive_timeout 0;` in nginx's server block (no keep-alive to the clients: at a reload, nginx's old " +
+      "worker closes its idle keep-alive connections, and a request sent on one at that instant fails unless the " +
+      "client retries it). nginx's upstream state cannot be read: times run to the render's `reloaded` line and to " +
+      "nginx's new worker, not to out of rotation."
     : "The nginx lanes did not run.";
   return `## Traffic through HAProxy while instances come and go
 
@@ -769,9 +773,10 @@ ${verdict(nginxRows)}`;
 
 /** Which targets this run met and missed, from the table's own cells. */
 function verdict(rows: string[][]): string {
-  const judged = rows.filter((r) => r[5] === "yes" || r[5] === "**no**");
-  const missed = judged.filter((r) => r[5] === "**no**");
-  const unjudged = rows.filter((r) => r[1] !== "" && r[5] === "");
+  const met = (r: string[]) => r[r.length - 1];
+  const judged = rows.filter((r) => met(r) === "yes" || met(r) === "**no**");
+  const missed = judged.filter((r) => met(r) === "**no**");
+  const unjudged = rows.filter((r) => r[1] !== "" && met(r) === "");
   const parts = [
     missed.length
       ? `This run missed ${missed.length} of the ${judged.length} targets it judged:\n\n${
@@ -916,10 +921,10 @@ How each figure is taken:
 - Scale ([scale.ts](scale.ts)): ${
     scale ? `${scale.instances} sidekicks` : "sidekicks"
   } started at a steady rate, each with its own target, all served by the benchmark's one process.
-- Traffic ([traffic.ts](traffic.ts)): three lanes side by side (their cycles a third of a cycle apart), each
-  Debian's HAProxy (\`retries 3\`, \`option redispatch 1\`,
-  \`retry-on conn-failure empty-response response-timeout\`) before three instances, each a process of its own on a
-  host of its own. A stop is systemd's:
+- Traffic ([traffic.ts](traffic.ts)): six lanes side by side (their cycles a sixth of a cycle apart), each a proxy
+  before three instances, each a process of its own on a host of its own: Debian's HAProxy (\`retries 3\`,
+  \`option redispatch 1\`, \`retry-on conn-failure empty-response response-timeout\`) in lanes 1 to 3, Debian's nginx
+  in lanes 4 to 6. A stop is systemd's:
   SIGTERM to the secretary (it removes the record, drains, exits), then to the service; a kill is SIGKILL to the
   service, its HAProxy sessions read just before; the host death drops every packet to and from a host (a network
   namespace behind a veth pair) before its service and secretary get SIGKILL, so no RST ever comes. Lane 2 restarts an

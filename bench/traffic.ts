@@ -2,10 +2,10 @@
  * Requests through HAProxy and nginx while instances come and go: what a
  * client sees.
  *
- * Five lanes side by side in one run, each with three instances on hosts of
+ * Six lanes side by side in one run, each with three instances on hosts of
  * their own and a load of keep-alive clients; lanes 1–3 with Debian's HAProxy
  * (testbed/haproxy.ts: `retries 3`, `option redispatch 1`, `retry-on
- * conn-failure empty-response response-timeout`), lanes 4 and 5 with
+ * conn-failure empty-response response-timeout`), lanes 4 to 6 with
  * Debian's nginx (testbed/nginx.ts: `proxy_next_upstream error timeout
  * http_502`, `proxy_connect_timeout 1s`):
  *
@@ -23,7 +23,12 @@
  *    units/examples/nginx/apache-upstream.conf.tmpl as it is, secretaries as
  *    in lane 1;
  * 5. the same without `--wait`: every change rendered and nginx reloaded at
- *    once (confd's behaviour).
+ *    once (confd's behaviour);
+ * 6. lane 4 with `keepalive_timeout 0;` in nginx's server block: a reload
+ *    makes nginx's old worker close its idle keep-alive connections, and a
+ *    client that sends on one at that instant sees it reset (it would have to
+ *    retry, which this load never does); with no keep-alive to the clients,
+ *    there is no such connection.
  *
  * The instances (testbed/traffic.ts `serve`) answer GET and POST with 200
  * after 20 ms of work, each in a process of its own. The load
@@ -35,7 +40,7 @@
  * After a baseline window with no churn, every 5 s for 120 s one instance
  * goes, the hosts in turn, and a replacement starts on its host once it is
  * gone, on a new port (lane 2: on the same port). The lanes run the same
- * schedule a fifth of a cycle apart, so one lane's process starts and stops
+ * schedule a sixth of a cycle apart, so one lane's process starts and stops
  * (CPU on 2 cores) do not land on another's removals and additions:
  * - stop (as systemd stops the secretary's unit, then the service's):
  *   SIGTERM to the secretary, which removes the record, drains 2 s and exits,
@@ -85,7 +90,7 @@
  *
  * Addresses: etcd on 127.0.10.1, lane N's HAProxy or nginx on
  * 127.0.1N.1:8000 and two of its hosts on 127.0.1N.2 and 127.0.1N.3 (N = 1
- * to 5); its third host at 198.51.100.(4N+2) in namespace `sttrafficN`.
+ * to 6); its third host at 198.51.100.(4N+2) in namespace `sttrafficN`.
  * Needs root (the namespaces), nginx and HAProxy, and the bundles (or it
  * runs the source). About 3 minutes, alone.
  *
@@ -266,6 +271,8 @@ interface LaneSpec {
   watchConnection: boolean;
   /** nginx lanes: `registry render --wait` as the shipped unit has it, or no --wait (every change rendered). */
   wait?: boolean;
+  /** nginx lanes: lines added to nginx's server block. */
+  serverLines?: string[];
 }
 
 const LANES: readonly LaneSpec[] = [
@@ -279,6 +286,14 @@ const LANES: readonly LaneSpec[] = [
     registry: true,
     watchConnection: true,
     wait: false,
+  },
+  {
+    name: "nginx, render --wait, keepalive_timeout 0",
+    proxy: "nginx",
+    registry: true,
+    watchConnection: true,
+    wait: true,
+    serverLines: ["keepalive_timeout 0;"],
   },
 ];
 
@@ -644,7 +659,12 @@ async function main(): Promise<void> {
         // nginx needs the file before it starts: what the render's first listing will write, no instance yet
         await Deno.mkdir(`${nginxDir}/conf.d`, { recursive: true });
         await Deno.writeTextFile(out, renderTemplate(template, templateView(DEFAULT_PREFIX, service, new Map())));
-        nginx = await NginxProcess.start({ dir: nginxDir, ...front, upstream: NGINX_UPSTREAM });
+        nginx = await NginxProcess.start({
+          dir: nginxDir,
+          ...front,
+          upstream: NGINX_UPSTREAM,
+          serverLines: spec.serverLines,
+        });
       }
       const wait = spec.wait ? waitText : undefined;
       const lane: Lane = {

@@ -15,8 +15,8 @@ export const NGINX = "/usr/sbin/nginx";
 export class NginxProcess {
   private constructor(readonly dir: string, readonly ip: string, readonly port: number, readonly process: Script) {}
 
-  /** The main config: the http context includes `conf.d/*.conf`; `/` proxies to `upstream`. */
-  static config(dir: string, ip: string, port: number, upstream: string): string {
+  /** The main config: the http context includes `conf.d/*.conf`; `/` proxies to `upstream`; `serverLines` go in its server. */
+  static config(dir: string, ip: string, port: number, upstream: string, serverLines: string[] = []): string {
     return [
       "worker_processes 1;",
       `pid ${dir}/nginx.pid;`,
@@ -32,6 +32,7 @@ export class NginxProcess {
       `  include ${dir}/conf.d/*.conf;`,
       "  server {",
       `    listen ${ip}:${port};`,
+      ...serverLines.map((l) => `    ${l}`),
       "    location / {",
       `      proxy_pass http://${upstream};`,
       "      proxy_next_upstream error timeout http_502;",
@@ -49,11 +50,13 @@ export class NginxProcess {
   }
 
   /** Writes the config (conf.d/ must hold the upstream file already), starts nginx, waits until it listens. */
-  static async start(options: { dir: string; ip: string; port: number; upstream: string }): Promise<NginxProcess> {
-    const { dir, ip, port, upstream } = options;
+  static async start(
+    options: { dir: string; ip: string; port: number; upstream: string; serverLines?: string[] },
+  ): Promise<NginxProcess> {
+    const { dir, ip, port, upstream, serverLines } = options;
     await Deno.mkdir(`${dir}/tmp`, { recursive: true });
     await Deno.mkdir(`${dir}/conf.d`, { recursive: true });
-    await Deno.writeTextFile(`${dir}/nginx.conf`, NginxProcess.config(dir, ip, port, upstream));
+    await Deno.writeTextFile(`${dir}/nginx.conf`, NginxProcess.config(dir, ip, port, upstream, serverLines));
     const process = new Script(NGINX, [...NginxProcess.args(dir), "-g", "daemon off;"], {}, { cwd: dir });
     const nginx = new NginxProcess(dir, ip, port, process);
     await waitFor(

@@ -37,8 +37,8 @@ export const SOURCE_FLAGS = ["--allow-net", "--allow-env", "--allow-read=/etc/en
  * | 127.0.0.1    | the defaults (freePort, EtcdCluster.create, Relay.start): demo, bench   |
  * | 127.0.0.2    | demo.ts (its service on :8080)                                         |
  * | 127.0.1–9.x  | bench/ (a third octet per benchmark: removal, killed, cost, memory, checks) |
- * | 127.0.10–15.x | bench/traffic.ts (etcd on 127.0.10.1; lane N, 1 to 5, on 127.0.1N.x)   |
- * | 127.1–3.x    | bench/ (scale 127.1, soak 127.2, reads' keys 127.3)                    |
+ * | 127.0.10–16.x | bench/traffic.ts (etcd on 127.0.10.1; lane N, 1 to 6, on 127.0.1N.x)   |
+ * | 127.1–5.x    | bench/ (scale 127.1, soak 127.2, reads' keys 127.3, leases 127.4, fanout 127.5) |
  * | 127.20.x.x … | tests/, as LOOPBACK_BLOCKS says                                        |
  *
  * Why: a port the kernel picks on a shared address may be one another test's
