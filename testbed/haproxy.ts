@@ -33,7 +33,7 @@ export function haproxyConfig(
     "  mode http",
     "  timeout connect 1s",
     "  timeout client 30s",
-    "  timeout server 30s",
+    "  timeout server 3s", // as units/examples/haproxy/haproxy.cfg
     ...RETRY_SETTINGS.map((l) => `  ${l}`),
     "frontend web",
     `  bind ${options.ip}:${options.port}`,
