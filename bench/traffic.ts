@@ -103,7 +103,7 @@
  * @module
  */
 import { parseArgs } from "node:util";
-import { parseDuration } from "../lib/cli.ts";
+import { parseWait } from "../registry.ts";
 import { type HAProxy, type HAProxyServer, parseServersState } from "../lib/haproxy.ts";
 import { DEFAULT_PREFIX, instanceKey } from "../lib/record.ts";
 import { readTemplate, renderTemplate, templateView, type Wait, whenToRender } from "../lib/render.ts";
@@ -302,14 +302,6 @@ function unitWait(): string {
   const wait = /--wait (\S+)/.exec(Deno.readTextFileSync(`${ROOT}${NGINX_UNIT}`))?.[1];
   if (!wait) throw new Error(`${NGINX_UNIT} has no --wait`);
   return wait;
-}
-
-/** `MIN[:MAX]` as `registry render --wait` reads it (MAX 4 x MIN by default). */
-export function parseWaitText(text: string): Wait {
-  const range = { minMs: 1, maxMs: 3_600_000 };
-  const [min, max] = text.split(":");
-  const minMs = parseDuration(min, "--wait", range);
-  return { minMs, maxMs: max === undefined ? 4 * minMs : parseDuration(max, "--wait", range) };
 }
 
 /**
@@ -1172,7 +1164,7 @@ async function main(): Promise<void> {
         f.nginx.reloaded = nginxAfter.reloaded - nginxBefore.reloaded;
         f.nginx.removals = changes.filter((c) => c.removal).length;
         f.nginx.additions = changes.length - f.nginx.removals;
-        f.nginx.windows = waitWindows(changes, f.nginx.wait === null ? undefined : parseWaitText(f.nginx.wait));
+        f.nginx.windows = waitWindows(changes, f.nginx.wait === null ? undefined : parseWait(f.nginx.wait));
         f.reloads = nginxAfter.reloads;
       }
       // requests received by two instances: sent, then sent again
