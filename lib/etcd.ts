@@ -436,9 +436,12 @@ export class Etcd {
     let created = false;
     let watchId: string | undefined;
     let answered: () => void = () => {};
+    /** Whether etcd has answered a progress request on this stream: a report is for no watch (id -1), no events. */
+    let progressAnswered = false;
     const created$ = new Promise<void>((resolve, reject) => {
       stream.on("data", (res: IWatchResponse) => {
         answered(); // any answer on the stream proves it alive
+        if (String(res.watch_id) === "-1" && !res.events?.length) progressAnswered = true;
         if (res.created && !created) {
           created = true;
           watchId = String(res.watch_id);
@@ -484,6 +487,8 @@ export class Etcd {
     // answers a progress request; etcd's gRPC proxy never does (etcd-io/etcd#19710), but it does answer a new
     // watch on the stream: so once a progress request goes unanswered, the probe is a second watch on the
     // same prefix (which the proxy serves from the watch it already has), cancelled as soon as it is created.
+    // Events prove a stream alive but not that progress requests are answered: a proxy's stream, busy and then
+    // quiet, must not be taken for dead at its first quiet probe.
     let progress: "unknown" | "answered" | "silent" = "unknown";
     const ask = (request: object, what: string) =>
       withDeadline(
@@ -499,7 +504,7 @@ export class Etcd {
       if (progress === "silent") return await ask(watchProbe, "watch probe");
       try {
         await ask({ progress_request: {} }, "watch progress");
-        progress = "answered";
+        if (progressAnswered) progress = "answered";
       } catch (err) {
         if (progress === "answered" || !(err instanceof DeadlineError)) throw err;
         await ask(watchProbe, "watch probe"); // never answered a progress request: a proxy, or a dead stream

@@ -730,6 +730,10 @@ export class EtcdGateway {
   async put(key: string, value: string, lease = "0"): Promise<void> {
     await this.#post("/v3/kv/put", { key: base64(key), value: base64(value), lease });
   }
+
+  async delete(key: string): Promise<void> {
+    await this.#post("/v3/kv/deleterange", { key: base64(key) });
+  }
 }
 
 const base64 = (text: string) => Buffer.from(text).toString("base64");
