@@ -744,7 +744,7 @@ export function trafficSection(t: TrafficFigures | undefined): string {
   ];
   const wait = t?.lanes[3]?.nginx?.wait;
   const nginxWhat = t?.lanes[3]?.nginx
-    ? `Lanes 4 and 5 of the same run, with the same churn and load: Debian's nginx with \`proxy_next_upstream ` +
+    ? `Lanes 4 to 6 of the same run, with the same churn and load: Debian's nginx with \`proxy_next_upstream ` +
       `error timeout http_502\` and \`proxy_connect_timeout 1s\`, its upstream rendered by \`registry render\` ` +
       `from the shipped template (units/examples/nginx/apache-upstream.conf.tmpl), checked with \`nginx -t\` and ` +
       `reloaded with \`nginx -s reload\`; lane 4 with the shipped unit's \`--wait ${wait}\`, lane 5 without ` +
