@@ -34,7 +34,7 @@ import { GrpcProxy } from "../testbed/grpcproxy.ts";
 import { delay, EtcdCluster } from "../testbed/testbed.ts";
 // shared with the lease-load phase (they belong in lib.ts once both land)
 import { cpuOf, leaderOf, LoopLag } from "./leases.ts";
-import { benchmark, formatMs, now, percentile, scrapeMetrics } from "./lib.ts";
+import { benchmark, cores, formatMs, now, percentile, scrapeMetrics } from "./lib.ts";
 
 /** The service the followers follow. */
 const SERVICE = "web";
@@ -354,10 +354,6 @@ async function runOne(config: Config, n: number, watchers: number, kind: FanoutR
     current = undefined;
   }
   return run;
-}
-
-function cores(x: number): string {
-  return Number.isFinite(x) ? `${Math.round(x * 100)}%` : "n/a";
 }
 
 /** A run's kind as the tables name it. */

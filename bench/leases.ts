@@ -38,7 +38,7 @@ import { DEFAULT_PREFIX, instanceKey, servicePrefix } from "../lib/record.ts";
 import { type EtcdClient, EtcdRegistrar } from "../lib/registrar.ts";
 import { GrpcProxy } from "../testbed/grpcproxy.ts";
 import { delay, EtcdCluster, type EtcdMember } from "../testbed/testbed.ts";
-import { benchmark, cpuSecondsOf, formatMs, KeyClock, now, percentile, scrapeMetrics } from "./lib.ts";
+import { benchmark, cores, cpuSecondsOf, formatMs, KeyClock, now, percentile, scrapeMetrics } from "./lib.ts";
 
 /** How long a killed instance's record may stay (the issue's target). */
 export const KILL_BOUND_MS = 500;
@@ -406,25 +406,15 @@ export function cpuOf(pids: (number | undefined)[]): number {
   }, 0);
 }
 
-/**
- * The member that leads now, asked with deadlines a busy machine can meet
- * (testbed's leader() gives each member a second); tried for up to 30 s.
- */
+/** The member that leads now, asked with deadlines a busy machine can meet (5 s a member); tried for up to 30 s. */
 export async function leaderOf(cluster: EtcdCluster): Promise<EtcdMember> {
   const deadline = now() + 30_000;
   for (;;) {
-    for (const m of cluster.members.filter((m) => m.running)) {
-      const etcd = new Etcd({ endpoints: [m.clientUrl], callTimeoutMs: 5000 });
-      try {
-        const { member, leader } = await etcd.status();
-        if (member === leader) return m;
-      } catch {
-        /* not answering now: not the leader, or too busy to say */
-      } finally {
-        etcd.close();
-      }
+    try {
+      return await cluster.leader(5000);
+    } catch (err) {
+      if (now() > deadline) throw err;
     }
-    if (now() > deadline) throw new Error("no member says it leads the cluster");
     await delay(500);
   }
 }
@@ -623,11 +613,6 @@ async function runOne(
     current = undefined;
   }
   return run;
-}
-
-/** `35%` of one core. */
-function cores(x: number): string {
-  return Number.isFinite(x) ? `${Math.round(x * 100)}%` : "n/a";
 }
 
 function count(x: number): string {

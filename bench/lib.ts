@@ -435,3 +435,8 @@ export async function benchmark<T>(
     Deno.removeSignalListener("SIGTERM", stop);
   }
 }
+
+/** A CPU share as `35%` of one core; `n/a` when not measured. */
+export function cores(x: number): string {
+  return Number.isFinite(x) ? `${Math.round(x * 100)}%` : "n/a";
+}

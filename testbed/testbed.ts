@@ -328,10 +328,10 @@ export class EtcdCluster {
     }
   }
 
-  /** The member that leads the cluster now. */
-  async leader(): Promise<EtcdMember> {
+  /** The member that leads the cluster now, each member given `callTimeoutMs` to say. */
+  async leader(callTimeoutMs = 1000): Promise<EtcdMember> {
     for (const m of this.members.filter((m) => m.running)) {
-      const etcd = new Etcd({ ...this.clientOptions, endpoints: [m.clientUrl], callTimeoutMs: 1000 });
+      const etcd = new Etcd({ ...this.clientOptions, endpoints: [m.clientUrl], callTimeoutMs });
       try {
         const { member, leader } = await etcd.status();
         if (member === leader) return m;
