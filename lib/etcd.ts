@@ -3,9 +3,10 @@
  * client with the few operations the registry needs, each with a deadline,
  * so an unreachable etcd never hangs a caller.
  *
- * Callers that see a failure should `close()` the client and build a new one:
- * under Deno, an HTTP/2 session can stay half-dead after a server restart or a
- * cut network without grpc-js noticing, and a new client is the sure way out.
+ * A failed call moves to the next member on a new connection (`failover()`),
+ * and callers whose stream broke call it too: under Deno, an HTTP/2 session
+ * can stay half-dead after a server restart or a cut network without grpc-js
+ * noticing, and a new connection is the sure way out.
  *
  * @module
  */
@@ -173,6 +174,46 @@ export function describeError(err: unknown): string {
   return reason || err.name;
 }
 
+/** A LeaseKeepAlive stream shared by every keep-alive of one connection: answers matched by lease, in order. */
+interface KeepAliveStream {
+  /** The keep-alives sent and not answered yet, by lease ID, oldest first. */
+  waiting: Map<string, { resolve(ttlSeconds: number): void; reject(err: Error): void }[]>;
+  write(lease: string): void;
+  /** Ends the stream; every keep-alive still waiting fails with `reason`. */
+  end(reason: Error): void;
+}
+
+/** Opens a keep-alive stream on `client`; `onEnd` is called once when it ends, by either side. */
+async function openKeepAliveStream(client: Etcd3, onEnd: () => void): Promise<KeepAliveStream> {
+  const stream = await client.leaseClient.leaseKeepAlive();
+  const waiting: KeepAliveStream["waiting"] = new Map();
+  let ended = false;
+  const end = (reason: Error) => {
+    if (ended) return;
+    ended = true;
+    for (const queue of waiting.values()) for (const w of queue) w.reject(reason);
+    waiting.clear();
+    stream.end();
+    onEnd();
+  };
+  stream.on("data", (res: { ID: string; TTL: string }) => {
+    const queue = waiting.get(String(res.ID));
+    const next = queue?.shift();
+    if (queue?.length === 0) waiting.delete(String(res.ID));
+    next?.resolve(Number(res.TTL));
+  });
+  stream.on("error", (err: Error) => end(err));
+  stream.on("end", () => end(new Error("keep-alive stream ended")));
+  return {
+    waiting,
+    write(lease) {
+      if (ended) throw new Error("keep-alive stream ended");
+      stream.write({ ID: lease });
+    },
+    end,
+  };
+}
+
 /**
  * A client for one set of endpoints. It talks to one member at a time (one
  * connection, as etcd's own client does) and moves to the next member when a
@@ -186,6 +227,8 @@ export class Etcd {
   readonly #credentials?: IOptions["credentials"];
   #member: number;
   #client: Etcd3;
+  /** The one LeaseKeepAlive stream of `client` (this connection), while it lasts. */
+  #keepAlives?: { client: Etcd3; stream: Promise<KeepAliveStream> };
 
   constructor(options: EtcdOptions) {
     this.#options = options;
@@ -245,6 +288,7 @@ export class Etcd {
    * stream breaks: a half-dead HTTP/2 session (Deno) is never reused.
    */
   failover(): void {
+    this.#endKeepAlives(new Error("connection dropped"));
     this.#client.close();
     this.#member = (this.#member + 1) % this.#options.endpoints.length;
     this.#client = this.#connect();
@@ -269,21 +313,47 @@ export class Etcd {
     return res.ID;
   }
 
-  /** Sends one keep-alive; returns the lease's remaining TTL in seconds (0: the lease is gone). */
+  /**
+   * Sends one keep-alive; returns the lease's remaining TTL in seconds (0: the
+   * lease is gone). Every keep-alive of this connection, for any lease, goes
+   * on one LeaseKeepAlive stream, as etcd's Go client does: a new stream per
+   * keep-alive costs the leader a stream's set-up each time. A stream that
+   * fails or misses a deadline is dropped, and the next keep-alive opens one.
+   */
   async keepAlive(lease: string): Promise<number> {
     return await this.#run("lease keep-alive", async (c) => {
-      const stream = await c.leaseClient.leaseKeepAlive();
-      try {
-        return await new Promise<number>((resolve, reject) => {
-          stream.on("data", (res) => resolve(Number(res.TTL)));
-          stream.on("error", reject);
-          stream.on("end", () => reject(new Error("keep-alive stream ended")));
-          stream.write({ ID: lease });
-        });
-      } finally {
-        stream.end();
-      }
+      const stream = await this.#keepAliveStream(c);
+      return await new Promise<number>((resolve, reject) => {
+        const waiting = stream.waiting.get(lease) ?? [];
+        waiting.push({ resolve, reject });
+        stream.waiting.set(lease, waiting);
+        stream.write(lease);
+      });
+    }).catch((err) => {
+      // no answer in time: the stream may be half-dead (Deno's HTTP/2), never wait on it again
+      this.#endKeepAlives(err);
+      throw err;
     });
+  }
+
+  /** This connection's keep-alive stream, opened on first use. */
+  #keepAliveStream(client: Etcd3): Promise<KeepAliveStream> {
+    if (this.#keepAlives?.client === client) return this.#keepAlives.stream;
+    this.#endKeepAlives(new Error("keep-alive stream replaced"));
+    const forget = () => {
+      if (this.#keepAlives?.stream === stream) this.#keepAlives = undefined;
+    };
+    const stream = openKeepAliveStream(client, forget);
+    this.#keepAlives = { client, stream };
+    stream.catch(forget);
+    return stream;
+  }
+
+  /** Ends the keep-alive stream, if any: what waits on it fails with `reason`. */
+  #endKeepAlives(reason: Error): void {
+    const open = this.#keepAlives;
+    this.#keepAlives = undefined;
+    open?.stream.then((s) => s.end(reason), () => {});
   }
 
   /** A lease's remaining and granted TTL in seconds; undefined when the lease is gone. */
@@ -522,6 +592,7 @@ export class Etcd {
 
   /** Closes every connection; calls in flight fail. */
   close(): void {
+    this.#endKeepAlives(new Error("client closed"));
     this.#client.close();
   }
 }
