@@ -119,10 +119,20 @@ function realHost(name: string): string {
   return name.slice(0, -STAND_IN_SUFFIX.length).replaceAll("-", ".").replaceAll("_", ":");
 }
 
-// node:tls checks a stand-in name's certificate against the IP it stands for (grpc-js calls this check)
-const checkServerIdentity = tls.checkServerIdentity;
-tls.checkServerIdentity = (hostname, cert) =>
-  checkServerIdentity(hostname.endsWith(STAND_IN_SUFFIX) ? realHost(hostname) : hostname, cert);
+let standInsChecked = false;
+/**
+ * Makes node:tls check a stand-in name's certificate against the IP it stands
+ * for (grpc-js calls this check, and etcd3 gives it no way to pass our own).
+ * Installed once, and only by a client that uses a stand-in: importing this
+ * file changes nothing.
+ */
+function checkStandInsAsTheirIps(): void {
+  if (standInsChecked) return;
+  standInsChecked = true;
+  const checkServerIdentity = tls.checkServerIdentity;
+  tls.checkServerIdentity = (hostname, cert) =>
+    checkServerIdentity(hostname.endsWith(STAND_IN_SUFFIX) ? realHost(hostname) : hostname, cert);
+}
 
 /** The end of the key range that holds every key starting with `prefix`. */
 export function prefixRangeEnd(prefix: string): Buffer {
@@ -259,7 +269,10 @@ export class Etcd {
       "grpc.max_receive_message_length": MAX_RECEIVE_MESSAGE_BYTES,
     };
     const standIn = endpoint.protocol === "https:" ? standInServerName(endpoint.hostname) : undefined;
-    if (standIn) grpcOptions["grpc.ssl_target_name_override"] = standIn;
+    if (standIn) {
+      checkStandInsAsTheirIps();
+      grpcOptions["grpc.ssl_target_name_override"] = standIn;
+    }
     const client = new Etcd3({
       hosts: [options.endpoints[this.#member]],
       credentials: this.#credentials,

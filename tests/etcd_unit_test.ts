@@ -39,7 +39,11 @@ Deno.test("standInServerName() names an IP endpoint for TLS, and leaves a host n
   assert.equal(standInServerName("etcd.example.com"), undefined);
 });
 
-Deno.test("a stand-in name's certificate is checked against the IP it stands for", () => {
+Deno.test("a stand-in name's certificate is checked against the IP it stands for, once a client uses one", () => {
+  const before = tls.checkServerIdentity;
+  new Etcd({ endpoints: ["http://10.0.0.5:2379"] }).close();
+  assert.equal(tls.checkServerIdentity, before, "a client without a stand-in changed node:tls");
+  new Etcd({ endpoints: ["https://10.0.0.5:2379"] }).close();
   const cert = { subject: { CN: "server" }, subjectaltname: "IP Address:10.0.0.5" } as unknown as tls.PeerCertificate;
   assert.equal(tls.checkServerIdentity(standInServerName("10.0.0.5")!, cert), undefined);
   assert.ok(tls.checkServerIdentity(standInServerName("10.0.0.6")!, cert) instanceof Error);
