@@ -244,7 +244,7 @@ function registrarThread(): void {
 
   /** A client that times each keep-alive (the registrar's own call) and passes everything else on. */
   const timed = (etcd: Etcd): EtcdClient => ({
-    grantLease: (ttl) => etcd.grantLease(ttl),
+    grantLease: (ttl, id) => etcd.grantLease(ttl, id),
     keepAlive: async (lease) => {
       const start = now();
       try {

@@ -68,6 +68,11 @@ export class DeadlineError extends Error {
   override name = "DeadlineError";
 }
 
+/** A grant asked for a lease ID that exists already: an earlier grant of it went through. */
+export class LeaseExistsError extends Error {
+  override name = "LeaseExistsError";
+}
+
 const DEFAULT_CALL_TIMEOUT_MS = 1500;
 
 /**
@@ -320,10 +325,22 @@ export class Etcd {
     }
   }
 
-  /** Grants a lease of `ttlSeconds`; returns its ID. */
-  async grantLease(ttlSeconds: number): Promise<string> {
-    const res = await this.#run("lease grant", (c) => c.leaseClient.leaseGrant({ TTL: ttlSeconds }));
-    return res.ID;
+  /**
+   * Grants a lease of `ttlSeconds`; returns its ID. With `id` (a positive
+   * int64 in decimal), asks for that ID: a grant retried after a deadline
+   * then cannot make a second lease, and etcd's "lease already exists" says
+   * the first went through (LeaseExistsError).
+   */
+  async grantLease(ttlSeconds: number, id?: string): Promise<string> {
+    try {
+      const res = await this.#run("lease grant", (c) => c.leaseClient.leaseGrant({ TTL: ttlSeconds, ID: id ?? "0" }));
+      return res.ID;
+    } catch (err) {
+      if (id !== undefined && err instanceof Error && err.message.includes("lease already exists")) {
+        throw new LeaseExistsError(`lease ${id} already exists`);
+      }
+      throw err;
+    }
   }
 
   /**
@@ -667,6 +684,11 @@ const noPolicy = {
  * Whether a failure is the network's (etcd unreachable, slow, restarting), as
  * opposed to etcd refusing the request (a wrong password, no permission).
  */
+/** Whether a call ran out of time (ours or grpc's deadline): etcd may be overloaded rather than down. */
+export function isDeadlineError(err: unknown): boolean {
+  return err instanceof DeadlineError || err instanceof GRPCDeadlineExceededError;
+}
+
 export function isNetworkError(err: unknown): boolean {
   return err instanceof DeadlineError || (err instanceof Error && isRecoverable(err));
 }

@@ -13,7 +13,7 @@
  *
  * @module
  */
-import { describeError, type Etcd, isNetworkError } from "./etcd.ts";
+import { describeError, type Etcd, isDeadlineError, isNetworkError, LeaseExistsError } from "./etcd.ts";
 import type { Log } from "./log.ts";
 import { encodeRecord, instanceKey, type ServiceRecord, type Status } from "./record.ts";
 
@@ -75,6 +75,12 @@ export interface Known {
   status: string;
   writtenStatus: string;
   lease?: string;
+  /**
+   * The lease ID asked for by a grant not answered yet: a retry asks for the
+   * same one, so a grant whose answer was lost (a deadline under load) never
+   * leaves a second lease behind.
+   */
+  granting?: string;
   /** Earlier leases of this process (lost, maybe revived by etcd): revoked once they hold nothing of ours. */
   staleLeases: string[];
   /** A new lease was granted: stale leases that hold nothing of ours are to be revoked. */
@@ -177,11 +183,21 @@ export function plan(known: Known, nowMs: number, timing: { ttlSeconds: number; 
 /**
  * How long to wait after `failures` failed calls in a row (pure): etcd back
  * from an outage is found within a second; a refusal (a wrong password: each
- * try costs etcd a bcrypt) is retried more slowly, up to 15 s. Jittered.
+ * try costs etcd a bcrypt) and a grant past its deadline (`overloaded`: etcd
+ * answers too slowly, and every grant retried is one proposal more) are
+ * retried more slowly, up to 15 s. Jittered.
  */
-export function backoffMs(failures: number, networkError: boolean, random: number): number {
-  const capMs = Math.min(networkError ? 1000 : 15_000, 100 * 2 ** Math.min(failures, 10));
+export function backoffMs(failures: number, networkError: boolean, random: number, overloaded = false): number {
+  const capMs = Math.min(networkError && !overloaded ? 1000 : 15_000, 100 * 2 ** Math.min(failures, 10));
   return capMs * (0.5 + random / 2);
+}
+
+/** A lease ID for a grant to ask for (pure): a positive int64 below 2^62, from two draws of `random`. */
+export function newLeaseId(random: () => number): string {
+  const high = BigInt(Math.floor(random() * 2 ** 31));
+  const low = BigInt(Math.floor(random() * 2 ** 31));
+  const id = (high << 31n) | low;
+  return String(id === 0n ? 1n : id);
 }
 
 /** A status as compared and logged: its JSON text, "" for none. */
@@ -257,8 +273,13 @@ export class EtcdRegistrar implements Registrar {
   async stop(): Promise<boolean> {
     const known = this.#known;
     known.stopping = true;
-    const leases = [...known.staleLeases, ...(known.lease ? [known.lease] : [])];
-    known.lease = undefined;
+    // a grant in doubt too: its answer may have been lost, and the lease made
+    const leases = [
+      ...known.staleLeases,
+      ...(known.lease ? [known.lease] : []),
+      ...(known.granting ? [known.granting] : []),
+    ];
+    known.lease = known.granting = undefined;
     try {
       await Promise.all(leases.map((l) => this.client.revokeLease(l, STOP_TIMEOUT_MS)));
       return true;
@@ -304,15 +325,26 @@ export class EtcdRegistrar implements Registrar {
         known.holding = { kind: "none" };
         return false;
       case "grant": {
-        const lease = await this.client.grantLease(this.options.ttlSeconds);
+        const asked = known.granting ??= newLeaseId(this.effects.random);
+        let lease = asked;
+        let earlier = false;
+        try {
+          lease = await this.client.grantLease(this.options.ttlSeconds, asked);
+        } catch (err) {
+          if (!(err instanceof LeaseExistsError)) throw err;
+          earlier = true; // an earlier try's answer was lost: that grant went through
+        }
+        known.granting = undefined;
         if (known.stopping) {
           await this.client.revokeLease(lease).catch(() => {}); // granted while stopping: it must go now
           return true;
         }
         known.lease = lease;
         known.lastKeepAliveOkMs = known.lastKeepAliveSentMs = now();
+        // granted some time ago: keep it alive now, which also says whether it still lives
+        if (earlier) known.lastKeepAliveSentMs = 0;
         known.sweepStale = known.staleLeases.length > 0;
-        log("info", "lease granted", { lease, ttl: this.options.ttlSeconds });
+        log("info", "lease granted", { lease, ttl: this.options.ttlSeconds, earlier: earlier || undefined });
         return true;
       }
       case "sweep stale": {
@@ -451,13 +483,15 @@ export class EtcdRegistrar implements Registrar {
 
   #failed(err: unknown): number {
     const { log, now, random } = this.effects;
-    if (this.#known.stopping) return 0; // the client was closed under a call in flight: nothing to report
+    const known = this.#known;
+    if (known.stopping) return 0; // the client was closed under a call in flight: nothing to report
     // the client has already dropped a connection that failed or hung, and moved to the next member
     this.#failures++;
     if (this.#failures === 1 || now() - this.#lastFailureLogMs >= FAILURE_LOG_EVERY_MS) {
       this.#lastFailureLogMs = now();
       log("warning", "etcd call failed", { key: this.key, failures: this.#failures, reason: describeError(err) });
     }
-    return backoffMs(this.#failures, isNetworkError(err), random());
+    const overloaded = known.granting !== undefined && isDeadlineError(err);
+    return backoffMs(this.#failures, isNetworkError(err), random(), overloaded);
   }
 }

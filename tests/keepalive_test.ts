@@ -4,10 +4,12 @@
  * (a stream per keep-alive costs the leader a stream's set-up each time).
  * etcd's own gRPC metrics count the streams it started and the messages it
  * received on them, so the test reads both: many keep-alives, one stream;
- * a dropped connection, one more.
+ * a dropped connection, one more. And a grant that asks for its lease ID:
+ * asked again (its first answer lost), it makes no second lease.
  */
 import assert from "node:assert/strict";
-import { Etcd } from "../lib/etcd.ts";
+import { Etcd, LeaseExistsError } from "../lib/etcd.ts";
+import { newLeaseId } from "../lib/registrar.ts";
 import { httpGet, loopback, registered, waitFor, withBed } from "../testbed/testbed.ts";
 
 const lo = loopback(import.meta.url);
@@ -66,5 +68,21 @@ Deno.test("a secretary keeps its lease alive on one stream for its whole life", 
     );
     assert.equal(await keepAliveMetric(endpoint, "started") - started, 1, `streams for four keep-alives:\n${s.stderr}`);
     assert.ok(s.running, s.stderr);
+  });
+});
+
+Deno.test("grantLease() with an ID asked twice makes one lease: the second says LeaseExistsError", async () => {
+  await withBed(lo, async (bed) => {
+    const endpoint = bed.cluster.endpoints[0];
+    const etcd = new Etcd({ endpoints: [endpoint], callTimeoutMs: 5000 });
+    try {
+      const id = newLeaseId(Math.random);
+      assert.equal(await etcd.grantLease(30, id), id);
+      await assert.rejects(etcd.grantLease(30, id), LeaseExistsError);
+      const lease = await etcd.leaseTimeToLive(id);
+      assert.equal(lease?.grantedSeconds, 30);
+    } finally {
+      etcd.close();
+    }
   });
 });
