@@ -5,12 +5,17 @@
  * follower is told is always one of: a whole, fresh listing (`listed`), one
  * change after it (`changed`), or that etcd cannot be read now (`waiting`,
  * once an outage; `answered` when it ends). etcd unreachable is never an
- * empty listing. `registry watch` and `registry sync` both follow this way.
+ * empty listing. `registry watch`, `sync` and `render` all follow this way.
+ *
+ * The loop takes its etcd through a narrow seam (`FollowSource`, which
+ * lib/etcd.ts's `Etcd` is) and its time and randomness as `FollowEffects`,
+ * so its decisions are tested with a fake source, without etcd.
  *
  * @module
  */
 import { sleep } from "./cli.ts";
 import type { Etcd, StoredValue, WatchEvent, WatchHandle } from "./etcd.ts";
+import { backoffMs } from "./registrar.ts";
 
 /** How often a follower asks etcd whether its watch stream is still alive. */
 export const WATCH_PROBE_MS = 2000;
@@ -27,30 +32,52 @@ export interface Follower {
   answered(): void;
 }
 
-/** Lists and watches `prefix` until `signal` aborts, telling `follower`; retries forever with jittered backoff. */
-export async function follow(etcd: Etcd, prefix: string, follower: Follower, signal: AbortSignal): Promise<void> {
+/** The etcd operations following needs (lib/etcd.ts's Etcd has them all). */
+export type FollowSource = Pick<Etcd, "list" | "watch" | "failover">;
+
+/** Sleep and randomness, passed in so tests drive them. */
+export interface FollowEffects {
+  sleep(ms: number, signal: AbortSignal): Promise<void>;
+  random(): number;
+}
+
+const REAL_EFFECTS: FollowEffects = { sleep, random: Math.random };
+
+/**
+ * Lists and watches `prefix` until `signal` aborts, telling `follower`;
+ * retries forever, with the registrar's jittered backoff (up to 1 s).
+ */
+export async function follow(
+  source: FollowSource,
+  prefix: string,
+  follower: Follower,
+  signal: AbortSignal,
+  effects: FollowEffects = REAL_EFFECTS,
+): Promise<void> {
   let waiting = false;
   let failures = 0;
   while (!signal.aborted) {
     let handle: WatchHandle | undefined;
     try {
-      const { values, revision } = await etcd.list(prefix);
+      const { values, revision } = await source.list(prefix);
       if (signal.aborted) break;
       follower.listed(values, revision);
-      handle = await etcd.watch(prefix, String(BigInt(revision) + 1n), (event) => follower.changed(event));
+      handle = await source.watch(prefix, String(BigInt(revision) + 1n), (event) => follower.changed(event));
       if (waiting) follower.answered();
       waiting = false;
       failures = 0;
-      const reason = await untilBroken(handle, signal);
+      const reason = await untilBroken(handle, signal, effects);
       if (reason) throw reason;
     } catch (err) {
+      handle?.cancel(); // before the wait, not after it
+      handle = undefined;
       if (signal.aborted) break;
       failures++;
       if (!waiting) follower.waiting(err);
       waiting = true;
       // never reuse a connection whose stream broke: a half-dead HTTP/2 session (Deno) raises nothing
-      etcd.failover();
-      await sleep(Math.min(1000, 100 * 2 ** failures) * (0.5 + Math.random() / 2), signal);
+      source.failover();
+      await effects.sleep(backoffMs(failures, true, effects.random()), signal);
     } finally {
       handle?.cancel();
     }
@@ -58,10 +85,14 @@ export async function follow(etcd: Etcd, prefix: string, follower: Follower, sig
 }
 
 /** Resolves with the reason the watch broke, or undefined when `signal` aborts. */
-async function untilBroken(handle: WatchHandle, signal: AbortSignal): Promise<Error | undefined> {
+async function untilBroken(
+  handle: WatchHandle,
+  signal: AbortSignal,
+  effects: FollowEffects,
+): Promise<Error | undefined> {
   const aborted = new Promise<undefined>((resolve) => signal.addEventListener("abort", () => resolve(undefined)));
   while (!signal.aborted) {
-    const tick = sleep(WATCH_PROBE_MS, signal).then(() => "tick" as const);
+    const tick = effects.sleep(WATCH_PROBE_MS, signal).then(() => "tick" as const);
     const outcome = await Promise.race([handle.done, aborted, tick]);
     if (outcome !== "tick") return outcome;
     try {
