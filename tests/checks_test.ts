@@ -11,7 +11,6 @@ import { decodeEntry } from "../lib/record.ts";
 import {
   type Address,
   type Bed,
-  delay,
   EVENT_MS,
   freePort,
   loopback,
@@ -21,6 +20,7 @@ import {
   runScript,
   type Script,
   SOURCE_FLAGS,
+  testServer,
   waitFor,
   withBed,
 } from "../testbed/testbed.ts";
@@ -33,6 +33,7 @@ const EXEC_FLAGS = [...SOURCE_FLAGS, "--allow-run"];
 /** A check command driven by files in its folder: `mode` says what it does next. */
 const CHECK_SCRIPT = `#!/bin/sh
 d=$(dirname "$0")
+echo >> "$d/runs"
 case "$(cat "$d/mode")" in
   ok) cat "$d/status" 2>/dev/null; exit 0 ;;
   fail) echo "queue stuck" >&2; echo "more detail" >&2; exit 3 ;;
@@ -51,6 +52,8 @@ interface ExecCheck {
   command: string;
   mode(mode: string): Promise<void>;
   status(json: string): Promise<void>;
+  /** How many times the command has started: the checks run so far. */
+  runs(): Promise<number>;
 }
 
 async function execCheck(bed: Bed, mode = "ok"): Promise<ExecCheck> {
@@ -63,6 +66,7 @@ async function execCheck(bed: Bed, mode = "ok"): Promise<ExecCheck> {
     command: `--command=${dir}/check.sh`,
     mode: (m) => Deno.writeTextFile(`${dir}/mode`, m),
     status: (json) => Deno.writeTextFile(`${dir}/status`, json),
+    runs: async () => (await Deno.readTextFile(`${dir}/runs`).catch(() => "")).length,
   };
 }
 
@@ -116,7 +120,8 @@ Deno.test("exec check: exit 0 registers, its JSON becomes the status registry ls
 
     // the same data check after check: no write at all
     const before = await revision(bed);
-    await delay(2500); // five checks
+    const runs = await check.runs();
+    await waitFor(async () => (await check.runs()) >= runs + 5, "five more checks", EVENT_MS);
     assert.equal(await revision(bed), before, "an unchanged status writes nothing");
 
     await check.status('{"version":"1.2","queue":4}');
@@ -390,15 +395,17 @@ Deno.test("--maintenance-file present at start: never registered; one that canno
     bed.cleanups.push(() => Deno.remove(dir, { recursive: true }));
     const file = `${dir}/m`;
     await Deno.writeTextFile(file, "");
-    const { t } = await registered(bed, lo.ip(12));
+    const t = await testServer(bed, lo.ip(12));
     const s = bed.secretary(t, [`--maintenance-file=${file}`, "--service=maint"], [
       "--allow-net",
       "--allow-env",
       `--allow-read=/etc/environment,node_modules,${dir}`,
     ]);
     await s.waitForLog(/^maintenance started/);
-    await delay(1500);
-    assert.equal(await bed.present(bed.key(t, "maint")), false);
+    // rise (2) passing checks would register it, then two more: a put they asked for has landed by then
+    await waitFor(() => t.requests >= 4, "four checks", EVENT_MS);
+    assert.doesNotMatch(s.stderr, /check failed/);
+    assert.equal(await bed.present(bed.key(t, "maint")), false, "registered while in maintenance");
 
     const unreadable = bed.secretary(t, [`--maintenance-file=${file}`, "--service=other"]); // no read permission
     assert.equal((await unreadable.finished(READY_MS)).code, 2, unreadable.stderr);

@@ -8,6 +8,7 @@ import { type Etcd } from "../lib/etcd.ts";
 import { instanceKey } from "../lib/record.ts";
 import {
   delay,
+  etcdMetric,
   EVENT_MS,
   loopback,
   READY_MS,
@@ -21,6 +22,9 @@ import {
 const lo = loopback(import.meta.url);
 
 const TTL_MS = 5000;
+
+/** etcd's count of lease keep-alives it answered (the secretary's: the only lease holder there). */
+const RENEWED = "etcd_debugging_lease_renewed_total";
 
 function secretary(t: TestServer, endpoint: string): Script {
   return Script.deno("secretary.ts", [
@@ -41,7 +45,7 @@ async function running(s: Script): Promise<boolean> {
 /** A one-member etcd reached through a relay, a target on `host` and its secretary; stopped after `fn`. */
 async function withRelay(
   host: string,
-  fn: (bed: { etcd: Etcd; relay: Relay; secretary: Script; key: string }) => Promise<void>,
+  fn: (bed: { etcd: Etcd; endpoint: string; relay: Relay; secretary: Script; key: string }) => Promise<void>,
 ): Promise<void> {
   const cluster = await lo.etcd(1);
   await cluster.start();
@@ -50,7 +54,8 @@ async function withRelay(
   const t = await TestServer.start(host);
   const s = secretary(t, relay.url);
   try {
-    await fn({ etcd, relay, secretary: s, key: instanceKey("/services", "apache", t.host, t.port) });
+    const key = instanceKey("/services", "apache", t.host, t.port);
+    await fn({ etcd, endpoint: cluster.endpoints[0], relay, secretary: s, key });
   } finally {
     await s.stop("SIGTERM");
     await t.close();
@@ -77,18 +82,34 @@ Deno.test("a cut longer than the TTL: the secretary notices, and registers again
 });
 
 Deno.test("a cut shorter than a third of the TTL: no deregistration, no flap, no write", async () => {
-  await withRelay(lo.ip(2), async ({ etcd, relay, secretary: s, key }) => {
+  await withRelay(lo.ip(2), async ({ etcd, endpoint, relay, secretary: s, key }) => {
     await waitFor(() => etcd.get(key), "registered", READY_MS);
     const revision = await etcd.revision();
+    /** Waits until etcd has answered `more` keep-alives after `from` of them; returns the count then. */
+    const keptAlive = (from: number, more: number, what: string) =>
+      waitFor(
+        async () => {
+          const renewed = await etcdMetric(endpoint, RENEWED);
+          return renewed >= from + more && renewed;
+        },
+        what,
+        EVENT_MS,
+      );
+    let renewed = await keptAlive(await etcdMetric(endpoint, RENEWED), 1, "a keep-alive");
     for (let i = 0; i < 3; i++) {
+      // a keep-alive was just answered: cut a little before the next is due, so that it waits in the cut
+      await delay(TTL_MS / 3 - 500);
       relay.cut();
       const cutAt = Date.now();
+      // the cut's length is the scenario: sampled, with etcd reached directly
       while (Date.now() - cutAt < TTL_MS / 3 - 200) {
         assert.ok(await etcd.get(key), "the record went during a short cut");
         await delay(100);
       }
       relay.heal();
-      await delay(2000);
+      // the keep-alive held in the cut, then two sent after the heal: a flap (a new lease, the record put
+      // again) would have come before them
+      renewed = await keptAlive(renewed, 3, "three keep-alives after the heal");
     }
     assert.ok(await etcd.get(key));
     assert.equal(await etcd.revision(), revision, "something was written: a flap");

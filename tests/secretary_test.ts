@@ -5,12 +5,27 @@
  */
 import assert from "node:assert/strict";
 import { decodeEntry } from "../lib/record.ts";
-import { delay, EVENT_MS, loopback, READY_MS, registered, testServer, waitFor, withBed } from "../testbed/testbed.ts";
+import {
+  etcdMetric,
+  EVENT_MS,
+  loopback,
+  READY_MS,
+  registered,
+  testServer,
+  waitFor,
+  withBed,
+} from "../testbed/testbed.ts";
 
 const lo = loopback(import.meta.url);
 
 /** The TTL of FAST, the test bed's settings. */
 const TTL_MS = 5000;
+
+/** etcd's count of lease keep-alives it answered: the secretary's, where it holds the only lease. */
+const RENEWED = "etcd_debugging_lease_renewed_total";
+/** etcd's count of LeaseTimeToLive calls answered: what a blocked secretary asks about the record's lease. */
+const LEASE_QUESTIONS =
+  'grpc_server_handled_total{grpc_code="OK",grpc_method="LeaseTimeToLive",grpc_service="etcdserverpb.Lease",grpc_type="unary"}';
 
 Deno.test("secretary registers a healthy instance, deregisters it when it stops, registers it again when it starts", async () => {
   await withBed(lo, async (bed) => {
@@ -123,18 +138,21 @@ Deno.test("two instances on one IP are both listed, and stopping one keeps the o
     assert.equal(await bed.present(bed.key(a)), false);
     assert.equal(await bed.present(bed.key(b)), true, "stopping one removed the other");
     await a.setMode("closed");
-    await delay(1000);
-    assert.equal(await bed.present(bed.key(b)), true);
+    const checked = b.requests;
+    await waitFor(() => b.requests >= checked + 2, "two more checks of the other", EVENT_MS);
+    assert.equal(await bed.present(bed.key(b)), true, "the other went when the first's target closed");
   });
 });
 
 Deno.test("no etcd write while the instance stays healthy: the revision does not move", async () => {
   await withBed(lo, async (bed) => {
     const { t, s } = await registered(bed, lo.ip(9));
+    const endpoint = bed.cluster.endpoints[0];
     const before = await bed.etcd.revision();
     const checksBefore = t.requests;
-    // more than a TTL: keep-alives and the once-a-TTL read of its own key happen in here
-    await delay(6000);
+    const renewed = await etcdMetric(endpoint, RENEWED);
+    // more than a TTL of keep-alives (one every third of it), so the once-a-TTL read of its own key is in here
+    await waitFor(async () => (await etcdMetric(endpoint, RENEWED)) >= renewed + 4, "four keep-alives", READY_MS);
     assert.ok(t.requests - checksBefore >= 4, `only ${t.requests - checksBefore} checks ran`);
     assert.equal(await bed.etcd.revision(), before);
     assert.doesNotMatch(s.stderr, /lease lost|etcd call failed/);
@@ -159,12 +177,18 @@ Deno.test("etcd down for less than the TTL: the secretary keeps its lease alive 
     const lease = (await bed.etcd.get(key))!.lease;
     const member = bed.cluster.members[0];
     await member.stop("SIGKILL");
-    await delay(2000);
+    await s.waitForLog(/^etcd call failed /, EVENT_MS); // it noticed: a keep-alive failed
     member.start();
     await bed.cluster.waitReady();
     // etcd revives an unexpired lease when it restarts, with a fresh TTL: the record shows again whether or not
-    // anybody keeps the lease alive. Only keep-alives keep it there past a TTL after the restart.
-    await delay(2 * TTL_MS);
+    // anybody keeps the lease alive. Only keep-alives keep it there past a TTL after the restart: wait for more
+    // than a TTL of them (etcd's count starts again at its restart)
+    const endpoint = bed.cluster.endpoints[0];
+    await waitFor(
+      async () => (await etcdMetric(endpoint, RENEWED)) >= 4,
+      "four keep-alives after the restart",
+      READY_MS,
+    );
     assert.ok(s.running, `the secretary exited:\n${s.stderr}`);
     assert.equal((await bed.etcd.get(key))?.lease, lease, `the record is not there under its lease:\n${s.stderr}`);
     const left = await bed.etcd.leaseTimeToLive(lease);
@@ -178,8 +202,8 @@ Deno.test("etcd down for longer than the TTL: the lease is lost, and the record 
     const lease = (await bed.etcd.get(key))!.lease;
     const member = bed.cluster.members[0];
     await member.stop("SIGKILL");
-    await s.waitForLog(/^etcd call failed /, 8000);
-    await delay(8000);
+    await s.waitForLog(/^etcd call failed /, EVENT_MS);
+    await s.waitForLog(/^lease lost /, EVENT_MS); // a TTL without an answered keep-alive
     member.start();
     await bed.cluster.waitReady();
     // etcd keeps an unexpired lease across its restart, so the old record may show first: wait for the new lease
@@ -210,7 +234,15 @@ Deno.test("two secretaries for one instance by mistake: neither deletes the reco
 
     const c = bed.secretary(t);
     await c.waitForLog(/^registration blocked /, READY_MS);
-    await delay(1500);
+    // blocked, it reads the record and asks etcd about the holder's lease every interval; a take-over would
+    // follow one of those questions, before the next: wait for five more (only c asks)
+    const endpoint = bed.cluster.endpoints[0];
+    const asked = await etcdMetric(endpoint, LEASE_QUESTIONS);
+    await waitFor(
+      async () => (await etcdMetric(endpoint, LEASE_QUESTIONS)) >= asked + 5,
+      "five more questions about the holder's lease",
+      EVENT_MS,
+    );
     assert.equal((await bed.etcd.get(key))?.lease, leaseA, "the record changed hands while both ran");
     a.kill("SIGTERM");
     await a.finished();
