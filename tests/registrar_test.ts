@@ -11,12 +11,13 @@ import {
   EtcdRegistrar,
   initialKnown,
   type Known,
+  newLeaseId,
   plan,
   type RegistrarOptions,
 } from "../lib/registrar.ts";
-import type { StoredValue } from "../lib/etcd.ts";
+import { DeadlineError, LeaseExistsError, type StoredValue } from "../lib/etcd.ts";
 
-/** An etcd of one map, counting writes; `down` makes every call fail as a network error would. */
+/** An etcd of one map, recording its writes and every call; `down` makes every call fail as a network error would. */
 class FakeEtcd implements EtcdClient {
   keys = new Map<string, StoredValue>();
   leases = new Set<string>();
@@ -26,17 +27,32 @@ class FakeEtcd implements EtcdClient {
   /** Every call, answered or not: a transaction whose compare fails is still a raft proposal. */
   calls: string[] = [];
   down = false;
+  /** Grant the lease ID asked for, as etcd does (the other tests read the fake's own 1, 2, …). */
+  askedIds = false;
+  /** Grants whose answer is lost: the lease is made, the call fails past its deadline. */
+  lostGrantAnswers = 0;
+  /** Grants past their deadline that make nothing (etcd too busy to apply them in time). */
+  slowGrants = 0;
   #next = 1;
 
   #check(call: string) {
     this.calls.push(call);
     if (this.down) return Promise.reject(new Error("14 UNAVAILABLE: connect ECONNREFUSED"));
   }
-  async grantLease() {
+  async grantLease(_ttl: number, asked?: string) {
     await this.#check("grantLease");
-    const id = String(this.#next++);
+    if (this.slowGrants > 0) {
+      this.slowGrants--;
+      throw new DeadlineError("lease grant took longer than 1750 ms");
+    }
+    const id = this.askedIds && asked !== undefined ? asked : String(this.#next++);
+    if (this.leases.has(id)) throw new LeaseExistsError(`lease ${id} already exists`);
     this.leases.add(id);
     this.writes.push(`grant ${id}`);
+    if (this.lostGrantAnswers > 0) {
+      this.lostGrantAnswers--;
+      throw new DeadlineError("lease grant took longer than 1750 ms");
+    }
     return id;
   }
   async keepAlive(lease: string) {
@@ -203,9 +219,10 @@ Deno.test("registrar says etcd answered again only once etcd has answered, not a
   etcd.down = true;
   advance(await registrar.reconcile()); // the keep-alive fails
   assert.ok(logs.includes("etcd call failed"));
-  const calls = etcd.writes.length;
-  advance(await registrar.reconcile()); // nothing is due: this pass calls nothing
-  assert.equal(etcd.writes.length, calls);
+  const calls = etcd.calls.length;
+  assert.equal(etcd.calls.at(-1), "keepAlive", "the failed pass was a keep-alive");
+  advance(await registrar.reconcile()); // nothing is due: this pass calls nothing, keep-alives and reads included
+  assert.deepEqual(etcd.calls.slice(calls), [], "the pass called etcd");
   assert.ok(!logs.includes("etcd answered"), "said while etcd was still down");
   etcd.down = false;
   for (let waited = 0; !logs.includes("etcd answered") && waited < config.ttlSeconds * 1000;) {
@@ -415,10 +432,54 @@ Deno.test("plan() picks the next action from what is known, the time and the wan
   for (const [what, known, now, action] of rows) assert.deepEqual(plan(known, now, TIMING), action, what);
 });
 
-Deno.test("backoffMs() doubles to 1 s for a network failure and to 15 s for a refusal, jittered by half", () => {
+Deno.test("backoffMs() doubles to 1 s for a network failure and to 15 s for a refusal or an overload, jittered by half", () => {
   assert.deepEqual([1, 2, 3, 4, 5].map((n) => backoffMs(n, true, 1)), [200, 400, 800, 1000, 1000]);
   assert.equal(backoffMs(10, false, 1), 15_000);
   assert.equal(backoffMs(10, false, 0), 7500);
+  assert.deepEqual([1, 5, 7, 8, 20].map((n) => backoffMs(n, true, 1, true)), [200, 3200, 12_800, 15_000, 15_000]);
+});
+
+Deno.test("newLeaseId() is a positive int64 below 2^62, from two draws", () => {
+  const rows: [number[], string][] = [
+    [[0, 0], "1"], // never 0: etcd would choose
+    [[0, 0.5], String(2 ** 30)],
+    [[0.5, 0], String(2n ** 61n)],
+    [[1 - 2 ** -53, 1 - 2 ** -53], String(2n ** 62n - 1n)], // the largest draws below 1
+  ];
+  for (const [draws, want] of rows) {
+    const queue = [...draws];
+    assert.equal(newLeaseId(() => queue.shift()!), want, draws.join(","));
+  }
+});
+
+Deno.test("registrar: a grant whose answer was lost is asked again with the same ID, and the lease it made is used, not a second", async () => {
+  const { etcd, registrar, logs } = setup();
+  etcd.askedIds = true;
+  etcd.lostGrantAnswers = 1;
+  registrar.want(true, "up");
+  const wait = await registrar.reconcile(); // the grant's answer is lost
+  assert.equal(etcd.leases.size, 1);
+  assert.ok(wait >= 100 && wait <= 200, `backoff ${wait} ms after one failure`);
+  await registrar.reconcile(); // asked again: etcd says it exists, so it is ours
+  assert.equal(etcd.leases.size, 1, "a second lease was granted");
+  const [lease] = etcd.leases;
+  assert.deepEqual(etcd.calls.slice(0, 4), ["grantLease", "grantLease", "keepAlive", "putIfAbsent"]);
+  assert.equal(etcd.keys.get(KEY)?.lease, lease);
+  assert.ok(logs.includes("lease granted") && logs.includes("registered"), logs.join(" "));
+});
+
+Deno.test("registrar: grants past their deadline back off up to 15 s, not 1 s; a grant in doubt is revoked on stop", async () => {
+  const { etcd, registrar } = setup();
+  etcd.askedIds = true;
+  etcd.slowGrants = 9;
+  etcd.lostGrantAnswers = 1;
+  const waits = [];
+  for (let i = 0; i < 10; i++) waits.push(await registrar.reconcile());
+  // random() is 0.5: three quarters of each cap
+  assert.deepEqual(waits, [150, 300, 600, 1200, 2400, 4800, 9600, 11_250, 11_250, 11_250]);
+  assert.equal(etcd.leases.size, 1, "the tenth grant made a lease, its answer lost");
+  await registrar.stop();
+  assert.equal(etcd.leases.size, 0, "the lease of the grant in doubt outlived stop()");
 });
 
 Deno.test("registrar makes no proposal in a healthy minute: keep-alives every TTL/3 and a read a TTL, nothing else", async () => {
