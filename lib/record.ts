@@ -24,12 +24,24 @@
  *        `meta` maps names to strings, as the secretary writes them; a reader
  *        takes any other value as its JSON text (`1`, `true`, `null`,
  *        `{"a":1}`), and a `meta` that is not an object as no meta.
- *        Readers ignore fields they do not know and report a value that is
- *        not a record instead of failing.
+ *        Readers read no field they do not know (`registry --json` shows
+ *        them as stored) and report a value that is not a record instead of
+ *        failing.
+ * Reading: every field but the key's service and address is whatever the
+ *        record's writer chose. decodeEntry() never throws, whatever etcd
+ *        holds (not JSON, invalid UTF-8, 1.5 MiB, 750,000 levels deep): it
+ *        keeps RECORD_DEPTH levels and shows deeper arrays and objects as
+ *        "(too deep)", and it names the fields (`ipv4_addr`, `port`,
+ *        `service`, `Addr`) that disagree with the key (recordMismatch());
+ *        whatever routes traffic uses the key's address only.
+ * Address: a unicast IPv4 address: not 0.x.x.x (0.0.0.0 dials the host
+ *        itself), not multicast (224.0.0.0/4), not the broadcast address
+ *        (validateIpv4); the same rule for the secretary's `--ip` and for
+ *        keys, so a key with such an address is not an instance.
  *
  * @module
  */
-import { quote } from "./text.ts";
+import { limitDepth, quote } from "./text.ts";
 
 /** What an exec check reports and the record publishes: any JSON object. */
 export type Status = Record<string, unknown>;
@@ -53,15 +65,48 @@ export interface ServiceRecord {
 }
 
 /**
- * What a reader found under the prefix: an instance's record; or, in
- * `invalid`, the raw value of an entry that is not one: its value is not a
- * record, or its key does not fit the layout (then it has no `service` and no
- * `address`).
+ * What a reader found under the prefix: an instance's record, with the
+ * stored object it was read from (every field, those it does not know too,
+ * RECORD_DEPTH levels deep at most) and the fields of it that disagree with
+ * the key (recordMismatch(), empty when none); or, in `invalid`, the raw
+ * value of an entry that is not one: its value is not a record, or its key
+ * does not fit the layout (then it has no `service` and no `address`).
  */
 export type Entry =
-  | { key: string; service: string; address: string; record: ServiceRecord; invalid?: undefined }
-  | { key: string; service: string; address: string; record?: undefined; invalid: string }
-  | { key: string; service?: undefined; address?: undefined; record?: undefined; invalid: string };
+  | {
+    key: string;
+    service: string;
+    address: string;
+    record: ServiceRecord;
+    stored: Record<string, unknown>;
+    mismatch: string[];
+    invalid?: undefined;
+  }
+  | {
+    key: string;
+    service: string;
+    address: string;
+    record?: undefined;
+    stored?: undefined;
+    mismatch?: undefined;
+    invalid: string;
+  }
+  | {
+    key: string;
+    service?: undefined;
+    address?: undefined;
+    record?: undefined;
+    stored?: undefined;
+    mismatch?: undefined;
+    invalid: string;
+  };
+
+/**
+ * How many levels of arrays and objects a reader keeps of a stored value,
+ * the record itself the first: an exec check's status or a `meta` value
+ * deeper than that is cut to "(too deep)" (limitDepth in lib/text.ts).
+ */
+export const RECORD_DEPTH = 32;
 
 /** The prefix every record lives under. @default "/services" */
 export const DEFAULT_PREFIX = "/services";
@@ -81,11 +126,32 @@ export function validateService(name: string): string {
   return name;
 }
 
-/** Returns `ip` if it is a dotted IPv4 address; throws RangeError otherwise. */
+/**
+ * Why a dotted IPv4 address cannot be an instance's, or undefined when it
+ * can. RFC 6890 makes 0.0.0.0/8 no destination (and 0.0.0.0 dials the
+ * dialler's own host), 224.0.0.0/4 is multicast and 255.255.255.255
+ * broadcast: none is one instance. The rest of 240.0.0.0/4 is taken: Linux
+ * routes it as unicast and some clouds give it to private networks.
+ */
+export function notUnicast(ip: string): string | undefined {
+  const first = Number(ip.slice(0, ip.indexOf(".")));
+  if (first === 0) return "an unspecified address (0.x.x.x)";
+  if (first >= 224 && first <= 239) return "a multicast address (224.0.0.0/4)";
+  if (ip === "255.255.255.255") return "the broadcast address";
+  return undefined;
+}
+
+/**
+ * Returns `ip` if it is a dotted IPv4 address an instance can have (not
+ * unspecified, multicast or broadcast: notUnicast()); throws RangeError
+ * otherwise. For the secretary's `--ip` and, through parseAddress(), keys.
+ */
 export function validateIpv4(ip: string): string {
   if (!IPV4.test(ip)) {
     throw new RangeError(`Cannot use IP ${quote(ip)}: expected an IPv4 address such as 10.0.0.5`);
   }
+  const why = notUnicast(ip);
+  if (why) throw new RangeError(`Cannot use IP ${quote(ip)}: ${why}; expected an instance's address such as 10.0.0.5`);
   return ip;
 }
 
@@ -178,28 +244,37 @@ export function encodeRecord(record: ServiceRecord): string {
 export function decodeEntry(prefix: string, key: string, value: string): Entry {
   const place = parseKey(prefix, key);
   if (!place) return { key, invalid: value };
-  const record = decodeRecord(value, place.service);
-  return record ? { key, ...place, record } : { key, ...place, invalid: value };
+  try {
+    const stored = parseStored(value);
+    const record = stored && readRecord(stored, place.service);
+    if (stored && record) return { key, ...place, record, stored, mismatch: recordMismatch(place, stored) };
+  } catch {
+    // nothing above should throw (no deeper recursion than RECORD_DEPTH); if it does, the entry is not a record
+  }
+  return { key, ...place, invalid: value };
 }
 
-function decodeRecord(value: string, service: string): ServiceRecord | undefined {
+/** The stored JSON object, RECORD_DEPTH levels deep at most; undefined when the value is not one. */
+function parseStored(value: string): Record<string, unknown> | undefined {
   let parsed: unknown;
   try {
+    // JSON.parse does not recurse: any depth parses, under deno and node alike
     parsed = JSON.parse(value);
   } catch {
     return undefined;
   }
-  if (!isObject(parsed)) return undefined;
-  const o = parsed;
+  return isObject(parsed) ? limitDepth(parsed, RECORD_DEPTH) as Record<string, unknown> : undefined;
+}
+
+function readRecord(o: Record<string, unknown>, service: string): ServiceRecord | undefined {
   // the article's loop stored the port as a number or a string and the IP unquoted;
   // accept what can be read, reject what cannot
   const port = typeof o.port === "string" ? Number(o.port) : o.port;
   if (typeof o.ipv4_addr !== "string" || typeof port !== "number" || !Number.isInteger(port)) return undefined;
-  const meta: Record<string, string> = {};
-  if (isObject(o.meta)) {
-    // String() would show an object as "[object Object]"
-    for (const [k, v] of Object.entries(o.meta)) meta[k] = typeof v === "string" ? v : JSON.stringify(v);
-  }
+  // String() would show an object as "[object Object]"; fromEntries keeps a "__proto__" name as data
+  const meta: Record<string, string> = isObject(o.meta)
+    ? Object.fromEntries(Object.entries(o.meta).map(([k, v]) => [k, typeof v === "string" ? v : JSON.stringify(v)]))
+    : {};
   return {
     host: typeof o.host === "string" ? o.host : "",
     ipv4_addr: o.ipv4_addr,
@@ -209,6 +284,31 @@ function decodeRecord(value: string, service: string): ServiceRecord | undefined
     meta,
     ...(isObject(o.status) ? { status: o.status } : {}),
   };
+}
+
+/**
+ * The fields of a stored record that disagree with its key's service and
+ * address (pure), in this order: `ipv4_addr` (not the key's IP as written),
+ * `port` (neither the key's port nor its decimal text), `service` (present
+ * and not the key's), then each name that etcd's gRPC resolver reads as
+ * `Addr` (Go matches JSON names without regard to case) whose value is not
+ * the key's `<ip>:<port>`. A missing `service` or `Addr` agrees: older
+ * records lack them. Empty when all agree.
+ */
+export function recordMismatch(place: { service: string; address: string }, stored: Record<string, unknown>): string[] {
+  const colon = place.address.lastIndexOf(":");
+  const ip = place.address.slice(0, colon);
+  const port = place.address.slice(colon + 1);
+  const out: string[] = [];
+  if (stored.ipv4_addr !== ip) out.push("ipv4_addr");
+  if (!((typeof stored.port === "number" || typeof stored.port === "string") && String(stored.port) === port)) {
+    out.push("port");
+  }
+  if (stored.service !== undefined && stored.service !== place.service) out.push("service");
+  for (const name of Object.keys(stored)) {
+    if (/^addr$/i.test(name) && stored[name] !== place.address) out.push(name);
+  }
+  return out;
 }
 
 function isObject(value: unknown): value is Record<string, unknown> {

@@ -1,6 +1,8 @@
 import assert from "node:assert/strict";
 import { formatDuration, parseConnection, parseDuration, parseEndpoints, UsageError } from "../lib/cli.ts";
 import { formatEvent } from "../lib/log.ts";
+import { parseCli as parseSecretaryCli } from "../secretary.ts";
+import { runScript, SOURCE_FLAGS } from "../testbed/testbed.ts";
 
 const ANY = { minMs: 1, maxMs: 86_400_000 };
 
@@ -116,4 +118,49 @@ Deno.test("formatEvent() writes key=value, quoting values with spaces", () => {
 Deno.test("formatEvent() keeps one event on one line: control characters in a value are escaped", () => {
   const line = formatEvent("check failed", { reason: "a\nb\x1b[2J\u009b\u202e", host: "h" });
   assert.equal(line, 'check failed reason="a\\nb\\u001b[2J\\u009b\\u202e" host=h');
+});
+
+/** The secretary's --ip values that no instance has, and the reason its error line gives. */
+const NOT_AN_INSTANCE_IP: [string, string][] = [
+  ["0.0.0.0", "an unspecified address (0.x.x.x)"],
+  ["0.1.2.3", "an unspecified address (0.x.x.x)"],
+  ["224.0.0.1", "a multicast address (224.0.0.0/4)"],
+  ["239.255.255.250", "a multicast address (224.0.0.0/4)"],
+  ["255.255.255.255", "the broadcast address"],
+];
+
+// Fails on the old code: it took each of these, wrote it into the key, and HAProxy dialled it (0.0.0.0: the proxy host).
+Deno.test("the secretary's --ip and $COREOS_PUBLIC_IPV4 refuse an address no instance has, naming it and why", () => {
+  for (const [ip, why] of NOT_AN_INSTANCE_IP) {
+    const message = `Cannot use IP "${ip}": ${why}; expected an instance's address such as 10.0.0.5`;
+    for (const [args, env] of [[["8080", `--ip=${ip}`], {}], [["8080"], { COREOS_PUBLIC_IPV4: ip }]] as const) {
+      assert.throws(
+        () => parseSecretaryCli([...args], env, { hostname: () => "h" }),
+        (err: Error) => err instanceof UsageError && err.message === message,
+        `${args.join(" ")} ${JSON.stringify(env)}`,
+      );
+    }
+  }
+  for (const ip of ["10.0.0.5", "240.0.0.1", "255.255.255.254", "127.0.0.2"]) {
+    const config = parseSecretaryCli(["8080", `--ip=${ip}`], {}, { hostname: () => "h" });
+    assert.ok(config !== "help" && config.ip === ip, ip);
+  }
+  // the rule is for instances: an etcd endpoint may still be 0.0.0.0 (this host), as etcdctl takes it
+  assert.deepEqual(parseEndpoints("0.0.0.0:2379"), ["http://0.0.0.0:2379"]);
+});
+
+Deno.test("secretary --ip=0.0.0.0 as a process: one line on stderr naming the address, exit 2", async () => {
+  // refused before anything is dialled: the default endpoint is never tried
+  const result = await runScript("secretary.ts", ["8080", "--ip=0.0.0.0", "--hostname=h"], {
+    flags: SOURCE_FLAGS,
+    timeoutMs: 60_000,
+  });
+  assert.equal(result.code, 2, result.stderr);
+  assert.equal(result.stdout, "");
+  assert.equal(
+    result.stderr,
+    `secretary: Cannot use IP "0.0.0.0": ${
+      NOT_AN_INSTANCE_IP[0][1]
+    }; expected an instance's address such as 10.0.0.5\n`,
+  );
 });
