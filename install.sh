@@ -3,16 +3,19 @@
 # /opt/bin, a `registry` command beside them, and the units in
 # /etc/systemd/system. Build the bundles first (node_modules/.bin/deno task bundle).
 #
-#   ./install.sh [--root DIR] [--from DIR] [--deno PATH] [--tls] [--instance PORT]...
+#   ./install.sh [--root DIR] [--from DIR] [--deno PATH] [--tls] [--auth] [--instance PORT]...
 #
 #   --root DIR       install under DIR instead of / (tests, images); no daemon-reload
 #   --from DIR       where the bundles are (default: dist)
 #   --deno PATH      the deno binary to copy (default: node_modules/deno/deno, else deno on PATH)
-#   --tls            also install the drop-in for etcd over TLS (units/apache-secretary-tls.conf)
+#   --tls            also install the drop-ins for etcd over TLS (tls.conf: units/*-tls.conf)
+#   --auth           also install the drop-in for etcd authentication (auth.conf: units/etcd-auth.conf),
+#                    which reads ETCDCTL_USER from /etc/secretary/etcd-user (root's, mode 0600)
 #   --instance PORT  also link apache@PORT.service and apache-secretary@PORT.service
 #                    to the templates (the article's instances); repeatable
 #
-# Then: systemctl start apache@8080.service (it starts its secretary).
+# Then: systemctl start apache@8080.service (it starts its secretary). On a proxy
+# host: systemctl enable --now registry-haproxy@apache (or registry-nginx@apache).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 
@@ -20,6 +23,7 @@ root=/
 from=""
 deno=""
 tls=no
+auth=no
 instances=()
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -30,10 +34,11 @@ while [ $# -gt 0 ]; do
   --deno) deno="${2:?--deno needs a path}"; shift 2 ;;
   --deno=*) deno="${1#--deno=}"; shift ;;
   --tls) tls=yes; shift ;;
+  --auth) auth=yes; shift ;;
   --instance) instances+=("${2:?--instance needs a port}"); shift 2 ;;
   --instance=*) instances+=("${1#--instance=}"); shift ;;
-  -h | --help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
-  *) echo "install: Cannot use argument \"$1\": expected --root DIR, --from DIR, --deno PATH, --tls or --instance PORT" >&2; exit 2 ;;
+  -h | --help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+  *) echo "install: Cannot use argument \"$1\": expected --root DIR, --from DIR, --deno PATH, --tls, --auth or --instance PORT" >&2; exit 2 ;;
   esac
 done
 
@@ -68,6 +73,16 @@ if [ -r "$environment" ]; then
   if [ -n "$etcd_list" ] && ! printf '%s' "$etcd_list" | grep -Eq "^$host(,$host)*\$"; then
     shown=$(printf '%s' "$etcd_list" | head -c 200 | tr -c '[:print:]' '?')
     echo "install: Cannot use SECRETARY_ETCD=\"$shown\" in $environment: expected host:port[,host:port...], not URLs" >&2
+    exit 2
+  fi
+fi
+
+# the etcd user's password: in a file only root reads, never one others can
+credentials="${root%/}/etc/secretary/etcd-user"
+if [ "$auth" = yes ] && [ -e "$credentials" ]; then
+  mode=$(stat -L -c %a "$credentials")
+  if [ $((8#$mode & 8#077)) -ne 0 ]; then
+    echo "install: Cannot use $credentials: mode 0$mode lets others read the password; expected mode 0600 (chmod 0600)" >&2
     exit 2
   fi
 fi
@@ -124,9 +139,19 @@ EOF
 chmod 0755 "$bin/registry.tmp"
 mv -f "$bin/registry.tmp" "$bin/registry"
 
-install -m 0644 units/apache@.service units/apache-secretary@.service units/registry-haproxy@.service "$units/"
+install -m 0644 units/apache@.service units/apache-secretary@.service units/registry-haproxy@.service \
+  units/examples/nginx/registry-nginx@.service "$units/"
 if [ "$tls" = yes ]; then
   install -D -m 0644 units/apache-secretary-tls.conf "$units/apache-secretary@.service.d/tls.conf"
+  install -D -m 0644 units/registry-haproxy-tls.conf "$units/registry-haproxy@.service.d/tls.conf"
+  install -D -m 0644 units/registry-nginx-tls.conf "$units/registry-nginx@.service.d/tls.conf"
+fi
+if [ "$auth" = yes ]; then
+  for unit in apache-secretary registry-haproxy registry-nginx; do
+    install -D -m 0644 units/etcd-auth.conf "$units/$unit@.service.d/auth.conf"
+  done
+  [ -e "$credentials" ] ||
+    echo "install: put ETCDCTL_USER=name:password in $credentials (mode 0600) before the units start" >&2
 fi
 if [ ${#instances[@]} -gt 0 ]; then
   units/instances.sh "$units" "${instances[@]}"

@@ -5,11 +5,25 @@
  * article's instance links there, offline (systemd need not be PID 1).
  */
 import assert from "node:assert/strict";
+import { splitCommand } from "../lib/checks.ts";
 import { bundles, ROOT } from "../testbed/testbed.ts";
 
 const SECRETARY_UNIT = "apache-secretary@.service";
 const APACHE_UNIT = "apache@.service";
 const INSTANCES = [8080, 8081];
+/** The proxy hosts' units (installed as templates, enabled by hand), each with its source in the repository. */
+const CONSUMER_UNITS: Record<string, string> = {
+  "registry-haproxy@.service": "registry-haproxy@.service",
+  "registry-nginx@.service": "examples/nginx/registry-nginx@.service",
+};
+/** Each unit's TLS drop-in (installed as `<unit>.d/tls.conf` by --tls), under units/. */
+const TLS_DROP_INS: Record<string, string> = {
+  [SECRETARY_UNIT]: "apache-secretary-tls.conf",
+  "registry-haproxy@.service": "registry-haproxy-tls.conf",
+  "registry-nginx@.service": "registry-nginx-tls.conf",
+};
+/** The file the authentication drop-in (`<unit>.d/auth.conf`, installed by --auth) reads ETCDCTL_USER from. */
+const CREDENTIALS = "/etc/secretary/etcd-user";
 
 /** The only warning `verify` may print: the article's KillMode=none, which newer systemd deprecates. */
 const KILLMODE_WARNING = /apache@\.service:\d+: Unit uses KillMode=none\. This is unsafe/;
@@ -38,7 +52,7 @@ function scratchRoot(): Promise<string> {
     const root = await Deno.makeTempDir({ prefix: "secretary-root-" });
     globalThis.addEventListener("unload", () => Deno.removeSync(root, { recursive: true }));
     const instances = INSTANCES.flatMap((p) => ["--instance", String(p)]);
-    const args = ["--root", root, "--from", await bundles(), "--tls", ...instances];
+    const args = ["--root", root, "--from", await bundles(), "--tls", "--auth", ...instances];
     const out = await sh(`${ROOT}install.sh`, args);
     if (out.code !== 0) throw new Error(`install.sh failed:\n${out.stderr}`);
     // the host's own units (sysinit.target, basic.target, …): every service depends on them by default
@@ -117,11 +131,36 @@ Deno.test("install.sh refuses a URL in /etc/environment's SECRETARY_ETCD, naming
   }
 });
 
-Deno.test("the secretary units turn deno's update check off and give it a cache folder of their own", async () => {
-  for (const file of [SECRETARY_UNIT, "examples/queue-secretary@.service"]) {
+Deno.test("install.sh --auth refuses an etcd user's file that others can read, naming it, and installs nothing", async () => {
+  const root = await Deno.makeTempDir({ prefix: "secretary-authcheck-" });
+  try {
+    await Deno.mkdir(`${root}/etc/secretary`, { recursive: true });
+    const file = `${root}${CREDENTIALS}`;
+    await Deno.writeTextFile(file, "ETCDCTL_USER=root:pw\n");
+    for (const [mode, code] of [[0o644, 2], [0o640, 2], [0o600, 0]]) {
+      await Deno.chmod(file, mode);
+      const out = await sh(`${ROOT}install.sh`, ["--root", root, "--from", await bundles(), "--auth"]);
+      assert.equal(out.code, code, `${mode.toString(8)}: ${out.stderr}`);
+      if (code === 2) {
+        assert.match(
+          out.stderr,
+          /^install: Cannot use \S+\/etc\/secretary\/etcd-user: mode 0[0-7]{3} lets others read/,
+        );
+        assert.equal(out.stderr.trimEnd().split("\n").length, 1, out.stderr);
+        assert.equal(await Deno.stat(`${root}/opt`).then(() => true, () => false), false, "installed anyway");
+      }
+    }
+    assert.equal(await Deno.readTextFile(file), "ETCDCTL_USER=root:pw\n", "install.sh changed the user's file");
+  } finally {
+    await Deno.remove(root, { recursive: true });
+  }
+});
+
+Deno.test("the secretary and proxy units turn deno's update check off and give it a cache folder of their own", async () => {
+  for (const file of [SECRETARY_UNIT, "examples/queue-secretary@.service", ...Object.values(CONSUMER_UNITS)]) {
     const unit = parseUnit(await Deno.readTextFile(`${ROOT}units/${file}`));
     const env = setting(unit, "Service", "Environment");
-    const name = file.replace(/^examples\//, "").replace(/@\.service$/, "");
+    const name = file.slice(file.lastIndexOf("/") + 1).replace(/@\.service$/, "");
     assert.ok(env.includes("DENO_NO_UPDATE_CHECK=1"), `${file}: ${env}`);
     assert.ok(env.includes(`DENO_DIR=%C/${name}`), `${file}: ${env}`);
     assert.deepEqual(setting(unit, "Service", "CacheDirectory"), [name], file);
@@ -144,18 +183,26 @@ Deno.test("install.sh --root puts deno, the bundles, the registry command and th
   assert.match(wrapper, /--allow-net="\$net"/);
   assert.match(wrapper, /--allow-env=ETCDCTL_CACERT,ETCDCTL_CERT,ETCDCTL_KEY,ETCDCTL_USER,GRPC_\* /);
   assert.match(wrapper, /^export DENO_NO_UPDATE_CHECK=1$/m);
-  for (const unit of [APACHE_UNIT, SECRETARY_UNIT]) {
+  const sources: Record<string, string> = {
+    [APACHE_UNIT]: APACHE_UNIT,
+    [SECRETARY_UNIT]: SECRETARY_UNIT,
+    ...CONSUMER_UNITS,
+  };
+  for (const [unit, source] of Object.entries(sources)) {
     assert.equal(
       await Deno.readTextFile(`${root}/etc/systemd/system/${unit}`),
-      await Deno.readTextFile(`${ROOT}units/${unit}`),
+      await Deno.readTextFile(`${ROOT}units/${source}`),
       unit,
     );
   }
-  assert.equal(
-    await Deno.readTextFile(`${root}/etc/systemd/system/${SECRETARY_UNIT}.d/tls.conf`),
-    await Deno.readTextFile(`${ROOT}units/apache-secretary-tls.conf`),
-    "--tls installs the TLS drop-in",
-  );
+  for (const [unit, dropIn] of Object.entries(TLS_DROP_INS)) {
+    const dir = `${root}/etc/systemd/system/${unit}.d`;
+    assert.deepEqual([...Deno.readDirSync(dir)].map((e) => e.name).sort(), ["auth.conf", "tls.conf"], unit);
+    const tls = await Deno.readTextFile(`${dir}/tls.conf`);
+    assert.equal(tls, await Deno.readTextFile(`${ROOT}units/${dropIn}`), `--tls installs ${unit}'s TLS drop-in`);
+    const auth = await Deno.readTextFile(`${dir}/auth.conf`);
+    assert.equal(auth, await Deno.readTextFile(`${ROOT}units/etcd-auth.conf`), `--auth installs ${unit}'s drop-in`);
+  }
   for (const port of INSTANCES) {
     for (const unit of [APACHE_UNIT, SECRETARY_UNIT]) {
       const link = `${root}/etc/systemd/system/${unit.replace("@", `@${port}`)}`;
@@ -217,13 +264,15 @@ Deno.test("units/instances.sh makes the article's instance links; units/instance
 // ---------------------------------------------------------------------------
 // systemd-analyze verify
 
-Deno.test("systemd-analyze verify passes on the installed templates and the 8080 and 8081 instance links", async () => {
+Deno.test("systemd-analyze verify passes on the installed templates, the 8080 and 8081 instance links and the proxy units", async () => {
   const root = await scratchRoot();
   const units = `${root}/etc/systemd/system`;
   const paths = [
     `${units}/${APACHE_UNIT}`,
     `${units}/${SECRETARY_UNIT}`,
     ...INSTANCES.flatMap((p) => [`${units}/apache@${p}.service`, `${units}/apache-secretary@${p}.service`]),
+    // the proxy units: the templates, and an instance of each (as `systemctl enable registry-haproxy@apache` makes)
+    ...Object.keys(CONSUMER_UNITS).flatMap((u) => [`${units}/${u}`, `${units}/${u.replace("@", "@apache")}`]),
   ];
   const verify = (path: string) => sh("systemd-analyze", ["verify", `--root=${root}`, path]);
   const verifyAll = async (what: string) => {
@@ -234,13 +283,23 @@ Deno.test("systemd-analyze verify passes on the installed templates and the 8080
       assert.deepEqual(complaints, [], `${what}: ${path}: verify complained`);
     }
   };
-  await verifyAll("with the TLS drop-in");
-  const dropIns = `${units}/${SECRETARY_UNIT}.d`;
-  await Deno.rename(dropIns, `${dropIns}.away`);
+  await verifyAll("with the TLS and authentication drop-ins");
+  const dropIns = Object.keys(TLS_DROP_INS).map((u) => `${units}/${u}.d`);
+  for (const dir of dropIns) await Deno.rename(dir, `${dir}.away`);
   try {
     await verifyAll("the units alone");
   } finally {
-    await Deno.rename(`${dropIns}.away`, dropIns);
+    for (const dir of dropIns) await Deno.rename(`${dir}.away`, dir);
+  }
+
+  // the control: verify reads the proxy units' drop-ins too
+  const stray = `${units}/registry-nginx@.service.d/zz-stray.conf`;
+  await Deno.writeTextFile(stray, "[Service]\nEnvironmentFil=/etc/secretary/etcd-user\n");
+  try {
+    const out = await verify(`${units}/registry-nginx@apache.service`);
+    assert.match(out.stderr, /zz-stray\.conf:2: Unknown key 'EnvironmentFil'/);
+  } finally {
+    await Deno.remove(stray);
   }
 
   // the control: verify does look inside the root, at the secretary's ExecStart binary
@@ -315,6 +374,75 @@ Deno.test("apache-secretary@.service is bound to its Apache and stops before it,
     "--drain",
     "5s",
   ]);
+});
+
+/** An ExecStart= line's words, quotes taken off as systemd does, `${VAR}` and `%i` left as written. */
+function execWords(unit: Map<string, Map<string, string[]>>): string[] {
+  const lines = setting(unit, "Service", "ExecStart").filter((l) => l !== "");
+  assert.equal(lines.length, 1, `one ExecStart: ${lines}`);
+  return splitCommand(lines[0]);
+}
+
+/** The three files of etcd over TLS, as the drop-ins name them. */
+const TLS_FILES = ["${ETCDCTL_CACERT}", "${ETCDCTL_CERT}", "${ETCDCTL_KEY}"];
+
+Deno.test("each TLS drop-in is its unit's ExecStart with reading the three TLS files and the https endpoints, nothing else", async () => {
+  const sources: Record<string, string> = { [SECRETARY_UNIT]: SECRETARY_UNIT, ...CONSUMER_UNITS };
+  for (const [name, dropIn] of Object.entries(TLS_DROP_INS)) {
+    const unit = execWords(parseUnit(await Deno.readTextFile(`${ROOT}units/${sources[name]}`)));
+    const text = await Deno.readTextFile(`${ROOT}units/${dropIn}`);
+    const parsed = parseUnit(text);
+    assert.deepEqual([...parsed.keys()], ["Service"], dropIn);
+    assert.deepEqual([...parsed.get("Service")!.keys()], ["ExecStart"], `${dropIn}: only ExecStart`);
+    assert.equal(setting(parsed, "Service", "ExecStart")[0], "", `${dropIn}: resets the unit's ExecStart first`);
+    const tls = execWords(parsed);
+    const endpoints = tls.indexOf("--endpoints");
+    assert.equal(tls[endpoints + 1], "${ETCDCTL_ENDPOINTS}", `${dropIn}: the https:// URLs`);
+    const reads = tls.filter((w) => w.startsWith("--allow-read="));
+    assert.equal(reads.length, 1, dropIn);
+    assert.deepEqual(
+      reads[0].slice("--allow-read=".length).split(",").slice(-3),
+      TLS_FILES,
+      `${dropIn}: the TLS files readable`,
+    );
+    // undo exactly those two changes: what is left is the unit's own line, word for word
+    const undone = tls.flatMap((w, i) => {
+      if (i === endpoints + 1) return ["${SECRETARY_ETCD}"];
+      if (!w.startsWith("--allow-read=")) return [w];
+      const rest = w.slice("--allow-read=".length).split(",").filter((p) => !TLS_FILES.includes(p));
+      return rest.length > 0 ? [`--allow-read=${rest.join(",")}`] : [];
+    });
+    assert.deepEqual(undone, unit, `${dropIn} differs from ${sources[name]} by more than the TLS files and endpoints`);
+  }
+});
+
+Deno.test("the authentication drop-in only reads ETCDCTL_USER from a file of its own, which each unit passes on", async () => {
+  const parsed = parseUnit(await Deno.readTextFile(`${ROOT}units/etcd-auth.conf`));
+  assert.deepEqual([...parsed.keys()], ["Service"]);
+  assert.deepEqual([...parsed.get("Service")!.entries()], [["EnvironmentFile", [CREDENTIALS]]]);
+  const sources = [SECRETARY_UNIT, ...Object.values(CONSUMER_UNITS)];
+  for (const source of sources) {
+    const words = execWords(parseUnit(await Deno.readTextFile(`${ROOT}units/${source}`)));
+    const env = words.find((w) => w.startsWith("--allow-env="))!.slice("--allow-env=".length).split(",");
+    assert.ok(env.includes("ETCDCTL_USER"), `${source}: --allow-env lacks ETCDCTL_USER`);
+    assert.ok(!words.some((w) => w.includes(CREDENTIALS)), `${source}: the process itself may read the password file`);
+  }
+});
+
+Deno.test("the proxy units run only what they need: HAProxy's sync runs nothing, nginx's render runs /usr/sbin/nginx only", async () => {
+  const haproxy = execWords(parseUnit(await Deno.readTextFile(`${ROOT}units/registry-haproxy@.service`)));
+  assert.deepEqual(haproxy.filter((w) => /^--allow-(run|all|ffi|sys|import)|^-A$/.test(w)), []);
+  for (const file of ["examples/nginx/registry-nginx@.service", "registry-nginx-tls.conf"]) {
+    const words = execWords(parseUnit(await Deno.readTextFile(`${ROOT}units/${file}`)));
+    const runs = words.filter((w) => w.startsWith("--allow-run"));
+    assert.deepEqual(runs, ["--allow-run=/usr/sbin/nginx"], file);
+    const allowed = runs[0].slice("--allow-run=".length).split(",");
+    for (const flag of ["--check", "--reload"]) {
+      const command = splitCommand(words[words.indexOf(flag) + 1]);
+      assert.ok(allowed.includes(command[0]), `${file}: ${flag} runs ${command[0]}, not in ${runs[0]}`);
+    }
+    assert.deepEqual(words.filter((w) => /^--allow-(all|ffi|sys|import)|^-A$/.test(w)), [], file);
+  }
 });
 
 // ---------------------------------------------------------------------------
