@@ -11,6 +11,15 @@
  * connection left. `show servers state B` and `show stat` give the servers and
  * their current sessions; `show info` the process's Pid and uptime.
  *
+ * `server-template` slots (`slot.invalid:80 init-addr last,0.0.0.0
+ * disabled`): `set server B/S addr IP port P` answers "IP changed from …";
+ * `disabled` leaves flag 0x04 (configured maintenance) in srv_admin_state
+ * after `state ready`, which is not maintenance. Servers named by a host name
+ * take their last address from the state file at a reload; an IP literal's
+ * would not be kept. Several commands joined with ";" answer one after
+ * another, with no reliable separator: batch only commands that answer
+ * nothing on success.
+ *
  * @module
  */
 import { connect, type Socket } from "node:net";
@@ -35,13 +44,17 @@ export interface HAProxyProcess {
   uptimeSeconds: number;
 }
 
-/** HAProxy answered a command with an error. */
+/** HAProxy answered a command with an error; `command` is the line it refused, when there was one. */
 export class HAProxyError extends Error {
   override name = "HAProxyError";
+  constructor(message: string, readonly command?: string) {
+    super(message);
+  }
 }
 
-// srv_admin_state flags (src/server.h): forced, inherited and configured maintenance, and resolution's
-const MAINT_FLAGS = 0x01 | 0x02 | 0x04 | 0x20;
+// srv_admin_state flags (src/server.h): forced, inherited and resolution's maintenance (SRV_ADMF_MAINT);
+// 0x04, "configured" (the `disabled` keyword), stays set once a server is made ready, and is not maintenance
+const MAINT_FLAGS = 0x01 | 0x02 | 0x20;
 
 /** Parses `show servers state BACKEND` (format 1) into name, address, states and weight (sessions 0). */
 export function parseServersState(text: string): HAProxyServer[] {
@@ -127,9 +140,8 @@ export class HAProxy {
       const chunks: Buffer[] = [];
       const timer = setTimeout(() => {
         socket.destroy();
-        reject(
-          new HAProxyError(`no answer within ${this.timeoutMs} ms to "${command.split(" ").slice(0, 3).join(" ")}"`),
-        );
+        // not a refusal: HAProxy may be busy or gone
+        reject(new Error(`no answer within ${this.timeoutMs} ms to "${command.split(" ").slice(0, 3).join(" ")}"`));
       }, this.timeoutMs);
       socket.on("connect", () => socket.end(`${command}\n`));
       socket.on("data", (chunk: Buffer) => chunks.push(chunk));
@@ -145,19 +157,46 @@ export class HAProxy {
   }
 
   /** Runs a command that answers nothing (or `expected`) on success; anything else is an HAProxyError. */
-  async command(command: string, expected = ""): Promise<void> {
+  async command(command: string, expected: string | RegExp = ""): Promise<void> {
     const answer = (await this.run(command)).trim();
-    if (answer !== expected) throw new HAProxyError(answer.split("\n")[0] || `no answer to ${command}`);
+    const ok = typeof expected === "string" ? answer === expected : expected.test(answer);
+    if (!ok) throw new HAProxyError(answer.split("\n")[0] || `no answer to ${command}`, command);
+  }
+
+  /**
+   * Runs commands joined with ";" on one connection; true when each answered
+   * `expected` (a line each) or nothing, false otherwise (which one failed is
+   * unknown: run them one by one to find out).
+   */
+  async batch(commands: string[], expected = ""): Promise<boolean> {
+    const lines = (await this.run(commands.join(";"))).split("\n").filter((l) => l.trim() !== "");
+    return expected === ""
+      ? lines.length === 0
+      : lines.length === commands.length && lines.every((l) => l === expected);
   }
 
   /** The servers of `backend`, with their current sessions. */
   async servers(backend: string): Promise<HAProxyServer[]> {
-    const state = await this.run(`show servers state ${backend}`);
-    if (/^Can't find backend\./m.test(state)) throw new HAProxyError(`no backend ${backend}`);
-    const servers = parseServersState(state);
+    return (await this.state(backend)).servers;
+  }
+
+  /**
+   * The servers of `backend` with their sessions, and `show servers state
+   * BACKEND` as HAProxy wrote it (a state file). With `maintOnly`, sessions
+   * are read only when a server is in maintenance, and only theirs count
+   * (`show stat` of thousands of servers is megabytes).
+   */
+  async state(backend: string, maintOnly = false): Promise<{ text: string; servers: HAProxyServer[] }> {
+    const text = await this.run(`show servers state ${backend}`);
+    if (/^Can't find backend\./m.test(text)) throw new HAProxyError(`no backend ${backend}`);
+    const servers = parseServersState(text);
+    if (maintOnly && !servers.some((s) => s.maint)) return { text, servers };
     // every proxy's servers (type 4), filtered by name here: "show stat NAME" answers for a frontend of that name
     const sessions = parseSessions(await this.run("show stat -1 4 -1"), backend);
-    return servers.map((s) => ({ ...s, sessions: sessions.get(s.name) ?? 0 }));
+    return {
+      text,
+      servers: servers.map((s) => ({ ...s, sessions: maintOnly && !s.maint ? 0 : sessions.get(s.name) ?? 0 })),
+    };
   }
 
   /** The process answering now. */
