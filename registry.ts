@@ -7,6 +7,7 @@
  * deno run --allow-net --allow-env registry.ts ls [SERVICE] [--json]
  * deno run --allow-net --allow-env registry.ts get SERVICE IP:PORT
  * deno run --allow-net --allow-env registry.ts watch [SERVICE] [--json]
+ * deno run --allow-net --allow-env registry.ts serve [--listen HOST:PORT]   # a live page, an API, metrics (lib/serve.ts)
  * ```
  *
  * `watch` lists, then watches from the next revision, so no change is missed;
@@ -15,8 +16,7 @@
  *
  * @module
  */
-import { statSync } from "node:fs";
-import { dirname, resolve } from "node:path";
+import { resolve } from "node:path";
 import { parseArgs } from "node:util";
 import {
   asUsage,
@@ -32,10 +32,11 @@ import {
 } from "./lib/cli.ts";
 import { describeError, Etcd, type EtcdOptions, type StoredValue } from "./lib/etcd.ts";
 import { follow } from "./lib/follow.ts";
-import { HAProxy, type HAProxyAddress, HAProxyError, parseHAProxyAddress } from "./lib/haproxy.ts";
+import { HAProxy, type HAProxyAddress, parseHAProxyAddress } from "./lib/haproxy.ts";
 import { createLog } from "./lib/log.ts";
-import { DEFAULT_SERVER_OPTIONS, runSync } from "./lib/sync.ts";
-import { readTemplate, renderOnce, runRender, templateView, unrunnable, type Wait } from "./lib/render.ts";
+import { parseServe, runServe, SERVE_HELP, SERVE_OPTIONS, type ServeConfig } from "./lib/serve.ts";
+import { checkHAProxy, checkStateFile, DEFAULT_SERVER_OPTIONS, runSync } from "./lib/sync.ts";
+import { checkRender, Renderer, runRender, type Wait } from "./lib/render.ts";
 import { killRunningCommands } from "./lib/command.ts";
 import { DEFAULT_PATH, splitCommand } from "./lib/checks.ts";
 import {
@@ -49,7 +50,7 @@ import {
   servicePrefix,
   validateService,
 } from "./lib/record.ts";
-import { cut, hasControl, oneLine, printable, printableJson, quote } from "./lib/text.ts";
+import { cut, hasControl, JSON_DEPTH, limitDepth, printable, printableJson, quote } from "./lib/text.ts";
 
 export const HELP = `Usage: registry <command> [options]
 
@@ -63,24 +64,37 @@ Commands:
   render SERVICE --template FILE --out FILE [--check CMD] [--reload CMD] [--wait MIN[:MAX]] [--once]
                             render a Mustache template from SERVICE's instances whenever they
                             change; write the file only when its text changes, check, reload
+  serve [--listen HOST:PORT]
+                            the registry as a live web page, a JSON and event API (/v1/...)
+                            and Prometheus metrics (/metrics), read-only; runs until stopped
 
 Options:
-  --json                    ls: a JSON array; watch: one JSON object a line
+  --json                    ls: a JSON array; watch: one JSON object a line; each record
+                            whole, with "mismatch" naming the fields that disagree with its key
   --haproxy ADDR            sync: HAProxy's stats socket at admin level, a path or host:port
   --backend NAME            sync: the backend (declared in haproxy.cfg, no servers needed)
   --server-options "..."    sync: added to each server (default "${DEFAULT_SERVER_OPTIONS}":
                             HAProxy's own health check, so a dead host leaves rotation in
                             about a second whatever the registry says); "" for none
-  --template FILE           render: a Mustache template; it sees service, instances (sorted by
-                            address: key, address, ip, port and the record), count, empty
-  --out FILE                render: the file written (atomically, only when its text changes)
+  --state-file FILE         sync: write the backend's server state there after each change, for
+                            HAProxy to load at a reload (the backend's server-state-file-name)
+  --template FILE           render: a Mustache template (a regular file, at most 1 MiB); it sees
+                            service, instances (sorted by address: key, address, ip, port,
+                            nginx_weight, balancer_weight, haproxy_weight, and the record's
+                            fields), count, empty; {{x}} inserts only a token (letters, digits,
+                            ._:/@+=-), else the instance is left out; {{{x}}} is raw
+  --out FILE                render: the file written (atomically, only when its text changes;
+                            a link there is kept and the file it points to replaced)
   --check "CMD ARGS..."     render: validates the new text first; a {path} word is the staged
                             file (checked, then moved in place); without one the file is put in
-                            place, checked there, and put back if the check fails
-  --reload "CMD ARGS..."    render: runs after the file is replaced
+                            place, checked there, and put back if the check fails; instances
+                            that make it fail are found and left out
+  --reload "CMD ARGS..."    render: runs after the file is replaced; retried until it succeeds
   --wait MIN[:MAX]          render: after a change, wait until quiet for MIN (at most MAX,
                             default 4 x MIN); a removal is rendered at once
-  --once                    render: render, check and reload once, then exit
+  --once                    render: render, check and reload once, then exit (1 if the file on
+                            disk is not reloaded)
+${SERVE_HELP}
 
 ${CONNECTION_HELP}
 
@@ -96,6 +110,7 @@ export type Command =
     haproxyText: string;
     backend: string;
     serverOptions: string[];
+    stateFile?: string;
     prefix: string;
     etcd: EtcdOptions;
   }
@@ -113,6 +128,7 @@ export type Command =
     etcd: EtcdOptions;
   }
   | { command: "ls" | "watch"; service?: string; json: boolean; prefix: string; etcd: EtcdOptions }
+  | ({ command: "serve"; etcd: EtcdOptions } & ServeConfig)
   | { command: "get"; service: string; ip: string; port: number; json: boolean; prefix: string; etcd: EtcdOptions };
 
 /** Parses the command line; throws UsageError on bad input. */
@@ -126,17 +142,19 @@ export function parseCli(args: readonly string[], env: Env): Command {
       haproxy: { type: "string" },
       backend: { type: "string" },
       "server-options": { type: "string" },
+      "state-file": { type: "string" },
       template: { type: "string" },
       out: { type: "string" },
       check: { type: "string" },
       reload: { type: "string" },
       wait: { type: "string" },
       once: { type: "boolean" },
+      ...SERVE_OPTIONS,
     },
   });
   if (values.help) return { command: "help" };
   const [command, ...rest] = positionals;
-  for (const flag of ["haproxy", "backend", "server-options"] as const) {
+  for (const flag of ["haproxy", "backend", "server-options", "state-file"] as const) {
     if (values[flag] !== undefined && command !== "sync") {
       throw new UsageError(`Cannot use --${flag} with ${quote(command ?? "")}: expected registry sync`);
     }
@@ -144,6 +162,11 @@ export function parseCli(args: readonly string[], env: Env): Command {
   for (const flag of ["template", "out", "check", "reload", "wait", "once"] as const) {
     if (values[flag] !== undefined && command !== "render") {
       throw new UsageError(`Cannot use --${flag} with ${quote(command ?? "")}: expected registry render`);
+    }
+  }
+  for (const flag of Object.keys(SERVE_OPTIONS) as (keyof typeof SERVE_OPTIONS)[]) {
+    if (values[flag] !== undefined && command !== "serve") {
+      throw new UsageError(`Cannot use --${flag} with ${quote(command ?? "")}: expected registry serve`);
     }
   }
   const common = () => ({
@@ -192,6 +215,10 @@ export function parseCli(args: readonly string[], env: Env): Command {
           `Cannot use --server-options ${quote(optionsText)}: expected server keywords such as "check inter 1s fall 2"`,
         );
       }
+      const stateFile = values["state-file"];
+      if (stateFile !== undefined && (!stateFile.startsWith("/") || stateFile.endsWith("/") || hasControl(stateFile))) {
+        throw new UsageError(`Cannot use --state-file ${quote(stateFile)}: expected an absolute path to a file`);
+      }
       const { prefix, etcd } = common();
       return {
         command,
@@ -200,6 +227,7 @@ export function parseCli(args: readonly string[], env: Env): Command {
         haproxyText: values.haproxy,
         backend: values.backend,
         serverOptions,
+        ...(stateFile === undefined ? {} : { stateFile }),
         prefix,
         etcd,
       };
@@ -224,10 +252,14 @@ export function parseCli(args: readonly string[], env: Env): Command {
         etcd,
       };
     }
+    case "serve": {
+      const { prefix, etcd } = common();
+      return { command, ...parseServe(values, rest), prefix, etcd };
+    }
     case undefined:
-      throw new UsageError("Missing command: expected ls, get, watch, sync or render (see registry --help)");
+      throw new UsageError("Missing command: expected ls, get, watch, sync, render or serve (see registry --help)");
     default:
-      throw new UsageError(`Cannot use command ${quote(command)}: expected ls, get, watch, sync or render`);
+      throw new UsageError(`Cannot use command ${quote(command)}: expected ls, get, watch, sync, render or serve`);
   }
 }
 
@@ -285,8 +317,9 @@ export function formatMeta(meta: Record<string, string>, max = FIELD_MAX): strin
 export function formatStatus(status: Record<string, unknown> | undefined, max = FIELD_MAX): string {
   if (status === undefined) return "-";
   const plain = (text: string) => (/^[\w.:/@+-]+$/.test(text) ? text : JSON.stringify(text));
+  // a status from decodeEntry() is already cut in depth; another may not be, and JSON.stringify recurses
   const text = Object.entries(status)
-    .map(([k, v]) => `${plain(k)}=${typeof v === "string" ? plain(v) : JSON.stringify(v)}`)
+    .map(([k, v]) => `${plain(k)}=${typeof v === "string" ? plain(v) : JSON.stringify(limitDepth(v, JSON_DEPTH))}`)
     .join(",");
   // JSON.stringify escapes C0 controls only: C1, bidi overrides and U+2028 need printable()
   return text === "" ? "{}" : printable(text, max);
@@ -313,6 +346,11 @@ function notRecord(e: Extract<Entry, { invalid: string }>): string {
   return e.service === undefined ? `(not an instance key: ${quoted(e.key)})` : `(not a record: ${quoted(e.invalid)})`;
 }
 
+/** The note on a record whose fields disagree with its key: `(mismatch: ipv4_addr,port) `, or nothing. */
+function mismatchNote(e: Entry): string {
+  return e.mismatch?.length ? `(mismatch: ${printable(e.mismatch.join(","), FIELD_MAX)}) ` : "";
+}
+
 /** The SERVICE and ADDRESS of an entry, `-` for a key outside the layout. */
 function place(e: Entry): [string, string] {
   return e.service === undefined ? ["-", "-"] : [printable(e.service, FIELD_MAX), printable(e.address, FIELD_MAX)];
@@ -320,7 +358,9 @@ function place(e: Entry): [string, string] {
 
 /**
  * The `ls` table: SERVICE, ADDRESS, HOST, AGE, STATUS, META, columns padded;
- * one line a row, every field printable and at most FIELD_MAX characters.
+ * one line a row, every field printable and at most FIELD_MAX characters. A
+ * record whose fields disagree with its key has `(mismatch: FIELD,…)` first
+ * in META; ADDRESS is always the key's.
  */
 export function formatTable(entries: Entry[], nowMs: number): string {
   const rows = [["SERVICE", "ADDRESS", "HOST", "AGE", "STATUS", "META"]];
@@ -332,7 +372,7 @@ export function formatTable(entries: Entry[], nowMs: number): string {
           printable(e.record.host || "-", FIELD_MAX),
           formatAge(e.record.registered_at, nowMs),
           formatStatus(e.record.status),
-          formatMeta(e.record.meta),
+          mismatchNote(e) + formatMeta(e.record.meta),
         ]
         : [...place(e), "-", "-", "-", notRecord(e)],
     );
@@ -343,13 +383,28 @@ export function formatTable(entries: Entry[], nowMs: number): string {
   );
 }
 
+/** The names `--json` gives its own meaning; a stored field of one of these names is not shown. */
+export const JSON_OWN_NAMES = ["key", "change", "mismatch", "invalid", "misplaced"];
+
 /**
- * An entry as a JSON object: the record's fields with its key; or the key
- * with the raw value in `invalid`, and `misplaced: true` when the key does not
- * fit the layout.
+ * An entry as a JSON object: its key, then the whole stored record as it is
+ * (`Addr` and fields no reader knows too; arrays and objects past
+ * RECORD_DEPTH levels as "(too deep)"), then `mismatch`, the fields that
+ * disagree with the key, when there are any; or the key with the raw value in
+ * `invalid`, and `misplaced: true` when the key does not fit the layout. A
+ * stored field named as one of JSON_OWN_NAMES is left out, so none can forge
+ * the key or hide a mismatch.
  */
 export function entryJson(e: Entry): Record<string, unknown> {
-  if (e.record) return { key: e.key, ...e.record };
+  if (e.record) {
+    // fromEntries keeps a stored "__proto__" as data
+    const fields = Object.entries(e.stored).filter(([name]) => !JSON_OWN_NAMES.includes(name));
+    return Object.fromEntries([
+      ["key", e.key],
+      ...fields,
+      ...(e.mismatch.length ? [["mismatch", e.mismatch]] : []),
+    ]);
+  }
   return e.service === undefined
     ? { key: e.key, invalid: e.invalid, misplaced: true }
     : { key: e.key, invalid: e.invalid };
@@ -362,8 +417,9 @@ export function entryJson(e: Entry): Record<string, unknown> {
 export type Change = { kind: "+" | "-"; entry: Entry };
 
 /**
- * One `watch` line: `+ SERVICE ADDRESS host=… meta=…`, `- SERVICE ADDRESS`,
- * printable and cut as the table is; or one JSON object.
+ * One `watch` line: `+ SERVICE ADDRESS host=… [status=…] [mismatch=FIELD,…]
+ * meta=…`, `- SERVICE ADDRESS`, printable and cut as the table is; or one
+ * JSON object, `change` first, then entryJson().
  */
 export function formatChange(change: Change, json: boolean): string {
   const e = change.entry;
@@ -377,7 +433,9 @@ export function formatChange(change: Change, json: boolean): string {
   const detail = e.record
     ? `host=${printable(e.record.host || "-", FIELD_MAX)}${
       e.record.status ? ` status=${formatStatus(e.record.status)}` : ""
-    } meta=${formatMeta(e.record.meta)}`
+    }${e.mismatch.length ? ` mismatch=${printable(e.mismatch.join(","), FIELD_MAX)}` : ""} meta=${
+      formatMeta(e.record.meta)
+    }`
     : notRecord(e);
   return `+ ${service} ${address} ${detail}`;
 }
@@ -470,38 +528,10 @@ async function watch(
   return 0;
 }
 
-/**
- * What must hold before `sync` touches anything: HAProxy answers at `text`,
- * has `backend`, and the socket is at admin level (a server that does not
- * exist is "No such server." there, "Permission denied" below it). Returns
- * the one-line refusal, or undefined.
- */
-export async function checkHAProxy(haproxy: HAProxy, backend: string, text: string): Promise<string | undefined> {
-  try {
-    await haproxy.servers(backend);
-    const answer = (await haproxy.run(`set server ${backend}/-secretary-probe- state ready`)).trim();
-    if (answer === "No such server.") return undefined;
-    return `Cannot use --haproxy ${quote(text)}: expected a stats socket at level admin, HAProxy said ${
-      quote(answer.split("\n")[0])
-    }`;
-  } catch (err) {
-    if (err instanceof HAProxyError && /^no backend/.test(err.message)) {
-      return `Cannot use --backend ${quote(backend)}: HAProxy has no such backend`;
-    }
-    const code = (err as { code?: string }).code;
-    const why = code === "ENOENT"
-      ? "no such socket"
-      : code === "ECONNREFUSED"
-      ? "nothing answers there"
-      : describeError(err);
-    return `Cannot use --haproxy ${quote(text)}: ${why}`;
-  }
-}
-
 /** Keeps the backend equal to the service's instances until SIGTERM or SIGINT. */
 async function sync(cmd: Extract<Command, { command: "sync" }>, io: Io): Promise<number> {
   const haproxy = new HAProxy(cmd.haproxy);
-  const refusal = await checkHAProxy(haproxy, cmd.backend, cmd.haproxyText);
+  const refusal = await checkHAProxy(haproxy, cmd.backend, cmd.haproxyText) ?? checkStateFile(cmd.stateFile);
   if (refusal) {
     io.err(`registry: ${refusal}`);
     return 2;
@@ -515,47 +545,31 @@ async function sync(cmd: Extract<Command, { command: "sync" }>, io: Io): Promise
     haproxy: cmd.haproxyText,
     endpoints: cmd.etcd.endpoints.join(","),
     server_options: cmd.serverOptions.join(" "),
+    state_file: cmd.stateFile,
   });
   const etcd = new Etcd(cmd.etcd);
-  const { prefix, service, backend, serverOptions } = cmd;
-  await runSync({ prefix, service, backend, serverOptions }, { haproxy, etcd, log, sleep }, stop.signal);
+  const { prefix, service, backend, serverOptions, stateFile } = cmd;
+  await runSync({ prefix, service, backend, serverOptions, stateFile }, { haproxy, etcd, log, sleep }, stop.signal);
   etcd.close();
   log("notice", "stopped", { signal: stop.signal.reason });
   return 0;
 }
 
-/**
- * What must hold before `render` writes anything: the template parses, the
- * output's folder exists, each command can run. Returns the one-line refusal,
- * or undefined; fills in the template.
- */
-function checkRender(cmd: Extract<Command, { command: "render" }>, path: string): string | undefined {
-  try {
-    cmd.template = readTemplate(cmd.templatePath);
-  } catch (err) {
-    return `Cannot use --template ${quote(cmd.templatePath)}: ${oneLine((err as Error).message)}`;
-  }
-  const folder = dirname(resolve(cmd.out));
-  try {
-    if (!statSync(folder).isDirectory()) return `Cannot use --out ${quote(cmd.out)}: ${quote(folder)} is not a folder`;
-  } catch (err) {
-    return `Cannot use --out ${quote(cmd.out)}: no folder ${quote(folder)} (${(err as { code?: string }).code ?? "?"})`;
-  }
-  for (const [flag, argv] of [["--check", cmd.check], ["--reload", cmd.reload]] as const) {
-    const why = argv && unrunnable(argv, path);
-    if (why) return `Cannot use ${flag} ${quote(argv.join(" "))}: ${why}`;
-  }
-  return undefined;
-}
-
 /** Renders until SIGTERM or SIGINT, or once with --once. */
 async function render(cmd: Extract<Command, { command: "render" }>, io: Io): Promise<number> {
   const path = readPathVariable();
-  const refusal = checkRender(cmd, path);
-  if (refusal) {
-    io.err(`registry: ${refusal}`);
+  const start = checkRender({
+    templatePath: cmd.templatePath,
+    out: cmd.out,
+    check: cmd.check,
+    reload: cmd.reload,
+    path,
+  });
+  if ("refusal" in start) {
+    io.err(`registry: ${start.refusal}`);
     return 2;
   }
+  cmd.template = start.template;
   const log = createLog(process.env as Env);
   const options = { out: resolve(cmd.out), check: cmd.check, reload: cmd.reload, env: { PATH: path } };
   const etcd = new Etcd(cmd.etcd);
@@ -571,8 +585,9 @@ async function render(cmd: Extract<Command, { command: "render" }>, io: Io): Pro
         io.err(`registry: cannot read from etcd at ${cmd.etcd.endpoints.join(",")}: ${describeError(err)}`);
         return 1;
       }
-      const view = templateView(cmd.prefix, cmd.service, new Map(values.map((v) => [v.key, v.value])));
-      return (await renderOnce(cmd.template, view, options, log)) ? 0 : 1;
+      // 1 also when the file on disk was never reloaded (here or by an earlier run) and the reload fails now
+      const renderer = new Renderer(cmd.prefix, cmd.service, cmd.template, options, { log, random: Math.random });
+      return (await renderer.render(new Map(values.map((v) => [v.key, v.value])), Date.now())) ? 0 : 1;
     }
     log("info", "started", {
       service: cmd.service,
@@ -582,12 +597,32 @@ async function render(cmd: Extract<Command, { command: "render" }>, io: Io): Pro
       endpoints: cmd.etcd.endpoints.join(","),
     });
     const { prefix, service, template, wait } = cmd;
-    await runRender({ prefix, service, template, wait, options }, { etcd, log, now: Date.now, sleep }, stop.signal);
+    const deps = { etcd, log, now: Date.now, sleep, random: Math.random };
+    await runRender({ prefix, service, template, wait, options }, deps, stop.signal);
     log("notice", "stopped", { signal: stop.signal.reason });
     return 0;
   } finally {
     etcd.close();
   }
+}
+
+/** Serves the page, the API and the metrics until SIGTERM or SIGINT (lib/serve.ts). */
+async function serve(cmd: Extract<Command, { command: "serve" }>, io: Io): Promise<number> {
+  const stop = new AbortController();
+  for (const name of ["SIGTERM", "SIGINT"] as const) process.on(name, () => stop.abort(name));
+  const log = createLog(process.env as Env);
+  const etcd = new Etcd(cmd.etcd);
+  try {
+    await runServe(cmd, { etcd, log, entryJson }, stop.signal);
+  } catch (err) {
+    if (!(err instanceof UsageError)) throw err;
+    io.err(`registry: ${err.message}`);
+    return 2;
+  } finally {
+    etcd.close();
+  }
+  log("notice", "stopped", { signal: stop.signal.reason });
+  return 0;
 }
 
 /** PATH for the commands, or the usual one (deno without --allow-env=PATH). */
@@ -618,6 +653,7 @@ async function main(args: string[]): Promise<number> {
   }
   if (cmd.command === "sync") return await sync(cmd, io);
   if (cmd.command === "render") return await render(cmd, io);
+  if (cmd.command === "serve") return await serve(cmd, io);
   const options = cmd.etcd;
   if (cmd.command === "watch") {
     const stop = new AbortController();

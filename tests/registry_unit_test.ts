@@ -1,6 +1,16 @@
 import assert from "node:assert/strict";
-import { diffListing, entryJson, formatAge, formatChange, formatTable, parseCli, sortEntries } from "../registry.ts";
-import { printableJson } from "../lib/text.ts";
+import {
+  diffListing,
+  entryJson,
+  formatAge,
+  formatChange,
+  formatStatus,
+  formatTable,
+  JSON_OWN_NAMES,
+  parseCli,
+  sortEntries,
+} from "../registry.ts";
+import { JSON_DEPTH, limitDepth, printableJson, TOO_DEEP } from "../lib/text.ts";
 import { decodeEntry, encodeRecord, type Entry, type ServiceRecord } from "../lib/record.ts";
 import { UsageError } from "../lib/cli.ts";
 
@@ -264,4 +274,104 @@ Deno.test("parseCli() rejects bad commands and arguments, naming the value", () 
       args.join(" "),
     );
   }
+});
+
+Deno.test("limitDepth() keeps max levels of arrays and objects, the rest as TOO_DEEP, and copies only what it cuts", () => {
+  const shallow = { a: [1, { b: "x" }], c: null };
+  const cases: [unknown, number, unknown][] = [
+    ["text", 0, "text"],
+    [null, 0, null],
+    [[], 0, TOO_DEEP],
+    [{ a: 1 }, 1, { a: 1 }],
+    [{ a: {} }, 1, { a: TOO_DEEP }],
+    [{ a: [[1]] }, 2, { a: [TOO_DEEP] }],
+    [[[[["deep"]]]], 3, [[[TOO_DEEP]]]],
+    [shallow, 3, shallow],
+  ];
+  for (const [value, max, expected] of cases) {
+    assert.deepEqual(limitDepth(value, max), expected, `${JSON.stringify(value)} at ${max}`);
+  }
+  assert.equal(limitDepth(shallow, 3), shallow, "a value within the limit is not copied");
+  const proto = JSON.parse('{"__proto__":{"x":[1]},"y":[[1]]}');
+  const cut = limitDepth(proto, 2) as Record<string, unknown>;
+  assert.deepEqual(Object.keys(cut), ["__proto__", "y"]);
+  assert.equal(Object.getPrototypeOf(cut), Object.prototype, "a __proto__ field became the prototype");
+  assert.deepEqual(cut.y, [TOO_DEEP]);
+  // 700,000 levels, as etcd's 1.5 MiB can hold: no recursion past the limit, so no stack overflow
+  const deep = JSON.parse(`${"[".repeat(700_000)}${"]".repeat(700_000)}`);
+  assert.equal(JSON.stringify(limitDepth(deep, 3)), `[[["${TOO_DEEP}"]]]`);
+  assert.equal(printableJson(deep), `${"[".repeat(JSON_DEPTH)}"${TOO_DEEP}"${"]".repeat(JSON_DEPTH)}`);
+});
+
+/** A record with fields that disagree with its key, fields no reader knows, and names --json gives a meaning. */
+const ODD = {
+  host: "h",
+  ipv4_addr: "10.6.6.6",
+  port: 81,
+  service: "apache",
+  registered_at: "2026-01-01T00:00:00Z",
+  meta: { zone: "a", n: 1 },
+  Addr: "10.6.6.6:81",
+  extra: { nested: [1, "two"] },
+  key: "/services/apache/10.6.6.6:81",
+  mismatch: [],
+  change: "gone",
+};
+
+// Fails on the old code: --json dropped Addr and every field it did not know, and nothing flagged a mismatch.
+Deno.test("--json prints the whole stored record, Addr and unknown fields too, and names the fields that disagree", () => {
+  const key = "/services/apache/10.0.0.1:80";
+  const e = entry(key, JSON.stringify(ODD));
+  const { key: _k, mismatch: _m, change: _c, ...rest } = ODD;
+  const whole = { key, ...rest, mismatch: ["ipv4_addr", "port", "Addr"] };
+  assert.deepEqual(entryJson(e), whole);
+  assert.deepEqual(JSON.parse(formatChange({ kind: "+", entry: e }, true)), { change: "registered", ...whole });
+  assert.deepEqual(JSON.parse(printableJson([entryJson(e)], 2)), [whole]);
+  // a record that agrees has no mismatch field; the stored values are shown as stored (the port as text here)
+  const article = entry(key, '{"ipv4_addr":"10.0.0.1","port":"80","mismatch":["forged"]}');
+  assert.deepEqual(entryJson(article), { key, ipv4_addr: "10.0.0.1", port: "80" });
+  assert.deepEqual(JSON_OWN_NAMES.filter((name) => name in ODD), ["key", "change", "mismatch"]);
+});
+
+// Fails on the old code: the table and the watch line showed such a record like any other.
+Deno.test("formatTable() and formatChange() flag a record whose fields disagree with its key; ADDRESS is the key's", () => {
+  const e = entry("/services/apache/10.0.0.1:80", JSON.stringify(ODD));
+  const good = stored(rec("10.0.0.2", 80));
+  assert.equal(
+    formatTable([e, entry(good.key, good.value)], now),
+    [
+      "SERVICE  ADDRESS      HOST     AGE  STATUS  META",
+      "apache   10.0.0.1:80  h        10m  -       (mismatch: ipv4_addr,port,Addr) zone=a,n=1",
+      "apache   10.0.0.2:80  core-01  10m  -       -",
+    ].join("\n"),
+  );
+  assert.equal(
+    formatChange({ kind: "+", entry: e }, false),
+    "+ apache 10.0.0.1:80 host=h mismatch=ipv4_addr,port,Addr meta=zone=a,n=1",
+  );
+  assert.equal(formatChange({ kind: "-", entry: e }, false), "- apache 10.0.0.1:80");
+});
+
+// Fails on the old code under node: JSON.stringify of the meta value overflowed the stack (bundle: tests/readers_test.ts).
+Deno.test("a record 100,000 levels deep beside a good one: every printer shows both, the deep part as (too deep)", () => {
+  const deepValue =
+    `{"host":"deep","ipv4_addr":"10.0.0.1","port":80,"meta":{"a":${"[".repeat(1e5)}${"]".repeat(1e5)}},` +
+    `"status":{"s":${'{"a":'.repeat(1e5)}1${"}".repeat(1e5)}}}`;
+  const deep = entry("/services/apache/10.0.0.1:80", deepValue);
+  const good = stored(rec("10.0.0.2", 80));
+  const entries = [deep, entry(good.key, good.value)];
+  const table = formatTable(entries, now).split("\n");
+  assert.equal(table.length, 3);
+  assert.match(table[1], /^apache +10\.0\.0\.1:80 +deep +- +s={"a":{"a":.*… {2}a=\[{30}"\(too deep\)"\]+…$/);
+  assert.match(table[2], /^apache +10\.0\.0\.2:80 +core-01 /);
+  const listing = JSON.parse(printableJson(sortEntries(entries).map(entryJson), 2));
+  assert.deepEqual(listing.map((o: { key: string }) => o.key), entries.map((x) => x.key));
+  assert.match(JSON.stringify(listing[0].meta.a), /^\[{30}"\(too deep\)"\]{30}$/);
+  assert.equal(listing[1].host, "core-01");
+  for (const e of entries) {
+    assert.equal(formatChange({ kind: "+", entry: e }, false).split("\n").length, 1);
+    assert.equal(JSON.parse(formatChange({ kind: "+", entry: e }, true)).key, e.key);
+  }
+  const status = JSON.parse(`{"s":${"[".repeat(1e5)}${"]".repeat(1e5)}}`);
+  assert.equal(formatStatus(status, Infinity), `s=${"[".repeat(JSON_DEPTH)}"${TOO_DEEP}"${"]".repeat(JSON_DEPTH)}`);
 });
