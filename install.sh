@@ -140,7 +140,7 @@ chmod 0755 "$bin/registry.tmp"
 mv -f "$bin/registry.tmp" "$bin/registry"
 
 install -m 0644 units/apache@.service units/apache-secretary@.service units/registry-haproxy@.service \
-  units/examples/nginx/registry-nginx@.service "$units/"
+  units/examples/nginx/registry-nginx@.service units/registry-serve.service "$units/"
 if [ "$tls" = yes ]; then
   install -D -m 0644 units/apache-secretary-tls.conf "$units/apache-secretary@.service.d/tls.conf"
   install -D -m 0644 units/registry-haproxy-tls.conf "$units/registry-haproxy@.service.d/tls.conf"

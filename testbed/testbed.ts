@@ -73,14 +73,14 @@ export const LOOPBACK_BLOCKS: Readonly<Record<string, number>> = {
   "sync_test.ts": 37,
   "render_test.ts": 38,
   "grpcproxy_test.ts": 39,
-  // reserved for the trust-boundary work (issue 20): one block per new file
   "render_trust_test.ts": 40,
   "sync_trust_test.ts": 41,
   "sync_reload_test.ts": 42,
   "readers_test.ts": 43,
-  "units_tls_test.ts": 44,
   "consumer_units_test.ts": 45,
   "keepalive_test.ts": 46,
+  "serve_test.ts": 47,
+  "killed_test.ts": 48,
 };
 
 /** The first block tests may take: those below are the demo's and the benchmarks'. */
@@ -1134,4 +1134,91 @@ export async function unitEnvironment(file: string): Promise<Record<string, stri
   const env: Record<string, string> = {};
   for (const m of text.matchAll(/^Environment=([A-Za-z_]\w*)=(.*)$/gm)) env[m[1]] = m[2];
   return env;
+}
+
+// ---------------------------------------------------------------------------
+// A headless Chromium for `registry serve`'s page (tests/serve_test.ts, bench/serve.ts)
+
+/** Debian's Chromium, installed by ./run. */
+export const CHROMIUM = "/usr/bin/chromium";
+
+/**
+ * A headless Chromium started here with a fresh profile, answering the
+ * DevTools protocol on a port it picks on `host` (`endpoint`, for
+ * playwright-core's `chromium.connectOverCDP`); stopped by PID, its profile
+ * removed. Nothing is downloaded, nothing reaches the network on its own.
+ */
+export class Chromium {
+  private constructor(readonly child: Deno.ChildProcess, readonly endpoint: string, readonly profile: string) {}
+
+  get pid(): number {
+    return this.child.pid;
+  }
+
+  /** Starts it, its DevTools port on `host` (tests: an address of their own, as every listener). */
+  static async start(host = "127.0.0.1", timeoutMs = READY_MS): Promise<Chromium> {
+    const profile = await Deno.makeTempDir({ prefix: "secretary-chromium-" });
+    const child = new Deno.Command(CHROMIUM, {
+      args: [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        `--user-data-dir=${profile}`,
+        `--remote-debugging-address=${host}`,
+        "--remote-debugging-port=0",
+        "about:blank",
+      ],
+      stdin: "null",
+      stdout: "null",
+      stderr: "piped",
+    }).spawn();
+    const reader = child.stderr.pipeThrough(new TextDecoderStream()).getReader();
+    let log = "";
+    const timer = setTimeout(() => child.kill("SIGKILL"), timeoutMs);
+    try {
+      while (true) {
+        const { value, done } = await reader.read();
+        if (done) throw new Error(`chromium exited before it listened:\n${log.slice(-2000)}`);
+        log += value;
+        const endpoint = /DevTools listening on (ws:\/\/\S+)/.exec(log)?.[1];
+        if (endpoint) {
+          // keep draining its stderr, or it blocks once the pipe is full
+          void (async () => {
+            while (!(await reader.read().catch(() => ({ done: true }))).done) { /* discard */ }
+          })();
+          return new Chromium(child, endpoint, profile);
+        }
+      }
+    } catch (err) {
+      try {
+        child.kill("SIGKILL");
+      } catch { /* gone */ }
+      await child.status;
+      await Deno.remove(profile, { recursive: true }).catch(() => {});
+      throw err;
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  /** Stops the browser (SIGTERM, then SIGKILL) and removes its profile. */
+  async stop(): Promise<void> {
+    try {
+      this.child.kill("SIGTERM");
+    } catch { /* gone */ }
+    const timer = setTimeout(() => {
+      try {
+        this.child.kill("SIGKILL");
+      } catch { /* gone */ }
+    }, 5000);
+    await this.child.status;
+    clearTimeout(timer);
+    await Deno.remove(this.profile, { recursive: true }).catch(() => {});
+  }
 }
