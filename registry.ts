@@ -25,18 +25,19 @@ import {
   type Env,
   exitWhenFlushed,
   parseConnection,
-  parseDuration,
   sleep,
+  stopSignals,
   UsageError,
   usageFrom,
 } from "./lib/cli.ts";
-import { describeError, Etcd, type EtcdOptions, type StoredValue } from "./lib/etcd.ts";
+import { describeError, Etcd, type EtcdOptions } from "./lib/etcd.ts";
 import { follow } from "./lib/follow.ts";
+import { Listing, type ListingChange } from "./lib/listing.ts";
 import { HAProxy, type HAProxyAddress, parseHAProxyAddress } from "./lib/haproxy.ts";
 import { createLog } from "./lib/log.ts";
 import { parseServe, runServe, SERVE_HELP, SERVE_OPTIONS, type ServeConfig } from "./lib/serve.ts";
 import { checkHAProxy, checkStateFile, DEFAULT_SERVER_OPTIONS, runSync } from "./lib/sync.ts";
-import { checkRender, Renderer, runRender, type Wait } from "./lib/render.ts";
+import { checkRender, parseWait, Renderer, runRender, type Wait } from "./lib/render.ts";
 import { killRunningCommands } from "./lib/command.ts";
 import { DEFAULT_PATH, splitCommand } from "./lib/checks.ts";
 import {
@@ -264,18 +265,6 @@ export function parseCli(args: readonly string[], env: Env): Command {
 }
 
 /** The range of each --wait duration. */
-const WAIT_RANGE = { minMs: 1, maxMs: 3_600_000 };
-
-/** Parses `--wait MIN[:MAX]`; MAX defaults to 4 x MIN (consul-template's convention) and is at least MIN. */
-export function parseWait(text: string): Wait {
-  const [min, max, ...more] = text.split(":");
-  if (more.length > 0) throw new UsageError(`Cannot use --wait ${quote(text)}: expected MIN[:MAX] such as 2s:10s`);
-  const minMs = parseDuration(min, "--wait", WAIT_RANGE);
-  const maxMs = max === undefined ? Math.min(4 * minMs, WAIT_RANGE.maxMs) : parseDuration(max, "--wait", WAIT_RANGE);
-  if (maxMs < minMs) throw new UsageError(`Cannot use --wait ${quote(text)}: expected MAX at least MIN`);
-  return { minMs, maxMs };
-}
-
 /** Parses a --check or --reload command: split like a shell, run without one. */
 function parseCommand(text: string, flag: string): string[] {
   const argv = asUsage(() => splitCommand(text));
@@ -441,18 +430,18 @@ export function formatChange(change: Change, json: boolean): string {
 }
 
 /**
- * What changed between what a watcher knew (key to value) and a fresh
- * listing under `prefix`: gone keys, then new or changed ones.
+ * The `watch` lines of what a listing or an event changed (lib/listing.ts):
+ * gone keys as they were last seen, then new or changed ones, sorted as `ls`
+ * sorts them.
  */
-export function diffListing(prefix: string, known: Map<string, string>, listing: StoredValue[]): Change[] {
-  const fresh = new Set(listing.map((v) => v.key));
-  const changes: Change[] = [];
-  for (const [key, value] of [...known].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))) {
-    if (!fresh.has(key)) changes.push({ kind: "-", entry: decodeEntry(prefix, key, value) });
+export function watchChanges(prefix: string, changes: readonly ListingChange[]): Change[] {
+  const gone: Change[] = [];
+  const put: Entry[] = [];
+  for (const change of changes) {
+    if (change.kind === "delete") gone.push({ kind: "-", entry: decodeEntry(prefix, change.key, change.previous) });
+    else put.push(decodeEntry(prefix, change.key, change.value));
   }
-  const added = listing.filter((v) => known.get(v.key) !== v.value).map((v) => decodeEntry(prefix, v.key, v.value));
-  for (const entry of sortEntries(added)) changes.push({ kind: "+", entry });
-  return changes;
+  return [...gone, ...sortEntries(put).map((entry): Change => ({ kind: "+", entry }))];
 }
 
 // ---------------------------------------------------------------------------
@@ -499,23 +488,15 @@ async function watch(
   io: Io,
   signal: AbortSignal,
 ): Promise<number> {
-  const known = new Map<string, string>();
+  const known = new Listing();
+  const print = (changes: ListingChange[]) => {
+    for (const change of watchChanges(cmd.prefix, changes)) io.out(formatChange(change, cmd.json));
+  };
   await follow(etcd, servicePrefix(cmd.prefix, cmd.service), {
-    listed(values) {
-      for (const change of diffListing(cmd.prefix, known, values)) io.out(formatChange(change, cmd.json));
-      known.clear();
-      for (const v of values) known.set(v.key, v.value);
-    },
+    listed: (values) => print(known.replace(values)),
     changed(event) {
-      const last = known.get(event.key);
-      if (event.type === "delete") {
-        if (last === undefined) return;
-        known.delete(event.key);
-        io.out(formatChange({ kind: "-", entry: decodeEntry(cmd.prefix, event.key, last) }, cmd.json));
-      } else if (last !== event.value) {
-        known.set(event.key, event.value);
-        io.out(formatChange({ kind: "+", entry: decodeEntry(cmd.prefix, event.key, event.value) }, cmd.json));
-      }
+      const change = known.apply(event);
+      if (change) print([change]);
     },
     waiting(reason) {
       io.err(`registry: waiting for etcd at ${cmd.etcd.endpoints.join(",")}: ${describeError(reason)}`);
@@ -536,8 +517,7 @@ async function sync(cmd: Extract<Command, { command: "sync" }>, io: Io): Promise
     io.err(`registry: ${refusal}`);
     return 2;
   }
-  const stop = new AbortController();
-  for (const name of ["SIGTERM", "SIGINT"] as const) process.on(name, () => stop.abort(name));
+  const stop = stopSignals().first;
   const log = createLog(process.env as Env);
   log("info", "started", {
     service: cmd.service,
@@ -549,9 +529,9 @@ async function sync(cmd: Extract<Command, { command: "sync" }>, io: Io): Promise
   });
   const etcd = new Etcd(cmd.etcd);
   const { prefix, service, backend, serverOptions, stateFile } = cmd;
-  await runSync({ prefix, service, backend, serverOptions, stateFile }, { haproxy, etcd, log, sleep }, stop.signal);
+  await runSync({ prefix, service, backend, serverOptions, stateFile }, { haproxy, etcd, log, sleep }, stop);
   etcd.close();
-  log("notice", "stopped", { signal: stop.signal.reason });
+  log("notice", "stopped", { signal: stop.reason });
   return 0;
 }
 
@@ -573,9 +553,8 @@ async function render(cmd: Extract<Command, { command: "render" }>, io: Io): Pro
   const log = createLog(process.env as Env);
   const options = { out: resolve(cmd.out), check: cmd.check, reload: cmd.reload, env: { PATH: path } };
   const etcd = new Etcd(cmd.etcd);
-  const stop = new AbortController();
-  for (const name of ["SIGTERM", "SIGINT"] as const) process.on(name, () => stop.abort(name));
-  stop.signal.addEventListener("abort", killRunningCommands);
+  const stop = stopSignals().first;
+  stop.addEventListener("abort", killRunningCommands);
   try {
     if (cmd.once) {
       let values;
@@ -598,8 +577,8 @@ async function render(cmd: Extract<Command, { command: "render" }>, io: Io): Pro
     });
     const { prefix, service, template, wait } = cmd;
     const deps = { etcd, log, now: Date.now, sleep, random: Math.random };
-    await runRender({ prefix, service, template, wait, options }, deps, stop.signal);
-    log("notice", "stopped", { signal: stop.signal.reason });
+    await runRender({ prefix, service, template, wait, options }, deps, stop);
+    log("notice", "stopped", { signal: stop.reason });
     return 0;
   } finally {
     etcd.close();
@@ -608,12 +587,11 @@ async function render(cmd: Extract<Command, { command: "render" }>, io: Io): Pro
 
 /** Serves the page, the API and the metrics until SIGTERM or SIGINT (lib/serve.ts). */
 async function serve(cmd: Extract<Command, { command: "serve" }>, io: Io): Promise<number> {
-  const stop = new AbortController();
-  for (const name of ["SIGTERM", "SIGINT"] as const) process.on(name, () => stop.abort(name));
+  const stop = stopSignals().first;
   const log = createLog(process.env as Env);
   const etcd = new Etcd(cmd.etcd);
   try {
-    await runServe(cmd, { etcd, log, entryJson }, stop.signal);
+    await runServe(cmd, { etcd, log, entryJson }, stop);
   } catch (err) {
     if (!(err instanceof UsageError)) throw err;
     io.err(`registry: ${err.message}`);
@@ -621,7 +599,7 @@ async function serve(cmd: Extract<Command, { command: "serve" }>, io: Io): Promi
   } finally {
     etcd.close();
   }
-  log("notice", "stopped", { signal: stop.signal.reason });
+  log("notice", "stopped", { signal: stop.reason });
   return 0;
 }
 
@@ -656,9 +634,7 @@ async function main(args: string[]): Promise<number> {
   if (cmd.command === "serve") return await serve(cmd, io);
   const options = cmd.etcd;
   if (cmd.command === "watch") {
-    const stop = new AbortController();
-    for (const name of ["SIGTERM", "SIGINT"] as const) process.on(name, () => stop.abort(name));
-    return await watch(cmd, new Etcd(options), io, stop.signal);
+    return await watch(cmd, new Etcd(options), io, stopSignals().first);
   }
   const etcd = new Etcd(options);
   try {

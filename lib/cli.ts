@@ -207,3 +207,17 @@ export function usageFrom(err: unknown, program: string): unknown {
   }
   return err;
 }
+
+/**
+ * The process's stop signals: `first` aborts on the first SIGTERM or SIGINT
+ * (its reason is the signal's name), `second` on any signal after it (the
+ * secretary's drain is cut short by one).
+ */
+export function stopSignals(): { first: AbortSignal; second: AbortSignal } {
+  const first = new AbortController();
+  const second = new AbortController();
+  for (const name of ["SIGTERM", "SIGINT"] as const) {
+    process.on(name, () => (first.signal.aborted ? second.abort(name) : first.abort(name)));
+  }
+  return { first: first.signal, second: second.signal };
+}

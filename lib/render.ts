@@ -44,7 +44,9 @@ import { basename, dirname, join, resolve } from "node:path";
 import { commit, keepOf, stage, targetOf, writeAtomically } from "./atomic.ts";
 import { runCommand } from "./command.ts";
 import { describeError, type Etcd } from "./etcd.ts";
+import { parseDuration, UsageError } from "./cli.ts";
 import { follow } from "./follow.ts";
+import { Listing, type ListingChange } from "./listing.ts";
 import type { Log } from "./log.ts";
 import { servicePrefix } from "./record.ts";
 import { type InstanceView, instanceView, parseTemplate, renderView, templateView, withInstances } from "./template.ts";
@@ -98,12 +100,22 @@ export function isInstance(prefix: string, key: string, value: string | undefine
   return value !== undefined && instanceView(prefix, key, value) !== undefined;
 }
 
-/** Whether a change of the listing from `before` to `after` (key to value) drops an instance from the view. */
-export function removesAny(prefix: string, before: Map<string, string>, after: Map<string, string>): boolean {
-  for (const [key, value] of before) {
-    if (!isInstance(prefix, key, after.get(key)) && isInstance(prefix, key, value)) return true;
-  }
-  return false;
+/** Whether a change of the listing drops an instance from the view: a delete, or a put that turns it into junk. */
+export function dropsInstance(prefix: string, change: ListingChange): boolean {
+  const after = change.kind === "put" ? change.value : undefined;
+  return isInstance(prefix, change.key, change.previous) && !isInstance(prefix, change.key, after);
+}
+
+const WAIT_RANGE = { minMs: 1, maxMs: 3_600_000 };
+
+/** Parses `--wait MIN[:MAX]`; MAX defaults to 4 x MIN (consul-template's convention) and is at least MIN. */
+export function parseWait(text: string): Wait {
+  const [min, max, ...more] = text.split(":");
+  if (more.length > 0) throw new UsageError(`Cannot use --wait ${quote(text)}: expected MIN[:MAX] such as 2s:10s`);
+  const minMs = parseDuration(min, "--wait", WAIT_RANGE);
+  const maxMs = max === undefined ? Math.min(4 * minMs, WAIT_RANGE.maxMs) : parseDuration(max, "--wait", WAIT_RANGE);
+  if (maxMs < minMs) throw new UsageError(`Cannot use --wait ${quote(text)}: expected MAX at least MIN`);
+  return { minMs, maxMs };
 }
 
 /** The delay before reload retry number `attempt` (0 for the first), jittered by `random` in [0, 1) (pure). */
@@ -388,7 +400,7 @@ export class Renderer {
   ) {}
 
   /** Renders `values` (key to value), checks, writes, and reloads when replaced or owed. Returns whether all went well. */
-  async render(values: Map<string, string>, nowMs: number): Promise<boolean> {
+  async render(values: ReadonlyMap<string, string>, nowMs: number): Promise<boolean> {
     const { log } = this.deps;
     const out = this.options.out;
     for (const [key, value] of this.#quarantined) if (values.get(key) !== value) this.#quarantined.delete(key);
@@ -454,7 +466,7 @@ export class Renderer {
   }
 
   /** Renders a view, leaving out (and warning once about) instances with a value `{{x}}` would not insert. */
-  #rendered(view: ReturnType<typeof withInstances>, values: Map<string, string>) {
+  #rendered(view: ReturnType<typeof withInstances>, values: ReadonlyMap<string, string>) {
     const rendered = renderView(this.template, view);
     for (const { key, field } of rendered.unfit) {
       const reason = `${field} does not fit a token (letters, digits, ._:/@+=-; 1 to 253 of them): not inserted`;
@@ -479,7 +491,7 @@ export class Renderer {
    */
   async #leaveOutCulprits(
     instances: InstanceView[],
-    values: Map<string, string>,
+    values: ReadonlyMap<string, string>,
     output: string,
   ): Promise<InstanceView[] | undefined> {
     const base = instances.filter((i) => this.#good.get(i.key) === values.get(i.key));
@@ -526,7 +538,7 @@ export async function runRender(
   const { prefix, service, template, wait, options } = settings;
   const { log, now } = deps;
   const renderer = new Renderer(prefix, service, template, options, deps);
-  let values = new Map<string, string>();
+  const listing = new Listing();
   let listed = false;
   const pending: Pending = { removal: false };
   let wake = () => {};
@@ -537,20 +549,16 @@ export async function runRender(
     wake();
   };
   const following = follow(deps.etcd, servicePrefix(prefix, service), {
-    listed(listing) {
-      const fresh = new Map(listing.map((v) => [v.key, v.value]));
+    listed(values) {
+      const changes = listing.replace(values);
       // the first listing is rendered at once; a listing after a break, like any change
-      const removal = !listed || removesAny(prefix, values, fresh);
-      values = fresh;
+      if (!listed || changes.length > 0) changed(!listed || changes.some((c) => dropsInstance(prefix, c)));
       listed = true;
-      changed(removal);
     },
     changed(event) {
-      const before = values.get(event.key);
-      if (event.type === "delete") values.delete(event.key);
-      else values.set(event.key, event.value);
+      const change = listing.apply(event);
       // what the view loses renders at once: a delete, or a put that makes a record unreadable
-      changed(isInstance(prefix, event.key, before) && !isInstance(prefix, event.key, values.get(event.key)));
+      if (change) changed(dropsInstance(prefix, change));
     },
     waiting(reason) {
       log("warning", "etcd unreachable", { reason: describeError(reason), out: "kept as it is" });
@@ -567,7 +575,7 @@ export async function runRender(
       if (when === "now") {
         pending.firstMs = pending.lastMs = undefined;
         pending.removal = false;
-        await renderer.render(values, now());
+        await renderer.render(listing.values, now());
         if (renderer.unchecked) changed(false);
         continue;
       }

@@ -43,6 +43,7 @@ import { rename, rm, writeFile } from "node:fs/promises";
 import { dirname } from "node:path";
 import { describeError, type Etcd } from "./etcd.ts";
 import { follow } from "./follow.ts";
+import { Listing, type ListingChange } from "./listing.ts";
 import { type HAProxy, HAProxyError, type HAProxyProcess, type HAProxyServer } from "./haproxy.ts";
 import type { Log } from "./log.ts";
 import { decodeEntry, parseAddress, parseKey, servicePrefix } from "./record.ts";
@@ -314,25 +315,27 @@ export async function runSync(options: SyncOptions, deps: SyncDeps, signal: Abor
   const { backend } = options;
   const now = deps.now ?? Date.now;
   const writeState = deps.writeState ?? writeStateFile;
-  const wanted = new Map<string, WantedServer>(); // by address, each key's entry kept as its events come
+  const listing = new Listing();
+  const wanted = new Map<string, WantedServer>(); // by address: a change of a key changes its own entry only
+  const apply = (change: ListingChange) => {
+    const place = parseKey(options.prefix, change.key);
+    if (!place) return;
+    wanted.delete(place.address);
+    const server = change.kind === "put" ? wantedServer(options.prefix, change.key, change.value) : undefined;
+    if (server) wanted.set(server.name, server);
+  };
   let read = false;
   let wake = () => {};
   const following = follow(deps.etcd, servicePrefix(options.prefix, options.service), {
-    listed(listing) {
-      wanted.clear();
-      for (const v of listing) {
-        const server = wantedServer(options.prefix, v.key, v.value);
-        if (server) wanted.set(server.name, server);
-      }
+    listed(values) {
+      for (const change of listing.replace(values)) apply(change);
       read = true;
       wake();
     },
     changed(event) {
-      const place = parseKey(options.prefix, event.key);
-      if (!place) return;
-      wanted.delete(place.address);
-      const server = event.type === "delete" ? undefined : wantedServer(options.prefix, event.key, event.value);
-      if (server) wanted.set(server.name, server);
+      const change = listing.apply(event);
+      if (!change) return;
+      apply(change);
       wake();
     },
     waiting(reason) {

@@ -91,7 +91,7 @@ export function instanceView(prefix: string, key: string, value: string): Instan
 }
 
 /** The view of a service's listing (key to value): its instances sorted by address; what is not one, left out. */
-export function templateView(prefix: string, service: string, values: Map<string, string>): TemplateView {
+export function templateView(prefix: string, service: string, values: ReadonlyMap<string, string>): TemplateView {
   const instances = [];
   for (const [key, value] of values) {
     const view = instanceView(prefix, key, value);

@@ -1,6 +1,5 @@
 import assert from "node:assert/strict";
 import {
-  diffListing,
   entryJson,
   formatAge,
   formatChange,
@@ -9,10 +8,13 @@ import {
   JSON_OWN_NAMES,
   parseCli,
   sortEntries,
+  watchChanges,
 } from "../registry.ts";
 import { JSON_DEPTH, limitDepth, printableJson, TOO_DEEP } from "../lib/text.ts";
 import { decodeEntry, encodeRecord, type Entry, type ServiceRecord } from "../lib/record.ts";
 import { UsageError } from "../lib/cli.ts";
+import type { StoredValue } from "../lib/etcd.ts";
+import { Listing } from "../lib/listing.ts";
 
 const now = Date.parse("2026-01-01T00:10:00Z");
 function rec(ip: string, port: number, service = "apache", meta = {}): ServiceRecord {
@@ -20,6 +22,12 @@ function rec(ip: string, port: number, service = "apache", meta = {}): ServiceRe
 }
 function entry(key: string, value: string): Entry {
   return decodeEntry("/services", key, value);
+}
+/** The watch lines of a fresh `listing` after what a watcher knew (key to value). */
+function relist(known: Map<string, string>, listing: StoredValue[]) {
+  const watcher = new Listing();
+  watcher.replace([...known].map(([key, value]) => ({ key, value, lease: "0", modRevision: "1" })));
+  return watchChanges("/services", watcher.replace(listing));
 }
 function stored(r: ServiceRecord) {
   return {
@@ -58,19 +66,19 @@ Deno.test("formatTable() sorts by service then address, numerically, and shows a
   );
 });
 
-Deno.test("diffListing() reports gone keys and new or changed records, nothing for unchanged ones", () => {
+Deno.test("watchChanges() reports gone keys and new or changed records, nothing for unchanged ones", () => {
   const a = stored(rec("10.0.0.1", 80));
   const b = stored(rec("10.0.0.2", 80));
   const c = stored(rec("10.0.0.3", 80));
   const known = new Map([[a.key, a.value], [b.key, b.value]]);
   const bChanged = { ...b, value: encodeRecord({ ...rec("10.0.0.2", 80), host: "core-02" }) };
-  const changes = diffListing("/services", known, [bChanged, c]);
+  const changes = relist(known, [bChanged, c]);
   assert.deepEqual(changes.map((ch) => `${ch.kind} ${ch.entry.key}`), [
     `- ${a.key}`,
     `+ ${b.key}`,
     `+ ${c.key}`,
   ]);
-  assert.deepEqual(diffListing("/services", new Map([[a.key, a.value]]), [a]), []);
+  assert.deepEqual(relist(new Map([[a.key, a.value]]), [a]), []);
 });
 
 Deno.test("formatChange() prints + and - lines, or one JSON object a line", () => {
@@ -139,10 +147,10 @@ Deno.test("formatTable() and formatChange() show hostile data escaped, one line 
       assertShown(formatChange({ kind: "+", entry: e }, false), 1, `watch +, ${what}`);
       assertShown(formatChange({ kind: "-", entry: e }, false), 1, `watch -, ${what}`);
       assertShown(
-        diffListing("/services", new Map([[key, "old"]]), [{ key, value, lease: "1", modRevision: "1" }])
+        relist(new Map([[key, "old"]]), [{ key, value, lease: "1", modRevision: "1" }])
           .map((c) => formatChange(c, false)).join("\n"),
         1,
-        `diffListing, ${what}`,
+        `watchChanges, ${what}`,
       );
     }
   }
@@ -220,7 +228,7 @@ Deno.test("formatTable() and formatChange() show a meta value that is an object 
   );
 });
 
-Deno.test('sortEntries() and diffListing() take keys outside the layout (no ":"), listing them last', () => {
+Deno.test('sortEntries() and watchChanges() take keys outside the layout (no ":"), listing them last', () => {
   const a = stored(rec("10.0.0.1", 80));
   const known = new Map([["/services/foo", "{}"], [a.key, a.value]]);
   const listing = [
@@ -229,7 +237,7 @@ Deno.test('sortEntries() and diffListing() take keys outside the layout (no ":")
     a,
     stored(rec("10.0.0.2", 80)),
   ];
-  assert.deepEqual(diffListing("/services", known, listing).map((c) => formatChange(c, false)), [
+  assert.deepEqual(relist(known, listing).map((c) => formatChange(c, false)), [
     '- - - (not an instance key: "/services/foo")',
     "+ apache 10.0.0.2:80 host=core-01 meta=-",
     '+ - - (not an instance key: "/services/apache/x/y")',
