@@ -103,10 +103,9 @@
  * @module
  */
 import { parseArgs } from "node:util";
-import { parseWait } from "../registry.ts";
 import { type HAProxy, type HAProxyServer, parseServersState } from "../lib/haproxy.ts";
 import { DEFAULT_PREFIX, instanceKey } from "../lib/record.ts";
-import { readTemplate, renderTemplate, templateView, type Wait, whenToRender } from "../lib/render.ts";
+import { parseWait, readTemplate, renderTemplate, templateView, type Wait, whenToRender } from "../lib/render.ts";
 import { DEFAULT_SERVER_OPTIONS } from "../lib/sync.ts";
 import { HAProxyProcess } from "../testbed/haproxy.ts";
 import { NGINX, NginxProcess } from "../testbed/nginx.ts";
