@@ -12,7 +12,9 @@
  * CPU; then memory as a host pays it (hosts of one and of ten sidekicks,
  * under deno and node); then 100 sidekicks, alone, as they load the host;
  * then traffic through HAProxy and nginx while instances come and go (six
- * lanes side by side), alone, as it loads both cores; then watch fan-out and the
+ * lanes side by side), alone, as it loads both cores; then HAProxy reloaded
+ * mid-run, alone, and a burst of thousands of removals through `registry sync`,
+ * alone; then watch fan-out and the
  * lease load of thousands of instances against three members, alone. About
  * 50 minutes on 2 cores, 30 of them the lease load.
  *
@@ -39,6 +41,8 @@ import type { ReadsFigures } from "./reads.ts";
 import type { RemovalFigures } from "./removal.ts";
 import type { ScaleFigures } from "./scale.ts";
 import type { TrafficFigures, TrafficLane } from "./traffic.ts";
+import { type ReloadFigures, reloadSection } from "./reload.ts";
+import type { BurstFigures } from "./burst.ts";
 
 /** One benchmark run as a child process: its name, script, arguments and time limit. */
 interface Phase {
@@ -771,6 +775,18 @@ ${markdown(nginxRows, nginxHeader)}
 ${verdict(nginxRows)}`;
 }
 
+/** HAProxy reloaded mid-run and a burst of removals (bench/reload.ts, bench/burst.ts): a table of their own. */
+function reloadAndBurst(r: ReloadFigures | undefined, b: BurstFigures | undefined): string {
+  const { what, rows } = reloadSection(r, b);
+  return `## HAProxy reloaded mid-run, and a burst of removals
+
+${what}
+
+${markdown(rows, ["figure", "target", "this run", "met"])}
+
+${verdict(rows)}`;
+}
+
 /** Which targets this run met and missed, from the table's own cells. */
 function verdict(rows: string[][]): string {
   const met = (r: string[]) => r[r.length - 1];
@@ -881,6 +897,13 @@ ${verdict(rows)}
 ${trafficSection(results.get("traffic")?.figures as TrafficFigures | undefined)}
 
 ${
+    reloadAndBurst(
+      results.get("reload")?.figures as ReloadFigures | undefined,
+      results.get("burst")?.figures as BurstFigures | undefined,
+    )
+  }
+
+${
     scaleSection(
       results.get("leases")?.figures as LeaseFigures | undefined,
       results.get("fanout")?.figures as FanoutFigures | undefined,
@@ -932,6 +955,11 @@ How each figure is taken:
   in effect in its lane when it ended. Times are from the event (the benchmark's own etcd watch, or the drop) to
   HAProxy's \`show servers state\` showing it, polled every 2 ms; requests received twice are counted from the ids
   the instances print on receipt, filed under what happened to the instance that got them first.
+- Reloads ([reload.ts](reload.ts)): Debian's HAProxy on the shipped example config, run as Debian's unit runs it
+  (master-worker), reloaded as \`systemctl reload haproxy\` does it; from each SIGUSR2, the admin socket polled every
+  2 ms until the new worker answers with every instance in rotation. The load is the traffic benchmark's, one lane.
+- Burst ([burst.ts](burst.ts)): records put straight into etcd (no lease, no secretary), each at a port of one process
+  that accepts and closes every connection; one delete-range removes them all in one revision.
 - The soak ([soak.ts](soak.ts)) is not part of this suite: it runs far longer than the rest.
 
 ## Output of each benchmark
@@ -979,6 +1007,8 @@ async function main(): Promise<void> {
     await stage([{ name: "memory", script: "memory.ts", args: q, limitMinutes: 4 }]);
     await stage([{ name: "scale", script: "scale.ts", args: q, limitMinutes: 8 }]);
     await stage([{ name: "traffic", script: "traffic.ts", args: q, limitMinutes: 6 }]);
+    await stage([{ name: "reload", script: "reload.ts", args: q, limitMinutes: 4 }]);
+    await stage([{ name: "burst", script: "burst.ts", args: q, limitMinutes: 15 }]);
     await stage([{ name: "fanout", script: "fanout.ts", args: q, limitMinutes: 10 }]);
     await stage([{ name: "leases", script: "leases.ts", args: q, limitMinutes: 45 }]);
   } finally {

@@ -3,7 +3,8 @@
  * loop for a target, clocks that time every put and delete of a key to the
  * millisecond (through an etcd v3 watch, or v2 long polls for the loop),
  * reading etcd's `/metrics` and a process's memory and CPU from `/proc`, and
- * summarising trials. Benchmarks print figures; they never assert a speed.
+ * summarising trials, and running the traffic load (testbed/traffic.ts) in a
+ * process of its own. Benchmarks print figures; they never assert a speed.
  *
  * @module
  */
@@ -11,6 +12,7 @@ import { existsSync } from "node:fs";
 import { type Etcd, type WatchHandle } from "../lib/etcd.ts";
 import { DEFAULT_PREFIX, instanceKey } from "../lib/record.ts";
 import { delay, ROOT, Script, SOURCE_FLAGS, type TestServer } from "../testbed/testbed.ts";
+import type { Failure, LoadTotals } from "../testbed/traffic.ts";
 
 /** Default settings: the product's own defaults. */
 export const DEFAULT_ARGS = ["--interval=2s", "--timeout=1s", "--rise=2", "--fall=2", "--ttl=10s"];
@@ -439,4 +441,81 @@ export async function benchmark<T>(
 /** A CPU share as `35%` of one core; `n/a` when not measured. */
 export function cores(x: number): string {
   return Number.isFinite(x) ? `${Math.round(x * 100)}%` : "n/a";
+}
+
+// ---------------------------------------------------------------------------
+// The load (testbed/traffic.ts `load`) in a process of its own
+
+/**
+ * testbed/traffic.ts `load` run as a child process: keep-alive clients per
+ * URL, no retry; `label()` sets what a lane's outcomes are filed under from
+ * now on, each failure is kept as it comes, and `finish()` closes its stdin
+ * and returns the totals it prints last.
+ */
+export class LoadProcess {
+  readonly failures: Failure[] = [];
+  #totals?: LoadTotals;
+  #labels: WritableStreamDefaultWriter<Uint8Array>;
+  #reading: Promise<void>;
+
+  private constructor(readonly child: Deno.ChildProcess) {
+    this.#labels = child.stdin.getWriter();
+    this.#reading = (async () => {
+      let partial = "";
+      const decoder = new TextDecoder();
+      for await (const chunk of child.stdout) {
+        const lines = (partial + decoder.decode(chunk, { stream: true })).split("\n");
+        partial = lines.pop()!;
+        for (const line of lines.filter(Boolean)) {
+          const parsed = JSON.parse(line);
+          if ("totals" in parsed) this.#totals = parsed;
+          else this.failures.push(parsed);
+        }
+      }
+    })();
+  }
+
+  static start(urls: string[], options: { clients: number; deadlineMs: number }): LoadProcess {
+    return new LoadProcess(
+      new Deno.Command(Deno.execPath(), {
+        args: [
+          "run",
+          "--allow-net",
+          "testbed/traffic.ts",
+          "load",
+          ...urls,
+          "--clients",
+          String(options.clients),
+          "--deadline-ms",
+          String(options.deadlineMs),
+        ],
+        cwd: ROOT,
+        stdin: "piped",
+        stdout: "piped",
+        stderr: "inherit",
+      }).spawn(),
+    );
+  }
+
+  /** Files lane `lane`'s outcomes (every lane's: "*") under `label` from now on. */
+  async label(lane: number | "*", label: string): Promise<void> {
+    await this.#labels.write(new TextEncoder().encode(`${lane} ${label}\n`));
+  }
+
+  /** Stops the clients and returns the totals by lane, label and method. */
+  async finish(): Promise<LoadTotals> {
+    await this.#labels.close();
+    await this.#reading;
+    await this.child.status;
+    if (!this.#totals) throw new Error("the load printed no totals");
+    return this.#totals;
+  }
+
+  /** For cleanup: SIGKILL, and wait. */
+  async kill(): Promise<void> {
+    try {
+      this.child.kill("SIGKILL");
+    } catch { /* exited */ }
+    await this.child.status;
+  }
 }

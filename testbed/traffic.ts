@@ -17,11 +17,15 @@
  *   `* LABEL` for every lane); every failure is a JSON line on stdout
  *   at once, and the totals by lane, label and method are the last line, when
  *   stdin closes.
+ * - `listen IP FIRST_PORT COUNT`: COUNT ports from FIRST_PORT on IP that
+ *   accept a connection and close it at once: enough for HAProxy's layer-4
+ *   check, so thousands of servers are up without thousands of processes.
+ *   Prints "listening" once every port listens.
  * - `NetnsHost`: a "host" with an address of its own in a network namespace
  *   behind a veth pair, whose packets can be made to drop in both directions
  *   (no RST, no FIN, no answer to a SYN), as when a machine dies. Needs root.
  *
- * The first two are run as `deno run --allow-net testbed/traffic.ts …` and
+ * The first three are run as `deno run --allow-net testbed/traffic.ts …` and
  * import nothing, so they start in tens of milliseconds.
  *
  * @module
@@ -48,6 +52,25 @@ export async function serve(hostname: string, port: number, workMs: number): Pro
     server.shutdown().then(() => Deno.exit(0));
   });
   await server.finished;
+}
+
+// ---------------------------------------------------------------------------
+// Many listeners that only accept
+
+/** Listens on `count` ports from `firstPort`; every connection is closed once accepted. Prints "listening". */
+export async function listenMany(hostname: string, firstPort: number, count: number): Promise<void> {
+  const listeners = Array.from({ length: count }, (_, i) => Deno.listen({ hostname, port: firstPort + i }));
+  console.log("listening");
+  await Promise.all(listeners.map(async (listener) => {
+    while (true) {
+      try {
+        (await listener.accept()).close();
+      } catch (err) {
+        // a check that resets its connection before the accept (ECONNABORTED) must not end the listener
+        if (err instanceof Deno.errors.BadResource) return;
+      }
+    }
+  }));
 }
 
 // ---------------------------------------------------------------------------
@@ -406,6 +429,10 @@ async function main(args: string[]): Promise<number> {
     await serve(rest[0], Number(rest[1]), Number(values["work-ms"]));
     return 0;
   }
+  if (command === "listen" && rest.length === 3) {
+    await listenMany(rest[0], Number(rest[1]), Number(rest[2]));
+    return 0;
+  }
   if (command === "load" && rest.length > 0) {
     const labels = rest.map(() => "none");
     const stop = new AbortController();
@@ -434,7 +461,9 @@ async function main(args: string[]): Promise<number> {
     out(totals);
     return 0;
   }
-  console.error("usage: traffic.ts serve IP PORT [--work-ms N] | load URL... [--clients N] [--deadline-ms N]");
+  console.error(
+    "usage: traffic.ts serve IP PORT [--work-ms N] | listen IP FIRST_PORT COUNT | load URL... [--clients N] [--deadline-ms N]",
+  );
   return 2;
 }
 
