@@ -182,12 +182,18 @@ Deno.test("build: fails loudly when etcd3's code changes shape", () => {
 
 Deno.test("build: self-contained minified ESM bundles with source maps beside them", async () => {
   const dir = await bundles();
+  // registry serve's page (HTML, CSS, script) is carried as the text it is, line for line
+  let pageLines = 0;
+  for (const file of Deno.readDirSync(`${ROOT}lib/page`)) {
+    pageLines += (await Deno.readTextFile(`${ROOT}lib/page/${file.name}`)).split("\n").length;
+  }
   for (const name of ["secretary", "registry"]) {
     const code = await Deno.readTextFile(`${dir}/${name}.mjs`);
     assert.ok(code.trimEnd().endsWith(`//# sourceMappingURL=${name}.mjs.map`), "a linked source map");
     assert.ok(!code.startsWith("#!"), "the source's #! line (flags for running from source) is gone");
     // minified: few, long lines
-    assert.ok(code.split("\n").length < 300, `${name}.mjs has ${code.split("\n").length} lines`);
+    const most = 300 + (name === "registry" ? pageLines : 0);
+    assert.ok(code.split("\n").length < most, `${name}.mjs has ${code.split("\n").length} lines, not under ${most}`);
     // nothing from outside at run time: every import and require names a node built-in
     const requireAlias = /var ([\w$]+)=\(\w+=>typeof require<"u"\?require/.exec(code)?.[1];
     assert.ok(requireAlias, "esbuild's require shim");
