@@ -317,12 +317,17 @@ export function formatStatus(status: Record<string, unknown> | undefined, max = 
 /** Sorts by service, then by address (IP numerically, then port); keys outside the layout last, by key. */
 export function sortEntries(entries: Entry[]): Entry[] {
   // one sort key per entry, computed once: 10,000 entries sort in milliseconds
-  const ranked = entries.map((entry) => {
-    if (entry.address === undefined) return { entry, rank: `1\0${entry.key}` };
-    return { entry, rank: `0\0${entry.service}\0${addressRank(parseAddress(entry.address))}` };
-  });
-  ranked.sort((a, b) => (a.rank < b.rank ? -1 : a.rank > b.rank ? 1 : 0));
-  return ranked.map((r) => r.entry);
+  return byRank(entries.map((entry) => ({ entry, rank: entryRank(entry) }))).map((r) => r.entry);
+}
+
+/** Where an entry sorts: by service, then by address; keys outside the layout last, by key. */
+export function entryRank(entry: Entry): string {
+  if (entry.address === undefined) return `1\0${entry.key}`;
+  return `0\0${entry.service}\0${addressRank(parseAddress(entry.address))}`;
+}
+
+function byRank<T extends { rank: string }>(items: T[]): T[] {
+  return items.sort((a, b) => (a.rank < b.rank ? -1 : a.rank > b.rank ? 1 : 0));
 }
 
 /** A raw value in quotes, every control character escaped, at most FIELD_MAX characters. */
@@ -352,24 +357,27 @@ function place(e: Entry): [string, string] {
  * in META; ADDRESS is always the key's.
  */
 export function formatTable(entries: Entry[], nowMs: number): string {
-  const rows = [["SERVICE", "ADDRESS", "HOST", "AGE", "STATUS", "META"]];
-  for (const e of sortEntries(entries)) {
-    rows.push(
-      e.record
-        ? [
-          ...place(e),
-          printable(e.record.host || "-", FIELD_MAX),
-          formatAge(e.record.registered_at, nowMs),
-          formatStatus(e.record.status),
-          mismatchNote(e) + formatMeta(e.record.meta),
-        ]
-        : [...place(e), "-", "-", "-", notRecord(e)],
-    );
-  }
-  const widths = rows[0].map((_, i) => Math.max(...rows.map((r) => r[i].length)));
-  return rows.map((r) => r.map((cell, i) => (i === r.length - 1 ? cell : cell.padEnd(widths[i]))).join("  ")).join(
-    "\n",
-  );
+  return formatRows(sortEntries(entries).map((e) => tableRow(e, nowMs))).join("\n");
+}
+
+/** One entry's cells in the `ls` table, each printable and cut. */
+export function tableRow(e: Entry, nowMs: number): string[] {
+  return e.record
+    ? [
+      ...place(e),
+      printable(e.record.host || "-", FIELD_MAX),
+      formatAge(e.record.registered_at, nowMs),
+      formatStatus(e.record.status),
+      mismatchNote(e) + formatMeta(e.record.meta),
+    ]
+    : [...place(e), "-", "-", "-", notRecord(e)];
+}
+
+/** The table's lines: the header, then the rows, in columns. */
+function formatRows(rows: string[][]): string[] {
+  const all = [["SERVICE", "ADDRESS", "HOST", "AGE", "STATUS", "META"], ...rows];
+  const widths = all[0].map((_, i) => Math.max(...all.map((r) => r[i].length)));
+  return all.map((r) => r.map((cell, i) => (i === r.length - 1 ? cell : cell.padEnd(widths[i]))).join("  "));
 }
 
 /** The names `--json` gives its own meaning; a stored field of one of these names is not shown. */
@@ -452,11 +460,31 @@ interface Io {
   err(line: string): void;
 }
 
+/**
+ * Lists as each page arrives: each value becomes its output (a table's cells,
+ * or its JSON text) and its rank, and is dropped; then the output is written
+ * in rank order, an entry at a time. So `ls` holds about one copy of what it
+ * prints, not the values, their records and the output at once.
+ */
 async function ls(cmd: Extract<Command, { command: "ls" | "watch" }>, etcd: Etcd, io: Io): Promise<number> {
-  const { values } = await etcd.list(servicePrefix(cmd.prefix, cmd.service));
+  const nowMs = Date.now();
   // entries are read relative to the whole prefix, even when listing one service's keys
-  const entries = values.map((v) => decodeEntry(cmd.prefix, v.key, v.value));
-  io.out(cmd.json ? printableJson(sortEntries(entries).map(entryJson), 2) : formatTable(entries, Date.now()));
+  const { values } = await etcd.list(servicePrefix(cmd.prefix, cmd.service), (v) => {
+    const e = decodeEntry(cmd.prefix, v.key, v.value);
+    const rank = entryRank(e);
+    return cmd.json ? { rank, json: printableJson(entryJson(e), 2) } : { rank, cells: tableRow(e, nowMs) };
+  });
+  const items = byRank(values);
+  if (!cmd.json) {
+    for (const line of formatRows(items.map((item) => item.cells!))) io.out(line);
+  } else if (items.length === 0) {
+    io.out("[]");
+  } else {
+    // as printableJson(array, 2) writes it: each element indented by two more spaces
+    io.out("[");
+    items.forEach((item, i) => io.out(`  ${item.json!.replaceAll("\n", "\n  ")}${i < items.length - 1 ? "," : ""}`));
+    io.out("]");
+  }
   return 0;
 }
 

@@ -38,7 +38,7 @@ export interface EtcdOptions {
   user?: { name: string; password: string };
   /** The deadline of each call to one member. @default 1500 */
   callTimeoutMs?: number;
-  /** How many keys one page of `list()` asks for. @default LIST_PAGE_SIZE (500) */
+  /** How many keys every page of `list()` asks for; by default, as many as fit in LIST_PAGE_BYTES (listPageKeys()). */
   listPageSize?: number;
 }
 
@@ -76,15 +76,32 @@ export class LeaseExistsError extends Error {
 const DEFAULT_CALL_TIMEOUT_MS = 1500;
 
 /**
- * How many keys one page of a listing asks for. A record is about 250 bytes,
- * so a typical page is about 125 KB; with an exec status at its 4 KiB cap, a
- * page is about 2.1 MB: still under grpc's default 4 MiB message, and a small
- * part of one call's deadline on any LAN. kubectl lists in pages of the same
- * size (its --chunk-size). Much smaller pages would cost more: a round trip
- * each, and in etcd 3.4 a walk of the in-memory index over the rest of the
- * prefix each (only the page's values are read from disk).
+ * A listing is read in pages of about this many bytes: etcd has no limit by
+ * size, so each page asks for as many keys as fit at the average size of the
+ * keys and values read so far (listPageKeys()). A record is about 250 bytes:
+ * 10,000 of them are two pages, where pages of 500 keys made twenty, each a
+ * round trip and, in etcd 3.4, a walk of the in-memory index over the rest of
+ * the prefix. Values of 1.5 MiB (etcd's largest by default) come two a page,
+ * so no single answer holds the whole listing twice over in memory.
  */
-export const LIST_PAGE_SIZE = 500;
+export const LIST_PAGE_BYTES = 4 * 1024 * 1024;
+
+/** The keys the first page asks for, before any size is known: a handful, whatever their size. */
+export const FIRST_LIST_PAGE_KEYS = 16;
+
+/** The most keys one page asks for, however small they are. */
+export const MAX_LIST_PAGE_KEYS = 100_000;
+
+/**
+ * How many keys the next page of a listing asks for (pure): as many as fit in
+ * LIST_PAGE_BYTES at the average size of the `keys` read so far (`bytes` in
+ * all), from 1 to MAX_LIST_PAGE_KEYS; FIRST_LIST_PAGE_KEYS before any is read.
+ */
+export function listPageKeys(keys: number, bytes: number): number {
+  if (keys === 0) return FIRST_LIST_PAGE_KEYS;
+  const fit = Math.floor(LIST_PAGE_BYTES / Math.max(1, bytes / keys));
+  return Math.min(MAX_LIST_PAGE_KEYS, Math.max(1, fit));
+}
 
 /**
  * How many times in all a listing starts over when etcd compacts its revision
@@ -99,7 +116,7 @@ export const LIST_ATTEMPTS = 3;
  * largest etcd sends (its gRPC `MaxSendMsgSize` is math.MaxInt32), as etcd's
  * own Go client sets it. No smaller bound is safe: one value may be as large
  * as etcd's `--max-request-bytes` (1.5 MiB by default, and configurable), a
- * page holds LIST_PAGE_SIZE of them, and one watch answer holds every event of
+ * page holds a few MiB of them, and one watch answer holds every event of
  * up to 1,000 revisions (a watch catching up) or every key one lease revoke
  * deleted. The listing is kept in memory whole anyway; etcd is trusted.
  */
@@ -238,7 +255,7 @@ async function openKeepAliveStream(client: Etcd3, onEnd: () => void): Promise<Ke
 export class Etcd {
   readonly #options: EtcdOptions;
   readonly #callTimeoutMs: number;
-  readonly #listPageSize: number;
+  readonly #listPageSize?: number;
   readonly #credentials?: IOptions["credentials"];
   #member: number;
   #client: Etcd3;
@@ -248,9 +265,9 @@ export class Etcd {
   constructor(options: EtcdOptions) {
     this.#options = options;
     this.#callTimeoutMs = options.callTimeoutMs ?? DEFAULT_CALL_TIMEOUT_MS;
-    this.#listPageSize = options.listPageSize ?? LIST_PAGE_SIZE;
-    if (!Number.isInteger(this.#listPageSize) || this.#listPageSize < 1) {
-      throw new RangeError(`Cannot use listPageSize ${this.#listPageSize}: expected a positive integer`);
+    this.#listPageSize = options.listPageSize;
+    if (options.listPageSize !== undefined && !(Number.isInteger(options.listPageSize) && options.listPageSize >= 1)) {
+      throw new RangeError(`Cannot use listPageSize ${options.listPageSize}: expected a positive integer`);
     }
     if (options.cacert || options.cert) {
       this.#credentials = {
@@ -463,18 +480,24 @@ export class Etcd {
    * value as it was at the returned `revision`, so a watch from `revision + 1`
    * misses no change. Works at any size etcd can hold.
    *
-   * The range is read a page at a time (`listPageSize` keys), each page its
-   * own call with its own deadline and failover, so a large listing meets
-   * neither grpc's message limit nor a deadline meant for one small call.
+   * The range is read a page at a time (a few MiB: listPageKeys()), each
+   * page its own call with its own deadline and failover, so a large listing
+   * meets no deadline meant for one small call.
    * The first page is read at the current revision, every later one at the
    * first page's. When etcd compacts that revision before the last page is
    * read, the listing starts over at the current revision, LIST_ATTEMPTS
    * times in all; then the compaction error is thrown.
+   *
+   * With `keep`, each value is passed to it as its page arrives and what it
+   * returns is kept instead: a caller that needs less than the values (a
+   * table's cells, a line of output) holds no more than a page of them.
    */
-  async list(prefix: string): Promise<{ values: StoredValue[]; revision: string }> {
+  list(prefix: string): Promise<{ values: StoredValue[]; revision: string }>;
+  list<T>(prefix: string, keep: (value: StoredValue) => T): Promise<{ values: T[]; revision: string }>;
+  async list(prefix: string, keep?: (value: StoredValue) => unknown): Promise<{ values: unknown[]; revision: string }> {
     for (let attempt = 1;; attempt++) {
       try {
-        return await this.#listPages(prefix);
+        return await this.#listPages(prefix, keep ?? ((value) => value));
       } catch (err) {
         if (!isCompactedError(err) || attempt >= LIST_ATTEMPTS) throw err;
       }
@@ -482,40 +505,28 @@ export class Etcd {
   }
 
   /** One attempt of list(): pages from `prefix` to its end, all at the first page's revision. */
-  async #listPages(prefix: string): Promise<{ values: StoredValue[]; revision: string }> {
+  async #listPages<T>(prefix: string, keep: (value: StoredValue) => T): Promise<{ values: T[]; revision: string }> {
     const rangeEnd = prefixRangeEnd(prefix);
-    const values: StoredValue[] = [];
+    const values: T[] = [];
     let key: Buffer = Buffer.from(prefix);
     let revision: string | undefined; // unset for the first page: the current revision
+    let bytes = 0;
     for (let page = 1;; page++) {
       const at = revision;
+      const limit = this.#listPageSize ?? listPageKeys(values.length, bytes);
       const res = await this.#run(
         `list page ${page}`,
-        (c) => c.kv.range({ key, range_end: rangeEnd, limit: this.#listPageSize, revision: at }),
+        (c) => c.kv.range({ key, range_end: rangeEnd, limit, revision: at }),
       );
       revision ??= res.header.revision;
-      for (const kv of res.kvs) values.push(toStored(kv));
+      for (const kv of res.kvs) {
+        bytes += kv.key.length + kv.value.length;
+        values.push(keep(toStored(kv)));
+      }
       const last = res.kvs.at(-1);
       if (!res.more || !last) return { values, revision };
       key = nextPageKey(last.key);
     }
-  }
-
-  /** The cluster's current revision (a cheap read). */
-  async revision(): Promise<string> {
-    const res = await this.#run("revision", (c) => c.kv.range({ key: Buffer.from("\0"), count_only: true }));
-    return res.header.revision;
-  }
-
-  /** The member's own ID and its cluster's leader ID, as this member sees them. */
-  async status(): Promise<{ member: string; leader: string; revision: string }> {
-    const res = await this.#run("status", (c) => c.maintenance.status());
-    return { member: res.header.member_id, leader: res.leader, revision: res.header.revision };
-  }
-
-  /** Compacts the key history up to `revision` (watchers from an older revision get an error). */
-  async compact(revision: string): Promise<void> {
-    await this.#run("compact", (c) => c.kv.compact({ revision, physical: true }));
   }
 
   /**

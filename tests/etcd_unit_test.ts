@@ -1,6 +1,17 @@
 import assert from "node:assert/strict";
 import tls from "node:tls";
-import { describeError, Etcd, isCompactedError, nextPageKey, prefixRangeEnd, standInServerName } from "../lib/etcd.ts";
+import {
+  describeError,
+  Etcd,
+  FIRST_LIST_PAGE_KEYS,
+  isCompactedError,
+  LIST_PAGE_BYTES,
+  listPageKeys,
+  MAX_LIST_PAGE_KEYS,
+  nextPageKey,
+  prefixRangeEnd,
+  standInServerName,
+} from "../lib/etcd.ts";
 
 Deno.test("prefixRangeEnd() is the first key after every key with the prefix", () => {
   assert.equal(prefixRangeEnd("/services/").toString(), "/services0");
@@ -71,4 +82,17 @@ Deno.test("describeError() keeps the reason and drops grpc's wrapping", () => {
     ),
     /check --cacert/,
   );
+});
+
+Deno.test("listPageKeys(): a handful first, then as many keys as fit in LIST_PAGE_BYTES at the average size so far", () => {
+  const rows: [string, number, number, number][] = [
+    ["nothing read yet", 0, 0, FIRST_LIST_PAGE_KEYS],
+    ["records of 250 bytes: the rest of 10,000 in one page", 16, 16 * 250, 16_777],
+    ["values of 1.45 MiB: two a page", 16, 16 * 1.45 * 2 ** 20, 2],
+    ["a value larger than a page: one a page", 1, 8 * 2 ** 20, 1],
+    ["empty values, short keys: at most MAX_LIST_PAGE_KEYS", 16, 16 * 10, MAX_LIST_PAGE_KEYS],
+    ["no bytes at all", 16, 0, MAX_LIST_PAGE_KEYS],
+  ];
+  for (const [what, keys, bytes, expected] of rows) assert.equal(listPageKeys(keys, bytes), expected, what);
+  assert.equal(LIST_PAGE_BYTES, 4 * 2 ** 20);
 });
