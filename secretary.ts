@@ -103,7 +103,7 @@ export const RANGES = {
  * limit (1.5 MiB by default), so a put can never be refused for its size.
  */
 export const MAX_META_BYTES = 64 * 1024;
-/** The re-check interval after the watch connection closed, while checks fail. */
+/** The re-check interval after the watch connection closed, while checks fail other than refused (see afterCheck()). */
 export const SUSPECT_RECHECK_MS = 100;
 
 export const HELP = `Usage: secretary <port> [options]
@@ -141,8 +141,9 @@ Check:
   --ttl DURATION            lease TTL, whole seconds, ${MIN_TTL_SECONDS}s to 24h (default 10s)
   --no-watch-connection     do not hold an idle connection to the instance; by default
                             one is held while it is healthy, and when it closes (the
-                            instance died) checks run at once, every ${SUSPECT_RECHECK_MS}ms, until
-                            --fall is reached or one passes
+                            instance died) a check runs at once and, until --fall is
+                            reached or one passes, again at once after a connection
+                            refused or reset, ${SUSPECT_RECHECK_MS}ms after any other failure
 
 Operator controls:
   --drain DURATION          on SIGTERM, remove the record, then wait this long (up to
@@ -392,6 +393,38 @@ export function nextCheckDelayMs(health: Health, intervalMs: number): number {
   return health.streak > 0 ? fastIntervalMs(intervalMs) : intervalMs;
 }
 
+/** What the check loop carries from one check to the next: the verdict so far, and whether a death is suspected. */
+export interface LoopState {
+  health: Health;
+  /** The watch connection closed (the kernel closes a dead process's sockets) and the verdict is not in yet. */
+  suspect: boolean;
+}
+
+/**
+ * After one check (pure): the new health, whether the verdict flipped, whether
+ * a death is still suspected, and the time from this check's start to the
+ * next. A suspicion ends when a check passes (the close was not a death) or
+ * when the verdict is unhealthy. While it lasts, a refused check (the
+ * connection refused, or reset before any answer: no blip, the kernel
+ * answering for a process that is gone or going; CheckResult.refused) is
+ * followed by the next at once, so `fall` refusals in a row take a
+ * millisecond or two rather than fall - 1 waits; any other failure (a
+ * timeout, a hung or blackholed instance, an HTTP error) waits
+ * SUSPECT_RECHECK_MS, and without a suspicion the cadence is
+ * nextCheckDelayMs(). `fall` counts checks either way: the close itself is
+ * never counted.
+ */
+export function afterCheck(
+  state: LoopState,
+  result: Pick<CheckResult, "passed" | "refused">,
+  policy: { rise: number; fall: number; intervalMs: number },
+): LoopState & { changed: boolean; delayMs: number } {
+  const { health, changed } = step(state.health, result.passed, policy);
+  const suspect = state.suspect && !result.passed && health.healthy;
+  const delayMs = !suspect ? nextCheckDelayMs(health, policy.intervalMs) : result.refused ? 0 : SUSPECT_RECHECK_MS;
+  return { health, suspect, changed, delayMs };
+}
+
 /** The quick re-check interval: an eighth of the interval, from 50 to 500 ms. */
 export function fastIntervalMs(intervalMs: number): number {
   return Math.min(500, Math.max(50, Math.round(intervalMs / 8)));
@@ -415,9 +448,11 @@ export interface LoopEffects extends Effects {
  *
  * While the instance is healthy the connection watch holds an idle
  * connection to it. When that closes, the next check runs at once, and while
- * checks then fail they come every SUSPECT_RECHECK_MS until `fall` is reached
- * or one passes (a close that was not a death costs that one check).
- * `first` is a result already in hand, used in place of the first check.
+ * checks then fail they come at once if refused, else every
+ * SUSPECT_RECHECK_MS, until `fall` is reached or one passes (a close that was
+ * not a death costs that one check): see afterCheck(). The registrar is told
+ * before anything is logged. `first` is a result already in hand, used in
+ * place of the first check.
  */
 export async function runChecks(
   config: Pick<Config, "intervalMs" | "rise" | "fall">,
@@ -435,8 +470,8 @@ export async function runChecks(
   let wake = new AbortController();
   const watch = effects.watch?.((reason) => {
     suspect = true;
+    wake.abort(); // before the log line: the check is what matters now
     effects.log("debug", "watch connection closed", { reason, next: "checking now" });
-    wake.abort();
   });
   while (!signal.aborted) {
     const started = effects.now();
@@ -444,34 +479,35 @@ export async function runChecks(
     const result = first ?? await check();
     first = undefined;
     if (signal.aborted) break;
-    const { health: next, changed } = step(health, result.passed, config);
+    const next = afterCheck({ health, suspect }, result, config);
+    const { changed, delayMs } = next;
+    health = next.health;
+    suspect = next.suspect;
+    if (result.passed) registrar.report(result.status);
+    const nowMaintenance = effects.maintenance?.();
+    const want = health.healthy && nowMaintenance === undefined;
+    if (want !== wanted) {
+      const reason = nowMaintenance ??
+        (changed ? (health.healthy ? `${config.rise} checks passed` : result.reason) : "maintenance over");
+      registrar.want(want, reason); // first: the registrar's write starts before any log line is written
+    }
     if (result.reason !== lastReason && (!result.passed || lastReason !== "")) {
       effects.log(result.passed ? "info" : "warning", result.passed ? "check passed" : "check failed", {
         reason: result.reason,
       });
     }
     lastReason = result.reason;
-    health = next;
-    if (result.passed) registrar.report(result.status);
-    const nowMaintenance = effects.maintenance?.();
     if (nowMaintenance !== maintenance) {
       effects.log("notice", nowMaintenance ? "maintenance started" : "maintenance ended", {
         reason: nowMaintenance ?? maintenance,
         healthy: health.healthy,
       });
     }
-    const want = health.healthy && nowMaintenance === undefined;
-    if (want !== wanted) {
-      const reason = nowMaintenance ??
-        (changed ? (health.healthy ? `${config.rise} checks passed` : result.reason) : "maintenance over");
-      registrar.want(want, reason);
-    }
     maintenance = nowMaintenance;
     wanted = want;
-    if (result.passed || !health.healthy) suspect = false; // not a death, or the verdict is in
     if (health.healthy && !suspect) watch?.arm();
     else if (!health.healthy) watch?.disarm();
-    const delayMs = suspect ? SUSPECT_RECHECK_MS : nextCheckDelayMs(health, config.intervalMs);
+    if (delayMs === 0) continue; // a refusal while a death is suspected: check again now, not after a timer
     const elapsed = effects.now() - started;
     await effects.sleep(Math.max(0, delayMs - elapsed), AbortSignal.any([signal, wake.signal]));
   }

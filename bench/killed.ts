@@ -1,8 +1,9 @@
 /**
  * Killed target to record gone, with the connection watch and without it
- * (`--no-watch-connection`): the time from the kill to the record's delete
- * event (an etcd v3 watch), for two kinds of target, each killed with no
- * goodbye:
+ * (`--no-watch-connection`): the time from the cause (the moment the SIGKILL
+ * is sent) to the record's delete as a watcher sees it (an etcd v3 watch in
+ * this process), p50, p99 and the worst, for two kinds of target, each
+ * killed with no goodbye:
  *
  * - `process`: an HTTP server in its own process (`deno eval` with
  *   Deno.serve), killed with SIGKILL;
@@ -17,7 +18,9 @@
  * its record is back (plus `--settle` seconds, none by default), starts it
  * again on the same port and waits for the record to be back. The four
  * combinations run side by side, one lane each (its own address 127.0.3.x,
- * target and secretary), against one etcd. About 2 minutes.
+ * target and secretary), against one etcd; a watch-on lane's kill never
+ * overlaps a target's start in another lane (Quiet). About 4 minutes at 50
+ * trials. With n = 50, p99 (nearest rank) is the worst.
  *
  * Apache on Linux defers accepting a connection until it sends data
  * (`AcceptFilter http data`, TCP_DEFER_ACCEPT, the default): a connection that
@@ -28,12 +31,15 @@
  *
  * ```sh
  * node_modules/.bin/deno task bundle                      # when dist/ is older than the source
- * node_modules/.bin/deno run -A bench/killed.ts [--trials 20] [--settle 0] [--json killed.json]
+ * node_modules/.bin/deno run -A bench/killed.ts [--trials 50] [--settle 0] [--json killed.json]
  * node_modules/.bin/deno run -A bench/killed.ts --quick   # 4 trials, for development
+ * # before and after a change: a bundle of the old code (build.ts --out /tmp/old in its tree), then dist/'s
+ * node_modules/.bin/deno run -A bench/killed.ts --secretary /tmp/old/secretary.mjs --net 127.0.5
  * ```
  *
  * @module
  */
+import { existsSync } from "node:fs";
 import { parseArgs } from "node:util";
 import { DEFAULT_PREFIX, instanceKey } from "../lib/record.ts";
 import { Apache, delay, EtcdCluster, freePort, ROOT, Script, waitFor } from "../testbed/testbed.ts";
@@ -43,10 +49,11 @@ import {
   commandFor,
   DEFAULT_ARGS,
   type EventClock,
-  formatTimes,
+  formatMs,
   INTERVAL_MS,
   KeyClock,
   now,
+  percentile,
   TTL_MS,
 } from "./lib.ts";
 
@@ -68,6 +75,8 @@ export interface KilledFigures {
   settleMs: number;
   /** The secretary's arguments besides its address and etcd's; the watch-off rows add `--no-watch-connection`. */
   args: string[];
+  /** The bundle run, when not dist/secretary.mjs (`--secretary`). */
+  secretary?: string;
   rows: KilledRow[];
 }
 
@@ -122,6 +131,31 @@ class ApacheGroup implements Killable {
   }
 }
 
+/**
+ * One holder at a time: a watch-on lane's kill until its record is gone, or
+ * any lane's target start. Starting a target (a deno or Apache process) is
+ * the heaviest thing the benchmark itself does; a watch-on removal takes a few
+ * milliseconds, so a start in another lane at that moment would be measured
+ * as part of it. The watch-off lanes' kills (seconds) do not wait for it.
+ */
+class Quiet {
+  #tail: Promise<void> = Promise.resolve();
+
+  async hold<T>(fn: () => Promise<T>): Promise<T> {
+    const before = this.#tail;
+    let release = () => {};
+    this.#tail = new Promise<void>((resolve) => (release = resolve));
+    await before;
+    try {
+      return await fn();
+    } finally {
+      release();
+    }
+  }
+}
+
+const quiet = new Quiet();
+
 /** Starts `target`, again after a short wait if its port is still held. */
 async function startTarget(target: Killable): Promise<void> {
   for (let attempt = 1;; attempt++) {
@@ -134,8 +168,8 @@ async function startTarget(target: Killable): Promise<void> {
   }
 }
 
-/** The bundle's secretary at the defaults for `target`, with the watch on or off. */
-function startSecretary(target: Killable, endpoints: string[], watch: boolean): Script {
+/** The bundle's secretary (`bundle`, else dist's) at the defaults for `target`, with the watch on or off. */
+function startSecretary(target: Killable, endpoints: string[], watch: boolean, bundle?: string): Script {
   const [command, args] = commandFor("secretary", "deno", [
     String(target.port),
     `--ip=${target.host}`,
@@ -144,7 +178,7 @@ function startSecretary(target: Killable, endpoints: string[], watch: boolean): 
     ...DEFAULT_ARGS,
     ...(watch ? [] : ["--no-watch-connection"]),
   ]);
-  return new Script(command, args);
+  return new Script(command, bundle ? args.map((a) => a === "dist/secretary.mjs" ? bundle : a) : args);
 }
 
 /**
@@ -161,19 +195,23 @@ async function lane(
   secretaries: Script[],
 ): Promise<void> {
   const key = instanceKey(DEFAULT_PREFIX, "apache", target.host, target.port);
-  await startTarget(target);
-  const secretary = startSecretary(target, endpoints, row.watch);
+  await quiet.hold(() => startTarget(target));
+  const secretary = startSecretary(target, endpoints, row.watch, figures.secretary);
   secretaries.push(secretary);
   const name = `${row.target}, watch ${row.watch ? "on" : "off"}`;
   try {
     await clock.until("put", key, 0, 30_000);
     for (let i = 0; i < figures.trials; i++) {
       await delay(figures.settleMs + Math.random() * INTERVAL_MS); // any phase of the check interval
-      const at = now();
-      const exited = target.kill();
-      row.times.push(await clock.until("delete", key, at, GONE_TIMEOUT_MS) - at);
+      const kill = async () => {
+        const at = now(); // the cause: the SIGKILL is sent next, before any await
+        const exited = target.kill();
+        return { at, exited, gone: await clock.until("delete", key, at, GONE_TIMEOUT_MS) };
+      };
+      const { at, exited, gone } = row.watch ? await quiet.hold(kill) : await kill();
+      row.times.push(gone - at);
       await exited;
-      await startTarget(target);
+      await quiet.hold(() => startTarget(target));
       await clock.until("put", key, at, BACK_TIMEOUT_MS);
     }
   } catch (err) {
@@ -197,9 +235,11 @@ async function main(): Promise<void> {
       settle: { type: "string", default: "0" },
       quick: { type: "boolean", default: false },
       json: { type: "string" },
+      secretary: { type: "string" },
+      net: { type: "string", default: "127.0.3" },
     },
   });
-  const trials = Number(values.trials ?? (values.quick ? 4 : 20));
+  const trials = Number(values.trials ?? (values.quick ? 4 : 50));
   const settleSeconds = Number(values.settle);
   if (!Number.isInteger(trials) || trials < 1 || !(settleSeconds >= 0)) {
     console.error(
@@ -207,7 +247,13 @@ async function main(): Promise<void> {
     );
     Deno.exit(2);
   }
-  if (!(await bundleHasWatch())) {
+  if (!/^127\.\d{1,3}\.\d{1,3}$/.test(values.net) || (values.secretary && !existsSync(values.secretary))) {
+    console.error(
+      `killed: Cannot use --net ${values.net} --secretary ${values.secretary}: expected 127.X.Y and a bundle that exists`,
+    );
+    Deno.exit(2);
+  }
+  if (!values.secretary && !(await bundleHasWatch())) {
     console.error("killed: dist/secretary.mjs is missing or predates --no-watch-connection: run deno task bundle");
     Deno.exit(2);
   }
@@ -229,11 +275,17 @@ async function main(): Promise<void> {
   await benchmark(values.json, cleanup, async () => {
     await cluster.start();
     clock = await KeyClock.start(etcd);
-    const figures: KilledFigures = { trials, settleMs: settleSeconds * 1000, args: DEFAULT_ARGS, rows: [] };
+    const figures: KilledFigures = {
+      trials,
+      settleMs: settleSeconds * 1000,
+      args: DEFAULT_ARGS,
+      ...(values.secretary ? { secretary: values.secretary } : {}),
+      rows: [],
+    };
     const lanes: Promise<void>[] = [];
     for (const kind of ["process", "apache"] as const) {
       for (const watch of [true, false]) {
-        const host = `127.0.3.${figures.rows.length + 1}`;
+        const host = `${values.net}.${figures.rows.length + 1}`;
         const port = await freePort(host);
         const target = kind === "process"
           ? new ServerProcess(host, port)
@@ -246,7 +298,7 @@ async function main(): Promise<void> {
     }
     console.log(
       `killed target to gone: ${figures.rows.length} lanes side by side, ${trials} trials each, ` +
-        `each kill ${settleSeconds} s + a random phase after registration`,
+        `each kill ${settleSeconds} s + a random phase after registration; ${values.secretary ?? "dist/secretary.mjs"}`,
     );
     const began = Date.now();
     // every lane ends (with its secretary and target stopped) before a failure is reported
@@ -254,10 +306,19 @@ async function main(): Promise<void> {
     if (failed) throw failed.reason;
     console.log(`lanes done in ${Math.round((Date.now() - began) / 1000)} s`);
     for (const row of figures.rows) {
-      console.log(formatTimes(`${row.target}, watch ${row.watch ? "on" : "off"}`, row.times));
+      console.log(formatPercentiles(`${row.target}, watch ${row.watch ? "on" : "off"}`, row.times));
     }
     return figures;
   });
+}
+
+/** One line of figures: `name  n=50  p50 12 ms  p99 20 ms  max 21 ms`. */
+export function formatPercentiles(name: string, times: number[]): string {
+  if (times.length === 0) return `${name.padEnd(24)} n=0`;
+  const cell = (label: string, p: number) => `${label} ${formatMs(percentile(times, p)).padStart(8)}`;
+  return `${name.padEnd(24)} n=${String(times.length).padEnd(3)} ${cell("p50", 50)}  ${cell("p99", 99)}  ${
+    cell("max", 100)
+  }`;
 }
 
 if (import.meta.main) await main();

@@ -43,6 +43,14 @@ export interface CheckResult {
   status?: Status;
   /** An exec check's command cannot be started at all: missing, not executable, not permitted. */
   fatal?: boolean;
+  /**
+   * The connection was refused (ECONNREFUSED: nothing listens on ip:port) or
+   * reset before any byte of an answer (ECONNRESET: the listener closed with
+   * the connection still queued, as when a process dies a moment after its
+   * idle connections). Unlike a timeout, that is no blip: the kernel answers
+   * for a process that is gone or going. Never set on a passing check.
+   */
+  refused?: boolean;
 }
 
 /** The most of an exec check's stdout that can become `status`. */
@@ -214,7 +222,12 @@ function checkSocket(spec: Exclude<CheckSpec, { kind: "exec" }>, target: Target)
     };
     const timer = setTimeout(() => finish({ passed: false, reason: `no answer within ${timeoutMs}ms` }), timeoutMs);
     socket.setNoDelay(true);
-    socket.on("error", (err: Error & { code?: string }) => finish({ passed: false, reason: err.code ?? err.message }));
+    socket.on("error", (err: Error & { code?: string }) =>
+      finish({
+        passed: false,
+        reason: err.code ?? err.message,
+        ...(err.code === "ECONNREFUSED" || (err.code === "ECONNRESET" && received === 0) ? { refused: true } : {}),
+      }));
     socket.on(spec.kind === "https" ? "secureConnect" : "connect", () => {
       if (spec.kind === "tcp") return finish({ passed: true, reason: "connected" });
       const headers = [`Host: ${host ?? `${ip}:${port}`}`, "User-Agent: secretary", "Connection: close"];

@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import type { CheckResult } from "../lib/checks.ts";
 import {
+  afterCheck,
   fastIntervalMs,
   type Health,
   INITIAL_HEALTH,
@@ -54,6 +55,138 @@ Deno.test("nextCheckDelayMs() checks sooner while results disagree with the verd
   assert.equal(nextCheckDelayMs(INITIAL_HEALTH, 2000), 2000);
   assert.equal(fastIntervalMs(100), 50);
   assert.equal(fastIntervalMs(60_000), 500);
+});
+
+/** One row of afterCheck()'s table: the state before, the check's result, the policy, and what must follow. */
+type Row = [
+  name: string,
+  before: { healthy: boolean; streak: number; suspect: boolean },
+  result: "passed" | "refused" | "timeout" | "status 500",
+  fall: number,
+  after: { healthy: boolean; streak: number; suspect: boolean; changed: boolean; delayMs: number },
+];
+
+const RESULTS: Record<Row[2], CheckResult> = {
+  passed: { passed: true, reason: "status 200" },
+  refused: { passed: false, reason: "ECONNREFUSED", refused: true },
+  timeout: { passed: false, reason: "no answer within 1000ms" },
+  "status 500": { passed: false, reason: "status 500" },
+};
+
+const up = { healthy: true, streak: 0, suspect: false };
+const closed = { healthy: true, streak: 0, suspect: true }; // the watch connection just closed
+const ROWS: Row[] = [
+  ["healthy, passing: the interval", up, "passed", 2, { ...up, changed: false, delayMs: 2000 }],
+  ["no close, refused: the quick re-check", up, "refused", 2, { ...up, streak: 1, changed: false, delayMs: 250 }],
+  ["no close, a timeout: the quick re-check", up, "timeout", 2, { ...up, streak: 1, changed: false, delayMs: 250 }],
+  ["close, refused: again at once", closed, "refused", 2, { ...closed, streak: 1, changed: false, delayMs: 0 }],
+  [
+    "close, refused twice: fall 2 reached, deregistered",
+    { ...closed, streak: 1 },
+    "refused",
+    2,
+    { healthy: false, streak: 0, suspect: false, changed: true, delayMs: 2000 },
+  ],
+  ["close, a timeout: 100 ms", closed, "timeout", 2, { ...closed, streak: 1, changed: false, delayMs: 100 }],
+  ["close, an HTTP error: 100 ms", closed, "status 500", 2, { ...closed, streak: 1, changed: false, delayMs: 100 }],
+  [
+    "close, then refused after a timeout: at once",
+    { ...closed, streak: 1 },
+    "refused",
+    3,
+    { ...closed, streak: 2, changed: false, delayMs: 0 },
+  ],
+  [
+    "close, a timeout after a refusal: 100 ms",
+    { ...closed, streak: 1 },
+    "timeout",
+    3,
+    { ...closed, streak: 2, changed: false, delayMs: 100 },
+  ],
+  ["close, passing: no death, the interval", closed, "passed", 2, { ...up, changed: false, delayMs: 2000 }],
+  [
+    "close, passing after a refusal: no death",
+    { ...closed, streak: 1 },
+    "passed",
+    2,
+    { ...up, changed: false, delayMs: 2000 },
+  ],
+  ["fall 3, close, refused once: again at once", closed, "refused", 3, {
+    ...closed,
+    streak: 1,
+    changed: false,
+    delayMs: 0,
+  }],
+  [
+    "fall 3, refused twice: again at once, not yet out",
+    { ...closed, streak: 1 },
+    "refused",
+    3,
+    { ...closed, streak: 2, changed: false, delayMs: 0 },
+  ],
+  [
+    "fall 3, refused three times: deregistered",
+    { ...closed, streak: 2 },
+    "refused",
+    3,
+    { healthy: false, streak: 0, suspect: false, changed: true, delayMs: 2000 },
+  ],
+  [
+    "fall 1, close, refused: deregistered",
+    closed,
+    "refused",
+    1,
+    { healthy: false, streak: 0, suspect: false, changed: true, delayMs: 2000 },
+  ],
+  [
+    "down, refused: the interval",
+    { healthy: false, streak: 0, suspect: false },
+    "refused",
+    2,
+    { healthy: false, streak: 0, suspect: false, changed: false, delayMs: 2000 },
+  ],
+  [
+    "down, passing: the quick re-check while rising",
+    { healthy: false, streak: 0, suspect: false },
+    "passed",
+    2,
+    { healthy: false, streak: 1, suspect: false, changed: false, delayMs: 250 },
+  ],
+];
+
+Deno.test("afterCheck(): after a close, a refusal is checked again at once; other failures keep 100 ms; fall counts checks", () => {
+  for (const [name, before, result, fall, after] of ROWS) {
+    const got = afterCheck(
+      { health: { healthy: before.healthy, streak: before.streak }, suspect: before.suspect },
+      RESULTS[result],
+      { rise: 2, fall, intervalMs: 2000 },
+    );
+    assert.deepEqual(
+      {
+        healthy: got.health.healthy,
+        streak: got.health.streak,
+        suspect: got.suspect,
+        changed: got.changed,
+        delayMs: got.delayMs,
+      },
+      after,
+      name,
+    );
+  }
+});
+
+Deno.test("afterCheck(): fall N after a close is N checks, the close itself never counted", () => {
+  for (const fall of [1, 2, 3, 5]) {
+    let state = { health: { healthy: true, streak: 0 }, suspect: true };
+    let checks = 0;
+    for (let changed = false; !changed; checks++) {
+      const next = afterCheck(state, RESULTS.refused, { rise: 2, fall, intervalMs: 2000 });
+      if (!next.changed) assert.equal(next.delayMs, 0, `fall ${fall}, check ${checks + 1}`);
+      changed = next.changed;
+      state = next;
+    }
+    assert.equal(checks, fall);
+  }
 });
 
 Deno.test("runChecks() tells the registrar only when the verdict flips, with the reason", async () => {
@@ -331,9 +464,9 @@ Deno.test("runChecks() reports the status of passing checks only", async () => {
   assert.deepEqual(reports, [{ v: 1 }, { v: 2 }]);
 });
 
-Deno.test("runChecks() checks at once when the watch connection closes, then every 100 ms until fall", async () => {
+Deno.test("runChecks() checks at once when the watch connection closes, and again at once after a refusal, until fall", async () => {
   const ok: CheckResult = { passed: true, reason: "status 200" };
-  const dead: CheckResult = { passed: false, reason: "ECONNREFUSED" };
+  const dead: CheckResult = { passed: false, reason: "ECONNREFUSED", refused: true };
   // the instance dies while the loop sleeps after its third check
   const { events, sleeps } = await loop([ok, ok, ok, dead, dead], { closeAfter: 3 });
   assert.deepEqual(events, [
@@ -345,8 +478,24 @@ Deno.test("runChecks() checks at once when the watch connection closes, then eve
     "disarm",
     "disarm", // stopped
   ]);
-  // 250 (rising), 2000, the third sleep cut short by the close, 100 ms between failures, then the interval
+  // 250 (rising), 2000, the third sleep cut short by the close, no wait between the two refusals, then the interval
+  assert.deepEqual(sleeps, [250, 2000, 0, 2000]);
+});
+
+Deno.test("runChecks() after a close keeps 100 ms between failures that are not refusals (a hung or blackholed instance)", async () => {
+  const ok: CheckResult = { passed: true, reason: "status 200" };
+  const hung: CheckResult = { passed: false, reason: "no answer within 1000ms" };
+  const { wants, sleeps } = await loop([ok, ok, ok, hung, hung], { closeAfter: 3 });
+  assert.deepEqual(wants, [[true, "2 checks passed"], [false, "no answer within 1000ms"]]);
   assert.deepEqual(sleeps, [250, 2000, 0, 100, 2000]);
+});
+
+Deno.test("runChecks() without a close keeps the quick re-check for a refusal: fall still needs two checks apart", async () => {
+  const ok: CheckResult = { passed: true, reason: "status 200" };
+  const dead: CheckResult = { passed: false, reason: "ECONNREFUSED", refused: true };
+  const { wants, sleeps } = await loop([ok, ok, ok, dead, dead]);
+  assert.deepEqual(wants, [[true, "2 checks passed"], [false, "ECONNREFUSED"]]);
+  assert.deepEqual(sleeps, [250, 2000, 2000, 250, 2000]);
 });
 
 Deno.test("runChecks() treats a close followed by a passing check as no death: no want, the watch armed again", async () => {
