@@ -33,7 +33,11 @@ export interface Follower {
 }
 
 /** The etcd operations following needs (lib/etcd.ts's Etcd has them all). */
-export type FollowSource = Pick<Etcd, "list" | "watch" | "failover">;
+export interface FollowSource {
+  list(prefix: string): Promise<{ values: StoredValue[]; revision: string }>;
+  watch: Etcd["watch"];
+  failover(): void;
+}
 
 /** Sleep and randomness, passed in so tests drive them. */
 export interface FollowEffects {

@@ -9,12 +9,19 @@
  * @module
  */
 import { Etcd } from "../lib/etcd.ts";
-import { freePort, waitFor } from "./testbed.ts";
+import { currentRevision } from "./etcd.ts";
+import { freePort, Spawned, waitFor } from "./process.ts";
 
-/** One `etcd grpc-proxy start` process. */
+/** How much of the proxy's log is kept, across its restarts. */
+const LOG_CHARS = 20_000;
+
+/** One `etcd grpc-proxy start` process at a time. */
 export class GrpcProxy {
-  #child?: Deno.ChildProcess;
-  #log = "";
+  /** The running process, or the last one (for its log). */
+  #proc?: Spawned;
+  #running = false;
+  /** What the processes before it printed. */
+  #earlier = "";
 
   private constructor(
     readonly endpoints: string[],
@@ -46,43 +53,36 @@ export class GrpcProxy {
   }
 
   get pid(): number | undefined {
-    return this.#child?.pid;
+    return this.#running ? this.#proc?.pid : undefined;
   }
 
+  /** Started and not killed here (an exit of its own does not count). */
   get running(): boolean {
-    return this.#child !== undefined;
+    return this.#running;
   }
 
-  /** The tail of what the proxy printed, for failure messages. */
+  /** The tail of what the proxy printed (across restarts), for failure messages. */
   get log(): string {
-    return this.#log;
+    return (this.#earlier + (this.#proc?.stderr ?? "")).slice(-LOG_CHARS);
   }
 
   async #start(): Promise<void> {
-    const child = new Deno.Command("etcd", {
-      args: [
-        "grpc-proxy",
-        "start",
-        // host:port, as the proxy's client takes them
-        `--endpoints=${this.endpoints.map((e) => new URL(e).host).join(",")}`,
-        `--listen-addr=${this.host}:${this.port}`,
-        `--advertise-client-url=${this.host}:${this.port}`,
-        `--data-dir=${this.dataDir}`,
-      ],
-      stdin: "null",
-      stdout: "null",
-      stderr: "piped",
-    }).spawn();
-    this.#child = child;
-    void (async () => {
-      const decoder = new TextDecoder();
-      for await (const chunk of child.stderr) this.#log = (this.#log + decoder.decode(chunk)).slice(-20_000);
-    })();
+    this.#earlier = this.log;
+    this.#proc = new Spawned("etcd", [
+      "grpc-proxy",
+      "start",
+      // host:port, as the proxy's client takes them
+      `--endpoints=${this.endpoints.map((e) => new URL(e).host).join(",")}`,
+      `--listen-addr=${this.host}:${this.port}`,
+      `--advertise-client-url=${this.host}:${this.port}`,
+      `--data-dir=${this.dataDir}`,
+    ], { stdout: "null", keepStderr: LOG_CHARS });
+    this.#running = true;
     await waitFor(
       async () => {
         const etcd = new Etcd({ endpoints: [this.url], callTimeoutMs: 1000 });
         try {
-          await etcd.revision();
+          await currentRevision(etcd);
           return true;
         } catch {
           return false;
@@ -90,21 +90,17 @@ export class GrpcProxy {
           etcd.close();
         }
       },
-      `etcd grpc-proxy at ${this.url}\n${this.#log.slice(-2000)}`,
+      `etcd grpc-proxy at ${this.url}\n${this.log.slice(-2000)}`,
       20_000,
       100,
     );
   }
 
-  /** Kills the process (SIGKILL by default) and waits for it to exit. */
+  /** Kills the process (SIGKILL by default) and waits for it to exit, however long that takes. */
   async kill(signal: Deno.Signal = "SIGKILL"): Promise<void> {
-    const child = this.#child;
-    if (!child) return;
-    this.#child = undefined;
-    try {
-      child.kill(signal);
-    } catch { /* already gone */ }
-    await child.status;
+    if (!this.#running) return;
+    this.#running = false;
+    await this.#proc!.stop(signal, Infinity);
   }
 
   /** Starts a new process on the same address and port; waits until it answers. */

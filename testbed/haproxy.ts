@@ -10,7 +10,7 @@
  * @module
  */
 import { HAProxy } from "../lib/haproxy.ts";
-import { ROOT, Script, waitFor } from "./testbed.ts";
+import { ROOT, Spawned, waitFor } from "./process.ts";
 
 /** The path of Debian's HAProxy. */
 export const HAPROXY = "/usr/sbin/haproxy";
@@ -90,9 +90,9 @@ export async function exampleConfig(
 
 /** One HAProxy process; `restart()` starts a new one on the same config (its run-time servers gone). */
 export class HAProxyProcess {
-  #process: Script;
+  #process: Spawned;
 
-  private constructor(readonly dir: string, readonly ip: string, readonly port: number, process: Script) {
+  private constructor(readonly dir: string, readonly ip: string, readonly port: number, process: Spawned) {
     this.#process = process;
   }
 
@@ -105,8 +105,8 @@ export class HAProxyProcess {
     return p;
   }
 
-  static #spawn(dir: string, more: string[] = []): Script {
-    return new Script(HAPROXY, ["-f", `${dir}/haproxy.cfg`, "-db", ...more], {}, { cwd: dir });
+  static #spawn(dir: string, more: string[] = []): Spawned {
+    return new Spawned(HAPROXY, ["-f", `${dir}/haproxy.cfg`, "-db", ...more], { cwd: dir });
   }
 
   /** Waits until the admin socket answers, from `pid` when given. */

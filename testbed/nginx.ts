@@ -6,14 +6,14 @@
  *
  * @module
  */
-import { Script, waitFor } from "./testbed.ts";
+import { Spawned, waitFor } from "./process.ts";
 
 /** The path of Debian's nginx. */
 export const NGINX = "/usr/sbin/nginx";
 
 /** One nginx; its upstream block lives in `upstreamFile`, which must exist (valid) before start. */
 export class NginxProcess {
-  private constructor(readonly dir: string, readonly ip: string, readonly port: number, readonly process: Script) {}
+  private constructor(readonly dir: string, readonly ip: string, readonly port: number, readonly process: Spawned) {}
 
   /** The main config: the http context includes `conf.d/*.conf`; `/` proxies to `upstream`; `serverLines` go in its server. */
   static config(dir: string, ip: string, port: number, upstream: string, serverLines: string[] = []): string {
@@ -57,7 +57,7 @@ export class NginxProcess {
     await Deno.mkdir(`${dir}/tmp`, { recursive: true });
     await Deno.mkdir(`${dir}/conf.d`, { recursive: true });
     await Deno.writeTextFile(`${dir}/nginx.conf`, NginxProcess.config(dir, ip, port, upstream, serverLines));
-    const process = new Script(NGINX, [...NginxProcess.args(dir), "-g", "daemon off;"], {}, { cwd: dir });
+    const process = new Spawned(NGINX, [...NginxProcess.args(dir), "-g", "daemon off;"], { cwd: dir });
     const nginx = new NginxProcess(dir, ip, port, process);
     await waitFor(
       async () => {
@@ -97,7 +97,6 @@ export class NginxProcess {
 
   /** SIGTERM: nginx's fast shutdown, which ends its workers too (a SIGKILL would leave them behind). */
   async stop(): Promise<void> {
-    this.process.kill("SIGTERM");
-    await this.process.finished(10_000);
+    await this.process.stop("SIGTERM", 10_000);
   }
 }

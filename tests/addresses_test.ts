@@ -45,7 +45,7 @@ Deno.test("every test file that listens or starts a process takes its addresses 
       if (someBlock && !own.test(ip)) problems.push(`${name}: ${ip} is in another file's block`);
     }
     if (!LISTENS.test(source)) continue;
-    if (block === undefined) problems.push(`${name}: no block in LOOPBACK_BLOCKS (testbed/testbed.ts)`);
+    if (block === undefined) problems.push(`${name}: no block in LOOPBACK_BLOCKS (testbed/loopback.ts)`);
     if (!source.includes("loopback(import.meta.url)")) problems.push(`${name}: never calls loopback(import.meta.url)`);
     for (const pattern of DEFAULTED) {
       const found = pattern.exec(source);

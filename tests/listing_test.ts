@@ -14,7 +14,16 @@ import assert from "node:assert/strict";
 import { request } from "node:http";
 import { Etcd } from "../lib/etcd.ts";
 import { encodeRecord, instanceKey } from "../lib/record.ts";
-import { EVENT_MS, loopback, runScript, Script, SOURCE_FLAGS, waitFor } from "../testbed/testbed.ts";
+import {
+  EtcdGateway,
+  EVENT_MS,
+  loopback,
+  runScript,
+  Script,
+  SOURCE_FLAGS,
+  TEST_CALL_TIMEOUT_MS,
+  waitFor,
+} from "../testbed/testbed.ts";
 
 const lo = loopback(import.meta.url);
 const RECORDS = 10_000;
@@ -265,7 +274,7 @@ Deno.test("list() starts over at the current revision when its revision is compa
   await withCluster(async (endpoint) => {
     for (let i = 0; i < KEYS; i += 100) await putTxn(endpoint, generation(1).slice(i, i + 100));
     const etcd = new Etcd({ endpoints: [endpoint], listPageSize: 1 });
-    const other = new Etcd({ endpoints: [endpoint] });
+    const other = new EtcdGateway([endpoint], TEST_CALL_TIMEOUT_MS);
     try {
       const compactedBefore = await rangeCalls(endpoint, "OutOfRange");
       const { listing, settled } = await listStarted(endpoint, etcd);
@@ -280,7 +289,6 @@ Deno.test("list() starts over at the current revision when its revision is compa
       assert.equal(await rangeCalls(endpoint, "OutOfRange"), compactedBefore + 1, "no page met the compaction");
     } finally {
       etcd.close();
-      other.close();
     }
   });
 });

@@ -7,7 +7,9 @@ import assert from "node:assert/strict";
 import { type Etcd } from "../lib/etcd.ts";
 import { instanceKey } from "../lib/record.ts";
 import {
+  currentRevision,
   delay,
+  EtcdGateway,
   etcdMetric,
   EVENT_MS,
   loopback,
@@ -15,6 +17,7 @@ import {
   Relay,
   Script,
   SOURCE_FLAGS,
+  TEST_CALL_TIMEOUT_MS,
   TestServer,
   waitFor,
 } from "../testbed/testbed.ts";
@@ -84,7 +87,7 @@ Deno.test("a cut longer than the TTL: the secretary notices, and registers again
 Deno.test("a cut shorter than a third of the TTL: no deregistration, no flap, no write", async () => {
   await withRelay(lo.ip(2), async ({ etcd, endpoint, relay, secretary: s, key }) => {
     await waitFor(() => etcd.get(key), "registered", READY_MS);
-    const revision = await etcd.revision();
+    const revision = await currentRevision(etcd);
     /** Waits until etcd has answered `more` keep-alives after `from` of them; returns the count then. */
     const keptAlive = (from: number, more: number, what: string) =>
       waitFor(
@@ -112,7 +115,7 @@ Deno.test("a cut shorter than a third of the TTL: no deregistration, no flap, no
       renewed = await keptAlive(renewed, 3, "three keep-alives after the heal");
     }
     assert.ok(await etcd.get(key));
-    assert.equal(await etcd.revision(), revision, "something was written: a flap");
+    assert.equal(await currentRevision(etcd), revision, "something was written: a flap");
     assert.doesNotMatch(s.stderr, /lease lost|deregistered/);
   });
 });
@@ -136,7 +139,7 @@ Deno.test("registry watch cut off while its revision is compacted away lists aga
     await put(3);
     await del(2);
     await put(4);
-    await etcd.compact(await etcd.revision());
+    await new EtcdGateway(cluster.endpoints, TEST_CALL_TIMEOUT_MS).compact(await currentRevision(etcd));
     await watch.waitForLog(/^registry: waiting for etcd/, EVENT_MS);
     relay.heal();
     await watch.waitForLog(/^registry: etcd answered again/, EVENT_MS);

@@ -6,6 +6,7 @@
 import assert from "node:assert/strict";
 import { decodeEntry } from "../lib/record.ts";
 import {
+  currentRevision,
   etcdMetric,
   EVENT_MS,
   loopback,
@@ -148,13 +149,13 @@ Deno.test("no etcd write while the instance stays healthy: the revision does not
   await withBed(lo, async (bed) => {
     const { t, s } = await registered(bed, lo.ip(9));
     const endpoint = bed.cluster.endpoints[0];
-    const before = await bed.etcd.revision();
+    const before = await currentRevision(bed.etcd);
     const checksBefore = t.requests;
     const renewed = await etcdMetric(endpoint, RENEWED);
     // more than a TTL of keep-alives (one every third of it), so the once-a-TTL read of its own key is in here
     await waitFor(async () => (await etcdMetric(endpoint, RENEWED)) >= renewed + 4, "four keep-alives", READY_MS);
     assert.ok(t.requests - checksBefore >= 4, `only ${t.requests - checksBefore} checks ran`);
-    assert.equal(await bed.etcd.revision(), before);
+    assert.equal(await currentRevision(bed.etcd), before);
     assert.doesNotMatch(s.stderr, /lease lost|etcd call failed/);
   });
 });

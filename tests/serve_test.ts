@@ -26,7 +26,9 @@ import { entryJson } from "../registry.ts";
 import {
   bundles,
   Chromium,
+  currentRevision,
   type EtcdCluster,
+  EtcdGateway,
   EVENT_MS,
   execStart,
   freePort,
@@ -39,6 +41,7 @@ import {
   runScript,
   Script,
   SOURCE_FLAGS,
+  TEST_CALL_TIMEOUT_MS,
   waitFor,
   withBed,
 } from "../testbed/testbed.ts";
@@ -824,9 +827,9 @@ Deno.test("serve: the timeline starts from etcd's oldest kept revision after a c
       );
     await put(1);
     await put(2);
-    const kept = await bed.etcd.revision();
+    const kept = await currentRevision(bed.etcd);
     await etcdctl(bed.cluster.endpoints, "del", key(1));
-    await bed.etcd.compact(kept);
+    await new EtcdGateway(bed.cluster.endpoints, TEST_CALL_TIMEOUT_MS).compact(kept);
     await put(3);
     const serve = await startServe(bed.cluster.endpoints, lo.ip(105));
     bed.cleanups.push(() => serve.script.stop());
