@@ -38,8 +38,7 @@ import { createLog } from "./lib/log.ts";
 import { parseServe, runServe, SERVE_HELP, SERVE_OPTIONS, type ServeConfig } from "./lib/serve.ts";
 import { checkHAProxy, checkStateFile, DEFAULT_SERVER_OPTIONS, runSync } from "./lib/sync.ts";
 import { checkRender, parseWait, Renderer, runRender, type Wait } from "./lib/render.ts";
-import { killRunningCommands } from "./lib/command.ts";
-import { DEFAULT_PATH, splitCommand } from "./lib/checks.ts";
+import { DEFAULT_PATH, killRunningCommands, splitCommand } from "./lib/command.ts";
 import {
   addressRank,
   decodeEntry,
@@ -267,7 +266,7 @@ export function parseCli(args: readonly string[], env: Env): Command {
 /** The range of each --wait duration. */
 /** Parses a --check or --reload command: split like a shell, run without one. */
 function parseCommand(text: string, flag: string): string[] {
-  const argv = asUsage(() => splitCommand(text));
+  const argv = asUsage(() => splitCommand(text, flag));
   if (argv.length === 0) throw new UsageError(`Cannot use ${flag} ${quote(text)}: expected a command`);
   return argv;
 }

@@ -34,18 +34,16 @@ import {
 } from "./lib/cli.ts";
 import { createLog } from "./lib/log.ts";
 import { hasControl, oneLine, quote } from "./lib/text.ts";
-import { killRunningCommands } from "./lib/command.ts";
+import { killRunningCommands, splitCommand } from "./lib/command.ts";
 import {
   type CheckResult,
   type CheckSpec,
-  ConnectionWatch,
   describeCheck,
-  greetingFor,
   parseHeader,
   parseStatusRange,
   runCheck,
-  splitCommand,
 } from "./lib/checks.ts";
+import { ConnectionWatch, greetingFor } from "./lib/connection-watch.ts";
 import { Etcd, type EtcdOptions } from "./lib/etcd.ts";
 import { type Effects, EtcdRegistrar, type Registrar } from "./lib/registrar.ts";
 import { DEFAULT_PREFIX, normalizePrefix, parsePort, validateIpv4, validateService } from "./lib/record.ts";

@@ -17,7 +17,7 @@
 import { connect as tcpConnect, type Socket } from "node:net";
 import { connect as tlsConnect } from "node:tls";
 import type { Status } from "./record.ts";
-import { concat, runCommand } from "./command.ts";
+import { concat, DEFAULT_PATH, runCommand } from "./command.ts";
 import { oneLine, quote } from "./text.ts";
 
 /** What to check, parsed from the command line. */
@@ -57,8 +57,6 @@ export interface CheckResult {
 export const STATUS_MAX_BYTES = 4096;
 /** The most of an HTTP response read when looking for `--expect-body`. */
 export const BODY_MAX_BYTES = 64 * 1024;
-/** The PATH an exec check runs with when the secretary's own cannot be read. */
-export const DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 // ---------------------------------------------------------------------------
 // Parsing (pure); each throws RangeError with the value and what was expected
@@ -80,52 +78,6 @@ export function parseHeader(text: string): [string, string] {
   const match = /^([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*([^\r\n\0]*?)[ \t]*$/.exec(text);
   if (!match) throw new RangeError(`Cannot use --header ${quote(text)}: expected "Name: value" on one line`);
   return [match[1], match[2]];
-}
-
-/**
- * Splits `--command` into arguments as a shell would split words, without
- * running a shell: whitespace separates, '…' is literal, "…" allows \" and
- * \\, and a backslash outside quotes escapes the next character.
- */
-export function splitCommand(text: string): string[] {
-  const words: string[] = [];
-  let word = "";
-  let inWord = false;
-  for (let i = 0; i < text.length; i++) {
-    const c = text[i];
-    if (c === "'" || c === '"') {
-      const end = findClosingQuote(text, i);
-      if (end < 0) throw new RangeError(`Cannot use --command ${quote(text)}: expected a closing ${c}`);
-      const inner = text.slice(i + 1, end);
-      word += c === "'" ? inner : inner.replace(/\\(["\\$`])/g, "$1");
-      inWord = true;
-      i = end;
-    } else if (c === "\\" && i + 1 < text.length) {
-      word += text[++i];
-      inWord = true;
-    } else if (/\s/.test(c)) {
-      if (inWord) words.push(word);
-      word = "";
-      inWord = false;
-    } else {
-      word += c;
-      inWord = true;
-    }
-  }
-  if (inWord) words.push(word);
-  if (words.length === 0) {
-    throw new RangeError(`Cannot use --command ${quote(text)}: expected a command to run`);
-  }
-  return words;
-}
-
-function findClosingQuote(text: string, open: number): number {
-  const quote = text[open];
-  for (let i = open + 1; i < text.length; i++) {
-    if (quote === '"' && text[i] === "\\") i++;
-    else if (text[i] === quote) return i;
-  }
-  return -1;
 }
 
 /**
@@ -277,8 +229,6 @@ function indexOfHeadEnd(bytes: Uint8Array): number {
   return -1;
 }
 
-/** The chunks as one array, cut at `max` bytes. */
-
 /** The environment an exec check runs with: PATH and the instance, nothing of the secretary's (no etcd password). */
 export function execEnv(target: Target, path: string | undefined): Record<string, string> {
   return {
@@ -320,101 +270,4 @@ async function checkExec(argv: string[], target: Target): Promise<CheckResult> {
   const said = oneLine(run.stderr.split("\n").find((l) => l.trim() !== "") ?? "");
   const how = run.code !== null ? `exit ${run.code}` : `killed by ${run.signal ?? "SIGKILL"}`;
   return { passed: false, reason: said ? `${how}: ${said}` : how };
-}
-
-// ---------------------------------------------------------------------------
-// The connection watch: notice a death without waiting for the next check
-
-/**
- * The delay before opening the watch connection again, after `shortLived`
- * connections in a row that closed (or never opened) within an interval: at
- * once after a long-lived one, then 250 ms doubling to 30 s, so a server that
- * drops idle connections cannot make the secretary spin.
- */
-export function reconnectDelayMs(shortLived: number): number {
-  return shortLived === 0 ? 0 : Math.min(30_000, 250 * 2 ** (shortLived - 1));
-}
-
-/**
- * What the watch sends so that the instance takes its connection. Apache on
- * Linux (`AcceptFilter http data`, TCP_DEFER_ACCEPT) leaves a connection that
- * has sent nothing in the kernel for 30 s, where a kill tells its client
- * nothing. So an HTTP instance gets an empty line, which HTTP servers ignore
- * before a request (RFC 9112 2.2), and an HTTPS one a TLS handshake; any
- * other instance a plain connect, nothing sent.
- */
-export type Greeting = "none" | "crlf" | "tls";
-
-/** The greeting for a check kind. */
-export function greetingFor(kind: CheckSpec["kind"]): Greeting {
-  return kind === "http" ? "crlf" : kind === "https" ? "tls" : "none";
-}
-
-/**
- * Holds one idle connection to the instance (connect, greet, then nothing)
- * and calls `onLost` when it closes or cannot open: a process that dies has
- * its sockets closed by the kernel at once. After `onLost` the watch is
- * idle until `arm()` is called again, which reconnects after
- * reconnectDelayMs. A connection that lived at least `intervalMs` counts as
- * long-lived, so a server that drops idle connections costs at most one extra
- * check per interval. `disarm()` (the instance is down, or the secretary
- * stops) forgets the backoff: the next connection is to a new process.
- */
-export class ConnectionWatch {
-  /** Connections opened so far, for logs and tests. */
-  attempts = 0;
-  #socket?: Socket;
-  #timer?: ReturnType<typeof setTimeout>;
-  #armed = false;
-  #shortLived = 0;
-
-  constructor(
-    readonly ip: string,
-    readonly port: number,
-    readonly intervalMs: number,
-    readonly onLost: (reason: string) => void,
-    readonly greeting: Greeting = "none",
-  ) {}
-
-  /** Opens the connection (after the backoff) unless it is open or opening already. */
-  arm(): void {
-    if (this.#armed) return;
-    this.#armed = true;
-    this.#timer = setTimeout(() => this.#connect(), reconnectDelayMs(this.#shortLived));
-  }
-
-  /** Closes the connection and forgets any pending reconnect. */
-  disarm(): void {
-    this.#armed = false;
-    this.#shortLived = 0;
-    clearTimeout(this.#timer);
-    const socket = this.#socket;
-    this.#socket = undefined;
-    socket?.destroy();
-  }
-
-  #connect(): void {
-    this.attempts++;
-    const tls = this.greeting === "tls";
-    // the handshake only: the watch reads nothing, so the certificate does not matter
-    const socket = tls
-      ? tlsConnect({ host: this.ip, port: this.port, rejectUnauthorized: false })
-      : tcpConnect({ host: this.ip, port: this.port });
-    this.#socket = socket;
-    let openedAt = 0;
-    socket.on(tls ? "secureConnect" : "connect", () => {
-      openedAt = Date.now();
-      if (this.greeting === "crlf") socket.write("\r\n");
-    });
-    socket.on("data", () => {}); // whatever the server says (Apache's 408 at its request timeout), the close matters
-    socket.on("error", () => {}); // "close" follows
-    socket.on("close", () => {
-      if (this.#socket !== socket) return; // disarmed
-      this.#socket = undefined;
-      this.#armed = false;
-      const lived = openedAt ? Date.now() - openedAt : 0;
-      this.#shortLived = lived >= this.intervalMs ? 0 : this.#shortLived + 1;
-      this.onLost(openedAt ? `closed after ${lived}ms` : "could not connect");
-    });
-  }
 }

@@ -5,12 +5,63 @@
  * output past a limit is read and dropped, and a pipe held open by a process
  * that escaped the group is abandoned, so no command can stall its caller or
  * grow its memory. Exec checks, and `registry render`'s check and reload, run
- * their commands through here.
+ * their commands through here. A command comes as one flag's text, split
+ * into words as a shell would (splitCommand()), never run by a shell.
  *
  * @module
  */
 import { spawn } from "node:child_process";
-import { oneLine } from "./text.ts";
+import { oneLine, quote } from "./text.ts";
+
+/** The PATH a command runs with when the process's own cannot be read. */
+export const DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/**
+ * Splits a command given as `flag` (`--command`, render's `--check`, …) into
+ * arguments as a shell would split words, without running a shell:
+ * whitespace separates, '…' is literal, "…" allows \" and \\, and a
+ * backslash outside quotes escapes the next character.
+ */
+export function splitCommand(text: string, flag = "--command"): string[] {
+  const words: string[] = [];
+  let word = "";
+  let inWord = false;
+  for (let i = 0; i < text.length; i++) {
+    const c = text[i];
+    if (c === "'" || c === '"') {
+      const end = findClosingQuote(text, i);
+      if (end < 0) throw new RangeError(`Cannot use ${flag} ${quote(text)}: expected a closing ${c}`);
+      const inner = text.slice(i + 1, end);
+      word += c === "'" ? inner : inner.replace(/\\(["\\$`])/g, "$1");
+      inWord = true;
+      i = end;
+    } else if (c === "\\" && i + 1 < text.length) {
+      word += text[++i];
+      inWord = true;
+    } else if (/\s/.test(c)) {
+      if (inWord) words.push(word);
+      word = "";
+      inWord = false;
+    } else {
+      word += c;
+      inWord = true;
+    }
+  }
+  if (inWord) words.push(word);
+  if (words.length === 0) {
+    throw new RangeError(`Cannot use ${flag} ${quote(text)}: expected a command to run`);
+  }
+  return words;
+}
+
+function findClosingQuote(text: string, open: number): number {
+  const quote = text[open];
+  for (let i = open + 1; i < text.length; i++) {
+    if (quote === '"' && text[i] === "\\") i++;
+    else if (text[i] === quote) return i;
+  }
+  return -1;
+}
 
 /** How a command ended, and what it printed (cut to the limits given). */
 export interface CommandResult {

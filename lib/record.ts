@@ -5,7 +5,7 @@
  *
  * Key:   `<prefix>/<service>/<ip>:<port>`, one per instance, so two instances
  *        on one host never overwrite or delete each other: `<service>` a
- *        service name (checkService), `<ip>` a dotted IPv4 address, `<port>`
+ *        service name (validateService()), `<ip>` a dotted IPv4 address, `<port>`
  *        an integer from 1 to 65535 without leading zeros, exactly as
  *        instanceKey() writes it. A key is read relative to the prefix, so a
  *        reader must know the prefix (parseKey). A key under the prefix that

@@ -1,16 +1,9 @@
-/** lib/checks.ts's pure parts, and how the registry shows a status. */
+/** lib/checks.ts's pure parts (and splitCommand, the connection watch's backoff), and how the registry shows a status. */
 import assert from "node:assert/strict";
 import { oneLine } from "../lib/text.ts";
-import {
-  dechunk,
-  execEnv,
-  parseHeader,
-  parseStatus,
-  parseStatusRange,
-  reconnectDelayMs,
-  splitCommand,
-  STATUS_MAX_BYTES,
-} from "../lib/checks.ts";
+import { dechunk, execEnv, parseHeader, parseStatus, parseStatusRange, STATUS_MAX_BYTES } from "../lib/checks.ts";
+import { splitCommand } from "../lib/command.ts";
+import { reconnectDelayMs } from "../lib/connection-watch.ts";
 import { decodeEntry, encodeRecord, type ServiceRecord } from "../lib/record.ts";
 import { formatStatus } from "../registry.ts";
 

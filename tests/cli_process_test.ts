@@ -3,7 +3,7 @@
  * value, exit status 2, and nothing written to etcd; --help exits 0.
  */
 import assert from "node:assert/strict";
-import { loopback, runScript, SOURCE_FLAGS } from "../testbed/testbed.ts";
+import { currentRevision, loopback, runScript, SOURCE_FLAGS } from "../testbed/testbed.ts";
 
 const lo = loopback(import.meta.url);
 /** An address of this file's own, in values that must be refused before anything is dialled. */
@@ -85,7 +85,7 @@ Deno.test("secretary: every bad input exits 2 with one line naming the value, an
       assert.equal(result.stdout, "");
     }
     assert.deepEqual((await etcd.list("/")).values, [], "a bad input wrote to etcd");
-    assert.equal(await etcd.revision(), "1", "the revision moved: something was written");
+    assert.equal(await currentRevision(etcd), "1", "the revision moved: something was written");
   } finally {
     etcd.close();
     await cluster.stop();
@@ -125,6 +125,8 @@ Deno.test("registry: bad input exits 2 with one line naming the value", async ()
     [["get", "apache", "10.0.0.1:80\n+ forged"], /address "10\.0\.0\.1:80\\n\+ forged"/],
     [["ls", "--prefix=/a/.."], /prefix "\/a\/\.\."/],
     [["ls", `--endpoints=${IP}`], new RegExp(`endpoint "${IP.replaceAll(".", "\\.")}"`)],
+    // the flag that was given is named, not the exec check's --command
+    [["render", "web", "--template=/t", "--out=/o", "--check=sh -c 'x"], /^registry: Cannot use --check "sh -c 'x": /],
   ];
   const results = await Promise.all(cases.map(([args]) => runScript("registry.ts", args, RUN)));
   results.forEach((result, i) => {

@@ -5,7 +5,7 @@
  * article's instance links there, offline (systemd need not be PID 1).
  */
 import assert from "node:assert/strict";
-import { splitCommand } from "../lib/checks.ts";
+import { splitCommand } from "../lib/command.ts";
 import { bundles, ROOT } from "../testbed/testbed.ts";
 
 const SECRETARY_UNIT = "apache-secretary@.service";
