@@ -31,7 +31,7 @@
  */
 import { isDeepStrictEqual, parseArgs } from "node:util";
 import type { Etcd } from "../lib/etcd.ts";
-import { delay, EtcdCluster, Script, TestServer, waitFor } from "../testbed/testbed.ts";
+import { currentRevision, delay, EtcdCluster, Script, TestServer, waitFor } from "../testbed/testbed.ts";
 import {
   benchmark,
   commandFor,
@@ -225,7 +225,7 @@ async function measure(
     at: now(),
     cpu: cpuSecondsOf(script.pid, true),
     own: cpuSecondsOf(script.pid),
-    revision: Number(await client.revision()),
+    revision: Number(await currentRevision(client)),
     metrics: await scrapeMetrics(cluster.endpoints[0]),
   });
   const before = await sample();

@@ -23,7 +23,7 @@
  * @module
  */
 import { parseArgs } from "node:util";
-import { delay, EtcdCluster, Script, TestServer, waitFor } from "../testbed/testbed.ts";
+import { currentRevision, delay, EtcdCluster, Script, TestServer, waitFor } from "../testbed/testbed.ts";
 import {
   ArticleLoop,
   benchmark,
@@ -121,7 +121,7 @@ async function snapshot(cluster: EtcdCluster, clock: EventClock, v2: boolean) {
     revision = Number(res.headers.get("X-Etcd-Index"));
   } else {
     const client = cluster.client();
-    revision = Number(await client.revision());
+    revision = Number(await currentRevision(client));
     client.close();
   }
   return {

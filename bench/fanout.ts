@@ -33,7 +33,8 @@ import { DEFAULT_PREFIX, encodeRecord, instanceKey, servicePrefix } from "../lib
 import { GrpcProxy } from "../testbed/grpcproxy.ts";
 import { delay, EtcdCluster } from "../testbed/testbed.ts";
 // shared with the lease-load phase (they belong in lib.ts once both land)
-import { cpuOf, leaderOf, LoopLag } from "./leases.ts";
+import { cpuOf, leaderOf } from "./leases.ts";
+import { LoopLag } from "./leases/thread.ts";
 import { benchmark, cores, formatMs, now, percentile, scrapeMetrics } from "./lib.ts";
 
 /** The service the followers follow. */

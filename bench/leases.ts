@@ -5,7 +5,7 @@
  * each secretary has, against a three-member etcd on 127.4.0.k, directly or
  * through one `etcd grpc-proxy` per host group (127.4.k.g): instance i is in
  * group i mod `--groups`. The registrars run in `--workers` worker threads of
- * this process, one a core by default (both cores used; more threads cost
+ * this process, one a core by default (every core used; more threads cost
  * more CPU for the same calls). For each size, TTL and path: keep-alives
  * a second at the leader, the leader's CPU, keep-alive latency as the
  * registrars see it, leases lost; then, the load still on, `--kill`
@@ -19,7 +19,7 @@
  * as a fleet's are; the window starts a third of a TTL after the last
  * registration. What this cannot show: 10,000 secretaries are 10,000
  * processes on hundreds of hosts, each paying its own client's CPU; here
- * their clients share the two cores etcd runs on, so this process's CPU and
+ * their clients share the cores etcd runs on, so this process's CPU and
  * its workers' event-loop lag are printed beside the figures, and a latency
  * with a large lag is partly ours.
  *
@@ -32,23 +32,15 @@
  * @module
  */
 import { parseArgs } from "node:util";
-import { sleep } from "../lib/cli.ts";
-import { describeError, Etcd } from "../lib/etcd.ts";
-import { DEFAULT_PREFIX, instanceKey, servicePrefix } from "../lib/record.ts";
-import { type EtcdClient, EtcdRegistrar } from "../lib/registrar.ts";
+import { describeError, type Etcd } from "../lib/etcd.ts";
+import { DEFAULT_PREFIX, servicePrefix } from "../lib/record.ts";
 import { GrpcProxy } from "../testbed/grpcproxy.ts";
 import { delay, EtcdCluster, type EtcdMember } from "../testbed/testbed.ts";
+import { keyOf, RegistrarThread, SERVICE, type ThreadRequest } from "./leases/thread.ts";
 import { benchmark, cores, cpuSecondsOf, formatMs, KeyClock, now, percentile, scrapeMetrics } from "./lib.ts";
 
 /** How long a killed instance's record may stay (the issue's target). */
 export const KILL_BOUND_MS = 500;
-/** The service every simulated instance belongs to. */
-const SERVICE = "leases";
-/** The secretary's default deadline for one etcd call (lib/etcd.ts). */
-const CALL_TIMEOUT_MS = 1500;
-/** The secretary's default check interval: how often a record held by another lease is read again. */
-const INTERVAL_MS = 2000;
-
 /** How the registrars reach etcd: each to the members itself, or each to its host group's gRPC proxy. */
 export type LeasePath = "direct" | "proxy";
 
@@ -167,218 +159,6 @@ function parseConfig(args: string[]): Config {
   };
 }
 
-/** Instance `index`'s address (10.x.y.z) and key. */
-function addressOf(index: number): string {
-  return `10.${(index >> 16) & 255}.${(index >> 8) & 255}.${index & 255}`;
-}
-function keyOf(index: number): string {
-  return instanceKey(DEFAULT_PREFIX, SERVICE, addressOf(index), 8080);
-}
-
-/** Samples an event loop's lag: how late a 100 ms timer fires. */
-export class LoopLag {
-  samples: number[] = [];
-  #timer?: ReturnType<typeof setInterval>;
-  start(): void {
-    let expected = performance.now() + 100;
-    this.#timer = setInterval(() => {
-      const t = performance.now();
-      this.samples.push(Math.max(0, t - expected));
-      expected = t + 100;
-    }, 100);
-  }
-  stop(): void {
-    clearInterval(this.#timer);
-  }
-}
-
-// ---------------------------------------------------------------------------
-// A worker thread running its share of the instances' registrars
-
-/** What the main thread asks a worker. */
-type ThreadRequest =
-  | {
-    type: "start";
-    indexes: number[];
-    /** Instance i is in group i mod groups: host `host-<group>`, and the group's endpoints. */
-    groups: number;
-    endpointsByGroup: string[][];
-    ttlSeconds: number;
-    /** Instance `index` starts at `startedAt + index * spacingMs` (ms since the epoch). */
-    startedAt: number;
-    spacingMs: number;
-  }
-  | { type: "measure"; on: boolean }
-  | { type: "kill"; indexes: number[] }
-  | { type: "report" }
-  | { type: "stop" };
-
-/** A worker's answer to "report" (and to "measure", with the window's samples when it ends). */
-interface ThreadReport {
-  registered: number;
-  unregistered: number[];
-  /** When each instance's registrar logged `lease lost` (index, ms since the epoch). */
-  leasesLost: [number, number][];
-  callFailures: { at: number; reason: string }[];
-  keepAliveMs: number[];
-  keepAliveFailures: number;
-  lagP99Ms: number;
-}
-
-/** The worker's side: runs the registrars it is given, counts what they do, answers the main thread. */
-function registrarThread(): void {
-  const scope = self as unknown as {
-    onmessage: (e: MessageEvent<{ id: number; request: ThreadRequest }>) => void;
-    postMessage(m: unknown): void;
-  };
-  let stopped = false;
-  // each registrar its own stop signal, as each secretary has: one shared signal would gather thousands of
-  // AbortSignal.any() dependents a second (a registrar makes one each time it waits)
-  const fleet: { index: number; etcd: Etcd; registrar: EtcdRegistrar; stop: AbortController }[] = [];
-  const lag = new LoopLag();
-  let measuring = false;
-  let keepAliveMs: number[] = [];
-  let keepAliveFailures = 0;
-  const leasesLost: [number, number][] = [];
-  const callFailures: { at: number; reason: string }[] = [];
-
-  /** A client that times each keep-alive (the registrar's own call) and passes everything else on. */
-  const timed = (etcd: Etcd): EtcdClient => ({
-    grantLease: (ttl, id) => etcd.grantLease(ttl, id),
-    keepAlive: async (lease) => {
-      const start = now();
-      try {
-        const remaining = await etcd.keepAlive(lease);
-        if (measuring) keepAliveMs.push(now() - start);
-        return remaining;
-      } catch (err) {
-        if (measuring) keepAliveFailures++;
-        throw err;
-      }
-    },
-    leaseTimeToLive: (lease) => etcd.leaseTimeToLive(lease),
-    revokeLease: (lease, timeoutMs) => etcd.revokeLease(lease, timeoutMs),
-    putIfAbsent: (key, value, lease) => etcd.putIfAbsent(key, value, lease),
-    putIfLease: (key, value, lease, previous) => etcd.putIfLease(key, value, lease, previous),
-    deleteIfLease: (key, lease) => etcd.deleteIfLease(key, lease),
-    get: (key) => etcd.get(key),
-    close: () => etcd.close(),
-  });
-
-  const report = (): ThreadReport => ({
-    registered: fleet.filter((i) => i.registrar.registered).length,
-    unregistered: fleet.filter((i) => !i.registrar.registered).map((i) => i.index),
-    leasesLost,
-    callFailures,
-    keepAliveMs,
-    keepAliveFailures,
-    lagP99Ms: lag.samples.length ? percentile(lag.samples, 99) : NaN,
-  });
-
-  const start = async (request: Extract<ThreadRequest, { type: "start" }>) => {
-    for (const index of request.indexes) {
-      const wait = request.startedAt + index * request.spacingMs - now();
-      if (wait > 1) await delay(wait);
-      if (stopped) return;
-      const group = index % request.groups;
-      const etcd = new Etcd({ endpoints: request.endpointsByGroup[group], callTimeoutMs: CALL_TIMEOUT_MS });
-      const registrar = new EtcdRegistrar(
-        {
-          prefix: DEFAULT_PREFIX,
-          instance: {
-            host: `host-${group}`,
-            ipv4_addr: addressOf(index),
-            port: 8080,
-            service: SERVICE,
-            meta: {},
-          },
-          ttlSeconds: request.ttlSeconds,
-          intervalMs: INTERVAL_MS,
-        },
-        timed(etcd),
-        {
-          now: Date.now,
-          sleep,
-          random: Math.random,
-          // counted, never printed: 10,000 registrations would drown the output
-          log: (_level, event, fields) => {
-            if (event === "lease lost") leasesLost.push([index, now()]);
-            if (event === "etcd call failed") callFailures.push({ at: now(), reason: String(fields?.reason) });
-          },
-        },
-      );
-      const stop = new AbortController();
-      registrar.want(true, "check passed");
-      void registrar.run(stop.signal);
-      fleet.push({ index, etcd, registrar, stop });
-    }
-  };
-
-  scope.onmessage = (e) => {
-    const { id, request } = e.data;
-    const answer = (value: unknown) => scope.postMessage({ id, value });
-    switch (request.type) {
-      case "start":
-        lag.start();
-        void start(request);
-        return answer(null);
-      case "measure":
-        measuring = request.on;
-        if (request.on) {
-          keepAliveMs = [];
-          keepAliveFailures = 0;
-          lag.samples = [];
-        }
-        return answer(report());
-      case "kill": {
-        const mine = new Set(request.indexes);
-        for (const i of fleet) if (mine.has(i.index)) i.registrar.want(false, "check failed");
-        return answer(null);
-      }
-      case "report":
-        return answer(report());
-      case "stop":
-        stopped = true;
-        lag.stop();
-        for (const i of fleet) {
-          i.stop.abort();
-          i.etcd.close();
-        }
-        return answer(null);
-    }
-  };
-}
-
-/** The main thread's handle on one worker. */
-class RegistrarThread {
-  readonly #worker = new Worker(import.meta.url, { type: "module" });
-  #next = 0;
-  readonly #pending = new Map<number, (value: unknown) => void>();
-
-  constructor() {
-    this.#worker.onmessage = (e: MessageEvent<{ id: number; value: unknown }>) => {
-      this.#pending.get(e.data.id)?.(e.data.value);
-      this.#pending.delete(e.data.id);
-    };
-  }
-
-  ask(request: Extract<ThreadRequest, { type: "report" | "measure" }>): Promise<ThreadReport>;
-  ask(request: ThreadRequest): Promise<unknown>;
-  ask(request: ThreadRequest): Promise<unknown> {
-    const id = this.#next++;
-    return new Promise((resolve) => {
-      this.#pending.set(id, resolve);
-      this.#worker.postMessage({ id, request });
-    });
-  }
-
-  /** Stops its registrars and closes their connections (5 s at most), then ends the thread. */
-  async stop(): Promise<void> {
-    await Promise.race([this.ask({ type: "stop" }), delay(5000)]);
-    this.#worker.terminate();
-  }
-}
-
 // ---------------------------------------------------------------------------
 // The main thread: the cluster, the proxies, the measuring
 
@@ -433,29 +213,10 @@ async function askAll(threads: RegistrarThread[], request: Extract<ThreadRequest
   };
 }
 
-async function runOne(
-  config: Config,
-  k: number,
-  instances: number,
-  ttlSeconds: number,
-  path: LeasePath,
-): Promise<LeaseRun> {
+/** A run's figures before it starts: nothing measured yet. */
+function emptyRun(config: Config, instances: number, ttlSeconds: number, path: LeasePath): LeaseRun {
   const { groups, workers } = config;
-  const cluster = await EtcdCluster.create(3, { host: `127.4.0.${k}` });
-  const proxies: GrpcProxy[] = [];
-  const threads: RegistrarThread[] = [];
-  let observer: Etcd | undefined;
-  let clock: KeyClock | undefined;
-  const teardown = async () => {
-    await Promise.all(threads.map((h) => h.stop()));
-    clock?.stop();
-    observer?.close();
-    await Promise.all(proxies.map((p) => p.stop()));
-    await cluster.stop();
-  };
-  current = teardown;
-  const prefix = servicePrefix(DEFAULT_PREFIX, SERVICE);
-  const run: LeaseRun = {
+  return {
     instances,
     ttlSeconds,
     path,
@@ -490,6 +251,31 @@ async function runOne(
     killedWithinBound: 0,
     othersLost: NaN,
   };
+}
+
+async function runOne(
+  config: Config,
+  k: number,
+  instances: number,
+  ttlSeconds: number,
+  path: LeasePath,
+): Promise<LeaseRun> {
+  const { groups, workers } = config;
+  const cluster = await EtcdCluster.create(3, { host: `127.4.0.${k}` });
+  const proxies: GrpcProxy[] = [];
+  const threads: RegistrarThread[] = [];
+  let observer: Etcd | undefined;
+  let clock: KeyClock | undefined;
+  const teardown = async () => {
+    await Promise.all(threads.map((h) => h.stop()));
+    clock?.stop();
+    observer?.close();
+    await Promise.all(proxies.map((p) => p.stop()));
+    await cluster.stop();
+  };
+  current = teardown;
+  const prefix = servicePrefix(DEFAULT_PREFIX, SERVICE);
+  const run = emptyRun(config, instances, ttlSeconds, path);
   try {
     await cluster.start();
     if (path === "proxy") {
@@ -714,9 +500,7 @@ async function main(config: Config): Promise<LeaseFigures> {
   return figures;
 }
 
-if (typeof (globalThis as { WorkerGlobalScope?: unknown }).WorkerGlobalScope !== "undefined") {
-  registrarThread(); // this module loaded as a worker
-} else if (import.meta.main) {
+if (import.meta.main) {
   const config = parseConfig(Deno.args);
   await benchmark(config.json, async () => await current?.(), () => main(config));
 }

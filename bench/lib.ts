@@ -11,7 +11,7 @@
 import { existsSync } from "node:fs";
 import { type Etcd, type WatchHandle } from "../lib/etcd.ts";
 import { DEFAULT_PREFIX, instanceKey } from "../lib/record.ts";
-import { delay, ROOT, Script, SOURCE_FLAGS, type TestServer } from "../testbed/testbed.ts";
+import { currentRevision, delay, ROOT, Script, SOURCE_FLAGS, type TestServer } from "../testbed/testbed.ts";
 import type { Failure, LoadTotals } from "../testbed/traffic.ts";
 
 /** Default settings: the product's own defaults. */
@@ -124,7 +124,7 @@ export class KeyClock extends EventClock {
 
   static async start(etcd: Etcd, prefix = "/services/"): Promise<KeyClock> {
     const clock = new KeyClock();
-    const revision = await etcd.revision();
+    const revision = await currentRevision(etcd);
     clock.#handle = await etcd.watch(prefix, String(BigInt(revision) + 1n), (e) => clock.record(e.type, e.key));
     return clock;
   }

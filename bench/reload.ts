@@ -54,6 +54,7 @@ import {
   ShippedHAProxy,
   startSync,
 } from "./shipped-haproxy.ts";
+import { met } from "./report/table.ts";
 
 /** One reload's figures. */
 export interface ReloadRound {
@@ -393,9 +394,6 @@ function print(f: ReloadFigures): void {
 }
 
 if (import.meta.main) await main();
-
-/** `yes`, `**no**`, or nothing when not judged: as bench/all.ts's tables say it. */
-const met = (ok: boolean | undefined) => ok === undefined ? "" : ok ? "yes" : "**no**";
 
 /**
  * For bench/all.ts: what this run did, in sentences made from its figures, and the table's rows (figure, target,

@@ -5,7 +5,7 @@
  * about as large. Two rounds: one real page open (Debian's Chromium, driven
  * by playwright-core), then the same page and `--streams` (50) more
  * `/v1/events` clients in this process (50 browser pages would share
- * Chromium's 6 connections a host and load the 2 cores with 50 renderers
+ * Chromium's 6 connections a host and load the cores with 50 renderers
  * instead of measuring serve).
  *
  * Figures: from a key's delete request sent (etcd's JSON gateway; the answer
@@ -174,6 +174,59 @@ function summary(latencies: number[], missed: number) {
   };
 }
 
+/**
+ * `rate` changes a second for `seconds`: half deletes of a random present instance, half puts of one deleted earlier
+ * (once its delete was answered). When each delete was sent and answered, by key; a key deleted twice counts by its
+ * last delete.
+ */
+async function change(
+  gateway: EtcdGateway,
+  present: Set<number>,
+  absent: number[],
+  rate: number,
+  seconds: number,
+): Promise<{ sent: Map<string, number>; answered: Map<string, number> }> {
+  const sent = new Map<string, number>();
+  const answered = new Map<string, number>();
+  const start = now();
+  for (let i = 0; i < rate * seconds; i++) {
+    const due = start + (i * 1000) / rate;
+    const wait = due - now();
+    if (wait > 0) await new Promise((r) => setTimeout(r, wait));
+    if ((i % 2 === 0 || absent.length === 0) && present.size > 0) {
+      const pick = [...present][Math.floor(Math.random() * present.size)];
+      present.delete(pick);
+      absent.push(pick);
+      // a key deleted twice in a round counts by its last delete, moved to the end: the last one sent is last
+      sent.delete(key(pick));
+      sent.set(key(pick), now());
+      answered.delete(key(pick));
+      void gateway.delete(key(pick)).then(() => answered.set(key(pick), now()));
+    } else {
+      // deletable once its put is answered: a delete sent on another connection could overtake it
+      const back = absent.shift();
+      if (back === undefined) continue;
+      void gateway.put(key(back), value(back)).then(() => present.add(back));
+    }
+  }
+  return { sent, answered };
+}
+
+/** Each delete sent to its `gone` event read, every stream's together. */
+function streamTimes(streams: Stream[], sent: Map<string, number>): ReturnType<typeof summary> {
+  const times: number[] = [];
+  let missed = 0;
+  for (const s of streams) {
+    for (const [k, t0] of sent) {
+      const at = s.gone.get(k);
+      // a key deleted twice in a round keeps its last delete: the stream's first stamp may be older
+      if (at === undefined || at < t0) missed++;
+      else times.push(at - t0);
+    }
+  }
+  return summary(times, missed);
+}
+
 async function main(): Promise<void> {
   const options = parseOptions();
   const runtime = options.bundle || (bundleServes() && !options.source) ? "deno" : "source";
@@ -227,32 +280,10 @@ async function main(): Promise<void> {
     const idleRssKiB = memoryOf(serve.pid).rssKiB;
 
     const round = async (withStreams: number): Promise<ServeRound> => {
-      const sent = new Map<string, number>();
-      const answered = new Map<string, number>();
       const loadBefore = loadAverage();
       const cpuBefore = cpuSecondsOf(serve.pid);
       const start = now();
-      const total = options.rate * options.seconds;
-      for (let i = 0; i < total; i++) {
-        const due = start + (i * 1000) / options.rate;
-        const wait = due - now();
-        if (wait > 0) await new Promise((r) => setTimeout(r, wait));
-        if ((i % 2 === 0 || absent.length === 0) && present.size > 0) {
-          const pick = [...present][Math.floor(Math.random() * present.size)];
-          present.delete(pick);
-          absent.push(pick);
-          // a key deleted twice in a round counts by its last delete, moved to the end: the last one sent is last
-          sent.delete(key(pick));
-          sent.set(key(pick), now());
-          answered.delete(key(pick));
-          void gateway.delete(key(pick)).then(() => answered.set(key(pick), now()));
-        } else {
-          // deletable once its put is answered: a delete sent on another connection could overtake it
-          const back = absent.shift();
-          if (back === undefined) continue;
-          void gateway.put(key(back), value(back)).then(() => present.add(back));
-        }
-      }
+      const { sent, answered } = await change(gateway, present, absent, options.rate, options.seconds);
       const cpu = (cpuSecondsOf(serve.pid) - cpuBefore) / ((now() - start) / 1000);
       // the last deletes: give them time to arrive (a late one is a figure, not a failure)
       const lastKeys = [...sent.keys()].slice(-5);
@@ -276,20 +307,7 @@ async function main(): Promise<void> {
           if (t1 !== undefined) pageAfterAnswer.push(gone[k] - t1);
         }
       }
-      let streamGoneMs;
-      if (withStreams) {
-        const times: number[] = [];
-        let missed = 0;
-        for (const s of streams) {
-          for (const [k, t0] of sent) {
-            const at = s.gone.get(k);
-            // a key deleted twice in a round keeps its last delete: the stream's first stamp may be older
-            if (at === undefined || at < t0) missed++;
-            else times.push(at - t0);
-          }
-        }
-        streamGoneMs = summary(times, missed);
-      }
+      const streamGoneMs = withStreams ? streamTimes(streams, sent) : undefined;
       await page.evaluate(`window.__gone = {}`);
       return {
         pages: 1,
