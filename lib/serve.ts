@@ -156,7 +156,7 @@ export function isLoopback(host: string): boolean {
 /** Whether etcd answers: `connecting` before the first listing. */
 export type EtcdState = "connecting" | "live" | "stale";
 
-/** Turns an entry into the JSON object `ls --json` and `watch --json` print (registry.ts's entryJson). */
+/** Turns an entry into the JSON object `ls --json` and `watch --json` print (lib/show.ts's entryJson(), passed in). */
 export type EntryJson = (entry: Entry) => Record<string, unknown>;
 
 interface Known {

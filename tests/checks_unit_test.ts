@@ -5,7 +5,7 @@ import { dechunk, execEnv, parseHeader, parseStatus, parseStatusRange, STATUS_MA
 import { splitCommand } from "../lib/command.ts";
 import { reconnectDelayMs } from "../lib/connection-watch.ts";
 import { decodeEntry, encodeRecord, type ServiceRecord } from "../lib/record.ts";
-import { formatStatus } from "../registry.ts";
+import { formatStatus } from "../lib/show.ts";
 
 const bytes = (text: string) => new TextEncoder().encode(text);
 

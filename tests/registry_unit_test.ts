@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import { parseCli } from "../registry.ts";
 import {
   entryJson,
   formatAge,
@@ -6,10 +7,9 @@ import {
   formatStatus,
   formatTable,
   JSON_OWN_NAMES,
-  parseCli,
   sortEntries,
   watchChanges,
-} from "../registry.ts";
+} from "../lib/show.ts";
 import { JSON_DEPTH, limitDepth, printableJson, TOO_DEEP } from "../lib/text.ts";
 import { decodeEntry, encodeRecord, type Entry, type ServiceRecord } from "../lib/record.ts";
 import { UsageError } from "../lib/cli.ts";

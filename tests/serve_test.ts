@@ -22,7 +22,7 @@ import {
 } from "../lib/serve.ts";
 import { classify, historyTimeline } from "../lib/history.ts";
 import { encodeRecord, instanceKey, type ServiceRecord } from "../lib/record.ts";
-import { entryJson } from "../registry.ts";
+import { entryJson } from "../lib/show.ts";
 import {
   bundles,
   Chromium,
