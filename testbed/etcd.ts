@@ -9,6 +9,7 @@
  * @module
  */
 import { Etcd, type EtcdOptions } from "../lib/etcd.ts";
+import type { Certs } from "./certs.ts";
 import { freePorts, Spawned, waitFor } from "./process.ts";
 import { httpGet, httpRequest } from "./targets.ts";
 
@@ -104,6 +105,36 @@ export interface EtcdCreateOptions {
   extraArgs?: string[];
   scheme?: string;
   clientOptions?: Partial<EtcdOptions>;
+}
+
+/**
+ * How EtcdCluster.create plans a cluster on `host` that serves TLS with
+ * `certs` and requires a client certificate; its own clients present one.
+ */
+export function clientCertOptions(host: string, certs: Certs): EtcdCreateOptions & { host: string } {
+  return {
+    host,
+    scheme: "https",
+    extraArgs: [
+      ...["--cert-file", certs.serverCert, "--key-file", certs.serverKey, "--trusted-ca-file", certs.ca],
+      "--client-cert-auth",
+    ],
+    clientOptions: { cacert: certs.ca, cert: certs.clientCert, key: certs.clientKey },
+  };
+}
+
+/** Adds etcd's root user with `password` and turns authentication on, with etcdctl (and `certs`' client certificate). */
+export async function enableAuth(endpoint: string, password: string, certs?: Certs): Promise<void> {
+  const tls = certs ? [`--cacert=${certs.ca}`, `--cert=${certs.clientCert}`, `--key=${certs.clientKey}`] : [];
+  for (const args of [["user", "add", `root:${password}`, "--interactive=false"], ["auth", "enable"]]) {
+    const out = await new Deno.Command("etcdctl", {
+      args: [`--endpoints=${endpoint}`, ...tls, ...args],
+      env: { ETCDCTL_API: "3" },
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    if (!out.success) throw new Error(`etcdctl ${args.join(" ")}: ${new TextDecoder().decode(out.stderr)}`);
+  }
 }
 
 /** A set of etcd members on loopback; one member unless `size` says otherwise. */

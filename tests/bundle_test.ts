@@ -12,6 +12,7 @@ import { type Etcd } from "../lib/etcd.ts";
 import { decodeEntry, encodeRecord, instanceKey } from "../lib/record.ts";
 import {
   bundles,
+  clientCertOptions,
   EtcdCluster,
   type EtcdCreateOptions,
   EVENT_MS,
@@ -284,8 +285,6 @@ Deno.test("secretary bundle under deno, started exactly as the unit's ExecStart 
 Deno.test("over TLS, the drop-in's permissions (the unit's, and reading the three certificate files) are enough", async () => {
   const host = lo.etcdHost();
   const certs = await makeCerts([host]);
-  const tls = { cacert: certs.ca, cert: certs.clientCert, key: certs.clientKey };
-  const serverTls = ["--cert-file", certs.serverCert, "--key-file", certs.serverKey, "--trusted-ca-file", certs.ca];
   try {
     await withBed(async (bed) => {
       const target = await TestServer.start(lo.ip(3));
@@ -313,7 +312,7 @@ Deno.test("over TLS, the drop-in's permissions (the unit's, and reading the thre
       } finally {
         await target.close();
       }
-    }, { host, scheme: "https", extraArgs: [...serverTls, "--client-cert-auth"], clientOptions: tls });
+    }, clientCertOptions(host, certs));
   } finally {
     await Deno.remove(certs.dir, { recursive: true });
   }

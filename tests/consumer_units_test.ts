@@ -19,6 +19,8 @@ import { NGINX, NginxProcess } from "../testbed/nginx.ts";
 import {
   bundles,
   type Certs,
+  clientCertOptions,
+  enableAuth,
   EtcdCluster,
   EVENT_MS,
   execStart,
@@ -81,32 +83,10 @@ async function secureEtcd(): Promise<SecureEtcd> {
   const host = lo.etcdHost();
   const certs = await makeCerts([host]);
   const tls = { cacert: certs.ca, cert: certs.clientCert, key: certs.clientKey };
-  const cluster = await EtcdCluster.create(1, {
-    host,
-    scheme: "https",
-    extraArgs: [
-      ...["--cert-file", certs.serverCert, "--key-file", certs.serverKey, "--trusted-ca-file", certs.ca],
-      "--client-cert-auth",
-    ],
-    clientOptions: tls,
-  });
+  const cluster = await EtcdCluster.create(1, clientCertOptions(host, certs));
   await cluster.start();
   const endpoint = cluster.endpoints[0];
-  for (const args of [["user", "add", `root:${PASSWORD}`, "--interactive=false"], ["auth", "enable"]]) {
-    const out = await new Deno.Command("etcdctl", {
-      args: [
-        `--endpoints=${endpoint}`,
-        `--cacert=${certs.ca}`,
-        `--cert=${certs.clientCert}`,
-        `--key=${certs.clientKey}`,
-      ]
-        .concat(args),
-      env: { ETCDCTL_API: "3" },
-      stdout: "piped",
-      stderr: "piped",
-    }).output();
-    assert.ok(out.success, new TextDecoder().decode(out.stderr));
-  }
+  await enableAuth(endpoint, PASSWORD, certs);
   // each authentication costs etcd a bcrypt, slow on a loaded machine: a patient client
   const etcd = new Etcd({
     endpoints: [endpoint],

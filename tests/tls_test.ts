@@ -12,7 +12,8 @@ import assert from "node:assert/strict";
 import { Etcd } from "../lib/etcd.ts";
 import { instanceKey } from "../lib/record.ts";
 import {
-  type Certs,
+  clientCertOptions,
+  enableAuth,
   EtcdCluster,
   execStart,
   installed,
@@ -61,20 +62,6 @@ async function registry(
   return { code: status.code, stdout: p.stdout, stderr: p.stderr };
 }
 
-/** Adds user root with `password` and turns etcd's authentication on. */
-async function enableAuth(endpoint: string, password: string, certs?: Certs): Promise<void> {
-  const tls = certs ? [`--cacert=${certs.ca}`, `--cert=${certs.clientCert}`, `--key=${certs.clientKey}`] : [];
-  for (const args of [["user", "add", `root:${password}`, "--interactive=false"], ["auth", "enable"]]) {
-    const out = await new Deno.Command("etcdctl", {
-      args: [`--endpoints=${endpoint}`, ...tls, ...args],
-      env: { ETCDCTL_API: "3" },
-      stdout: "piped",
-      stderr: "piped",
-    }).output();
-    assert.ok(out.success, new TextDecoder().decode(out.stderr));
-  }
-}
-
 /** `registry: cannot read from etcd at <endpoint>: <reason>`, the endpoint with either scheme. */
 function cannotRead(endpoint: string): RegExp {
   const hostPort = new URL(endpoint).host.replaceAll(".", "\\.");
@@ -91,16 +78,7 @@ Deno.test("TLS with client certificates: the installed unit's drop-in and the re
   const root = await installed();
   const host = lo.etcdHost();
   const certs = await makeCerts([host]);
-  const tls = { cacert: certs.ca, cert: certs.clientCert, key: certs.clientKey };
-  const cluster = await EtcdCluster.create(1, {
-    host,
-    scheme: "https",
-    extraArgs: [
-      ...["--cert-file", certs.serverCert, "--key-file", certs.serverKey, "--trusted-ca-file", certs.ca],
-      "--client-cert-auth",
-    ],
-    clientOptions: tls,
-  });
+  const cluster = await EtcdCluster.create(1, clientCertOptions(host, certs));
   await cluster.start();
   const etcd = cluster.client();
   const endpoint = cluster.endpoints[0];
@@ -211,15 +189,7 @@ Deno.test("TLS and authentication together: the installed drop-in and the regist
   const host = lo.etcdHost();
   const certs = await makeCerts([host]);
   const tls = { cacert: certs.ca, cert: certs.clientCert, key: certs.clientKey };
-  const cluster = await EtcdCluster.create(1, {
-    host,
-    scheme: "https",
-    extraArgs: [
-      ...["--cert-file", certs.serverCert, "--key-file", certs.serverKey, "--trusted-ca-file", certs.ca],
-      "--client-cert-auth",
-    ],
-    clientOptions: tls,
-  });
+  const cluster = await EtcdCluster.create(1, clientCertOptions(host, certs));
   await cluster.start();
   const endpoint = cluster.endpoints[0];
   await enableAuth(endpoint, "s3cret", certs);
