@@ -10,7 +10,7 @@
  */
 import { Etcd, type EtcdOptions } from "../lib/etcd.ts";
 import type { Certs } from "./certs.ts";
-import { freePorts, Spawned, waitFor } from "./process.ts";
+import { freePorts, Restartable, waitFor } from "./process.ts";
 import { httpGet, httpRequest } from "./targets.ts";
 
 /** The deadline of a test's own etcd calls (see EtcdCluster.client). */
@@ -28,17 +28,7 @@ export async function currentRevision(etcd: Pick<Etcd, "list">): Promise<string>
   return (await etcd.list(NO_KEYS)).revision;
 }
 
-/** How much of a member's log is kept, across its restarts. */
-const LOG_CHARS = 20_000;
-
-/** One etcd member, started on its own ports and data directory; it may be stopped and started again. */
-export class EtcdMember {
-  /** The running process, or the last one (for its log). */
-  #proc?: Spawned;
-  #running = false;
-  /** What the runs before it printed. */
-  #earlier = "";
-
+export class EtcdMember extends Restartable {
   constructor(
     readonly name: string,
     readonly clientUrl: string,
@@ -46,27 +36,13 @@ export class EtcdMember {
     readonly dataDir: string,
     readonly cluster: string,
     readonly extraArgs: string[] = [],
-  ) {}
-
-  get pid(): number | undefined {
-    return this.#running ? this.#proc?.pid : undefined;
-  }
-
-  /** Started and not stopped here (an exit of its own does not count). */
-  get running(): boolean {
-    return this.#running;
-  }
-
-  /** What etcd printed (its log, the last 20,000 characters across runs), for failure messages. */
-  get log(): string {
-    return (this.#earlier + (this.#proc?.stderr ?? "")).slice(-LOG_CHARS);
+  ) {
+    super();
   }
 
   /** Starts the process (not waiting for it to answer). */
   start(clusterState = "new"): void {
-    if (this.#running) return;
-    this.#earlier = this.log;
-    this.#proc = new Spawned("etcd", [
+    this.spawn("etcd", [
       "--name",
       this.name,
       "--data-dir",
@@ -86,15 +62,12 @@ export class EtcdMember {
       "--initial-cluster-token",
       `secretary-test-${this.dataDir.slice(0, this.dataDir.lastIndexOf("/"))}`, // one token for the whole cluster
       ...this.extraArgs,
-    ], { stdout: "null", keepStderr: LOG_CHARS });
-    this.#running = true;
+    ]);
   }
 
   /** Stops the process with `signal` and waits for it to exit, however long that takes. */
-  async stop(signal: Deno.Signal = "SIGKILL"): Promise<void> {
-    if (!this.#running) return;
-    this.#running = false;
-    await this.#proc!.stop(signal, Infinity);
+  stop(signal: Deno.Signal = "SIGKILL"): Promise<void> {
+    return this.halt(signal);
   }
 }
 

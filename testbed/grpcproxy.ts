@@ -10,25 +10,18 @@
  */
 import { Etcd } from "../lib/etcd.ts";
 import { currentRevision } from "./etcd.ts";
-import { freePort, Spawned, waitFor } from "./process.ts";
-
-/** How much of the proxy's log is kept, across its restarts. */
-const LOG_CHARS = 20_000;
+import { freePort, Restartable, waitFor } from "./process.ts";
 
 /** One `etcd grpc-proxy start` process at a time. */
-export class GrpcProxy {
-  /** The running process, or the last one (for its log). */
-  #proc?: Spawned;
-  #running = false;
-  /** What the processes before it printed. */
-  #earlier = "";
-
+export class GrpcProxy extends Restartable {
   private constructor(
     readonly endpoints: string[],
     readonly host: string,
     readonly port: number,
     readonly dataDir: string,
-  ) {}
+  ) {
+    super();
+  }
 
   /**
    * Starts a proxy for `endpoints` (members' client URLs) on `host` (a port
@@ -52,23 +45,8 @@ export class GrpcProxy {
     return `http://${this.host}:${this.port}`;
   }
 
-  get pid(): number | undefined {
-    return this.#running ? this.#proc?.pid : undefined;
-  }
-
-  /** Started and not killed here (an exit of its own does not count). */
-  get running(): boolean {
-    return this.#running;
-  }
-
-  /** The tail of what the proxy printed (across restarts), for failure messages. */
-  get log(): string {
-    return (this.#earlier + (this.#proc?.stderr ?? "")).slice(-LOG_CHARS);
-  }
-
   async #start(): Promise<void> {
-    this.#earlier = this.log;
-    this.#proc = new Spawned("etcd", [
+    this.spawn("etcd", [
       "grpc-proxy",
       "start",
       // host:port, as the proxy's client takes them
@@ -76,8 +54,7 @@ export class GrpcProxy {
       `--listen-addr=${this.host}:${this.port}`,
       `--advertise-client-url=${this.host}:${this.port}`,
       `--data-dir=${this.dataDir}`,
-    ], { stdout: "null", keepStderr: LOG_CHARS });
-    this.#running = true;
+    ]);
     await waitFor(
       async () => {
         const etcd = new Etcd({ endpoints: [this.url], callTimeoutMs: 1000 });
@@ -97,10 +74,8 @@ export class GrpcProxy {
   }
 
   /** Kills the process (SIGKILL by default) and waits for it to exit, however long that takes. */
-  async kill(signal: Deno.Signal = "SIGKILL"): Promise<void> {
-    if (!this.#running) return;
-    this.#running = false;
-    await this.#proc!.stop(signal, Infinity);
+  kill(signal: Deno.Signal = "SIGKILL"): Promise<void> {
+    return this.halt(signal);
   }
 
   /** Starts a new process on the same address and port; waits until it answers. */

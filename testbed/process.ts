@@ -172,3 +172,47 @@ export class Spawned {
       : `PID ${this.pid} exited with code ${status.code}`;
   }
 }
+
+/** How much of a restartable process's log is kept, across its runs. */
+const RESTARTABLE_LOG_CHARS = 20_000;
+
+/**
+ * A process that is stopped and started again on the same ports (an etcd
+ * member, a gRPC proxy): the running one's pid, whether it was started and
+ * not stopped here (an exit of its own does not count), and its log across
+ * runs (the last 20,000 characters), for failure messages.
+ */
+export class Restartable {
+  /** The running process, or the last one (for its log). */
+  #proc?: Spawned;
+  #running = false;
+  /** What the runs before it printed. */
+  #earlier = "";
+
+  get pid(): number | undefined {
+    return this.#running ? this.#proc?.pid : undefined;
+  }
+
+  get running(): boolean {
+    return this.#running;
+  }
+
+  get log(): string {
+    return (this.#earlier + (this.#proc?.stderr ?? "")).slice(-RESTARTABLE_LOG_CHARS);
+  }
+
+  /** Starts `command` with `args` unless a run is going on (not waiting for it to answer). */
+  protected spawn(command: string, args: string[]): void {
+    if (this.#running) return;
+    this.#earlier = this.log;
+    this.#proc = new Spawned(command, args, { stdout: "null", keepStderr: RESTARTABLE_LOG_CHARS });
+    this.#running = true;
+  }
+
+  /** Stops the run with `signal` and waits for it to exit, however long that takes. */
+  protected async halt(signal: Deno.Signal): Promise<void> {
+    if (!this.#running) return;
+    this.#running = false;
+    await this.#proc!.stop(signal, Infinity);
+  }
+}
