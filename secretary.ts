@@ -15,7 +15,7 @@
  *
  * @module
  */
-import { readFileSync, statSync } from "node:fs";
+import { readFileSync } from "node:fs";
 import { hostname as osHostname } from "node:os";
 import { parseArgs } from "node:util";
 import {
@@ -29,54 +29,52 @@ import {
   parseCount,
   parseDuration,
   sleep,
+  stopSignals,
   UsageError,
   usageFrom,
 } from "./lib/cli.ts";
 import { createLog } from "./lib/log.ts";
 import { hasControl, oneLine, quote } from "./lib/text.ts";
 import { killRunningCommands, splitCommand } from "./lib/command.ts";
-import {
-  type CheckResult,
-  type CheckSpec,
-  describeCheck,
-  parseHeader,
-  parseStatusRange,
-  runCheck,
-} from "./lib/checks.ts";
-import { ConnectionWatch, greetingFor } from "./lib/connection-watch.ts";
+import { type CheckSpec, describeCheck, parseHeader, parseStatusRange, runCheck } from "./lib/checks.ts";
 import { Etcd, type EtcdOptions } from "./lib/etcd.ts";
-import { type Effects, EtcdRegistrar, type Registrar } from "./lib/registrar.ts";
+import {
+  Agent,
+  ask,
+  DEFAULT_SOCKET,
+  listen,
+  readState,
+  type Reply,
+  type Request,
+  stateFileFor,
+  UnreachableError,
+} from "./lib/agent.ts";
+import { type InstanceConfig, preflight, runInstance, SUSPECT_RECHECK_MS, targetOf } from "./lib/instance.ts";
+import { type Effects, EtcdRegistrar } from "./lib/registrar.ts";
 import { DEFAULT_PREFIX, normalizePrefix, parsePort, validateIpv4, validateService } from "./lib/record.ts";
 
-/** Everything the secretary needs to know, parsed and checked. */
-export interface Config {
-  port: number;
-  /** @default "apache" */
-  service: string;
-  ip: string;
-  hostname: string;
+// the check loop, where its tests and earlier importers look for it
+export {
+  afterCheck,
+  fastIntervalMs,
+  fileExists,
+  type Health,
+  INITIAL_HEALTH,
+  type LoopEffects,
+  type LoopState,
+  nextCheckDelayMs,
+  runChecks,
+  step,
+  SUSPECT_RECHECK_MS,
+} from "./lib/instance.ts";
+
+/** Everything the secretary needs to know, parsed and checked: the instance, and where and how its record is kept. */
+export interface Config extends InstanceConfig {
   etcd: EtcdOptions;
   /** @default "/services" */
   prefix: string;
-  /** @default http GET / passing on 200-399 */
-  check: CheckSpec;
-  /** @default 2000 */
-  intervalMs: number;
-  /** @default 1000 */
-  timeoutMs: number;
-  /** @default 2 */
-  rise: number;
-  /** @default 2 */
-  fall: number;
   /** @default 10 */
   ttlSeconds: number;
-  meta: Record<string, string>;
-  /** How long to wait after removing the record on SIGTERM before exiting. @default 0 */
-  drainMs: number;
-  /** While this file exists, the instance is deregistered whatever its checks say. */
-  maintenanceFile?: string;
-  /** Hold an idle connection to the instance while healthy, and check at once when it closes. @default true */
-  watchConnection: boolean;
 }
 
 /** The shortest lease TTL: below it, one slow keep-alive could drop a healthy record. */
@@ -101,8 +99,6 @@ export const RANGES = {
  * limit (1.5 MiB by default), so a put can never be refused for its size.
  */
 export const MAX_META_BYTES = 64 * 1024;
-/** The re-check interval after the watch connection closed, while checks fail other than refused (see afterCheck()). */
-export const SUSPECT_RECHECK_MS = 100;
 
 export const HELP = `Usage: secretary <port> [options]
 
@@ -151,7 +147,32 @@ Operator controls:
 ${CONNECTION_HELP}
 
 Durations take ms, s, m and h: 500ms, 2s, 1m. Exit status: 0 stopped by SIGTERM or
-SIGINT, 1 failed, 2 bad usage.`;
+SIGINT, 1 failed, 2 bad usage.
+
+Dense hosts: one secretary agent for the host, instances attached to it instead
+(secretary agent --help).`;
+
+export const AGENT_HELP = `Usage: secretary agent [--socket PATH] [--ttl DURATION] [etcd options]
+       secretary attach <port> [instance and check options] [--socket PATH]
+       secretary detach <port> [--service NAME] [--ip ADDR] [--socket PATH]
+       secretary attached [--socket PATH] [--json]
+
+One secretary for a whole host: the agent runs the checks and keeps the records
+of every instance attached to it, under one lease for the host.
+
+  agent      listens on the Unix socket --socket (default ${DEFAULT_SOCKET}, mode
+             0600) and keeps its state beside it. Takes --ttl (default 10s),
+             --prefix and the etcd options of secretary --help. SIGTERM stops it
+             keeping every record and the lease, for the next agent to adopt.
+  attach     hands one instance to the agent and returns once it is accepted. Takes
+             the instance and check options of secretary --help (--service, --ip,
+             --hostname, --meta, --check..., --interval, --rise, --fall, --drain,
+             --maintenance-file...), not --ttl, --prefix or the etcd options.
+  detach     removes the instance's record, waits its --drain, then returns.
+  attached   lists the attached instances: key, healthy, registered.
+
+Exit status: 0 done (agent: stopped by SIGTERM or SIGINT), 1 failed or the agent
+cannot be reached, 2 bad usage.`;
 
 /** Parses the command line. Returns "help" for --help; throws UsageError on bad input. */
 export function parseCli(
@@ -360,171 +381,286 @@ export function readVariable(text: string | undefined, name: string): string | u
 }
 
 // ---------------------------------------------------------------------------
-// The health state machine (pure)
+// One agent for the host: secretary agent, attach, detach, attached
 
-/** What the checks say so far: the settled verdict and how many results in a row disagree with it. */
-export interface Health {
-  healthy: boolean;
-  streak: number;
+/** The agent's flags, parsed and checked. */
+export interface AgentConfig {
+  socket: string;
+  etcd: EtcdOptions;
+  prefix: string;
+  ttlSeconds: number;
 }
 
-/** A new instance counts as unhealthy until `rise` checks pass. */
-export const INITIAL_HEALTH: Health = { healthy: false, streak: 0 };
+/** The flags that belong to the agent: attach refuses them. */
+const AGENT_ONLY_FLAGS = ["--ttl", "--prefix", "--endpoints", "--cacert", "--cert", "--key", "--user"];
 
-/** Applies one check result; `changed` is set when the verdict flips. */
-export function step(health: Health, passed: boolean, policy: { rise: number; fall: number }): {
-  health: Health;
-  changed: boolean;
-} {
-  if (passed === health.healthy) return { health: { healthy: passed, streak: 0 }, changed: false };
-  const streak = health.streak + 1;
-  if (streak >= (passed ? policy.rise : policy.fall)) return { health: { healthy: passed, streak: 0 }, changed: true };
-  return { health: { healthy: health.healthy, streak }, changed: false };
-}
+/** The longest Unix socket path (sun_path holds 108 bytes, its last a NUL). */
+const MAX_SOCKET_PATH_BYTES = 107;
 
-/**
- * The time from one check's start to the next. While results disagree with
- * the verdict the next check comes sooner, so a dead instance goes in about
- * one interval while a single blip removes nothing.
- */
-export function nextCheckDelayMs(health: Health, intervalMs: number): number {
-  return health.streak > 0 ? fastIntervalMs(intervalMs) : intervalMs;
-}
-
-/** What the check loop carries from one check to the next: the verdict so far, and whether a death is suspected. */
-export interface LoopState {
-  health: Health;
-  /** The watch connection closed (the kernel closes a dead process's sockets) and the verdict is not in yet. */
-  suspect: boolean;
-}
-
-/**
- * After one check (pure): the new health, whether the verdict flipped, whether
- * a death is still suspected, and the time from this check's start to the
- * next. A suspicion ends when a check passes (the close was not a death) or
- * when the verdict is unhealthy. While it lasts, a refused check (the
- * connection refused, or reset before any answer: no blip, the kernel
- * answering for a process that is gone or going; CheckResult.refused) is
- * followed by the next at once, so `fall` refusals in a row take a
- * millisecond or two rather than fall - 1 waits; any other failure (a
- * timeout, a hung or blackholed instance, an HTTP error) waits
- * SUSPECT_RECHECK_MS, and without a suspicion the cadence is
- * nextCheckDelayMs(). `fall` counts checks either way: the close itself is
- * never counted.
- */
-export function afterCheck(
-  state: LoopState,
-  result: Pick<CheckResult, "passed" | "refused">,
-  policy: { rise: number; fall: number; intervalMs: number },
-): LoopState & { changed: boolean; delayMs: number } {
-  const { health, changed } = step(state.health, result.passed, policy);
-  const suspect = state.suspect && !result.passed && health.healthy;
-  const delayMs = !suspect ? nextCheckDelayMs(health, policy.intervalMs) : result.refused ? 0 : SUSPECT_RECHECK_MS;
-  return { health, suspect, changed, delayMs };
-}
-
-/** The quick re-check interval: an eighth of the interval, from 50 to 500 ms. */
-export function fastIntervalMs(intervalMs: number): number {
-  return Math.min(500, Math.max(50, Math.round(intervalMs / 8)));
-}
-
-// ---------------------------------------------------------------------------
-// The check loop
-
-/** What the check loop needs besides the check: the registrar's effects, and whether maintenance is on. */
-export interface LoopEffects extends Effects {
-  /** The reason the instance is in maintenance (e.g. the file that says so), or undefined. */
-  maintenance?(): string | undefined;
-  /** Makes the connection watch, which calls `onLost` when its idle connection to the instance closes. */
-  watch?(onLost: (reason: string) => void): Pick<ConnectionWatch, "arm" | "disarm">;
-}
-
-/**
- * Runs checks until `signal` aborts, telling `registrar` what the verdict
- * wants: registered while healthy and not in maintenance. Checks keep running
- * and logging during maintenance, so the verdict is current when it ends.
- *
- * While the instance is healthy the connection watch holds an idle
- * connection to it. When that closes, the next check runs at once, and while
- * checks then fail they come at once if refused, else every
- * SUSPECT_RECHECK_MS, until `fall` is reached or one passes (a close that was
- * not a death costs that one check): see afterCheck(). The registrar is told
- * before anything is logged. `first` is a result already in hand, used in
- * place of the first check.
- */
-export async function runChecks(
-  config: Pick<Config, "intervalMs" | "rise" | "fall">,
-  check: () => Promise<CheckResult>,
-  registrar: Registrar,
-  effects: LoopEffects,
-  signal: AbortSignal,
-  first?: CheckResult,
-): Promise<void> {
-  let health = INITIAL_HEALTH;
-  let lastReason = "";
-  let maintenance: string | undefined;
-  let wanted = false;
-  let suspect = false; // the watch connection closed: checks come quickly until the verdict is clear
-  let wake = new AbortController();
-  const watch = effects.watch?.((reason) => {
-    suspect = true;
-    wake.abort(); // before the log line: the check is what matters now
-    effects.log("debug", "watch connection closed", { reason, next: "checking now" });
-  });
-  while (!signal.aborted) {
-    const started = effects.now();
-    wake = new AbortController();
-    const result = first ?? await check();
-    first = undefined;
-    if (signal.aborted) break;
-    const next = afterCheck({ health, suspect }, result, config);
-    const { changed, delayMs } = next;
-    health = next.health;
-    suspect = next.suspect;
-    if (result.passed) registrar.report(result.status);
-    const nowMaintenance = effects.maintenance?.();
-    const want = health.healthy && nowMaintenance === undefined;
-    if (want !== wanted) {
-      const reason = nowMaintenance ??
-        (changed ? (health.healthy ? `${config.rise} checks passed` : result.reason) : "maintenance over");
-      registrar.want(want, reason); // first: the registrar's write starts before any log line is written
-    }
-    if (result.reason !== lastReason && (!result.passed || lastReason !== "")) {
-      effects.log(result.passed ? "info" : "warning", result.passed ? "check passed" : "check failed", {
-        reason: result.reason,
-      });
-    }
-    lastReason = result.reason;
-    if (nowMaintenance !== maintenance) {
-      effects.log("notice", nowMaintenance ? "maintenance started" : "maintenance ended", {
-        reason: nowMaintenance ?? maintenance,
-        healthy: health.healthy,
-      });
-    }
-    maintenance = nowMaintenance;
-    wanted = want;
-    if (health.healthy && !suspect) watch?.arm();
-    else if (!health.healthy) watch?.disarm();
-    if (delayMs === 0) continue; // a refusal while a death is suspected: check again now, not after a timer
-    const elapsed = effects.now() - started;
-    await effects.sleep(Math.max(0, delayMs - elapsed), AbortSignal.any([signal, wake.signal]));
+function parseSocket(text: string | undefined): string {
+  const path = text ?? DEFAULT_SOCKET;
+  if (
+    !path.startsWith("/") || path.endsWith("/") || hasControl(path) || Buffer.byteLength(path) > MAX_SOCKET_PATH_BYTES
+  ) {
+    throw new UsageError(
+      `Cannot use --socket ${quote(path)}: expected an absolute file path of at most ${MAX_SOCKET_PATH_BYTES} bytes`,
+    );
   }
-  watch?.disarm();
+  return path;
+}
+
+/** Parses `secretary agent`'s flags (after "agent"). */
+export function parseAgentCli(args: readonly string[], env: Env): AgentConfig | "help" {
+  const { values, positionals } = parseArgs({
+    args: [...args],
+    allowPositionals: true,
+    options: { ...CONNECTION_OPTIONS, socket: { type: "string" }, ttl: { type: "string", default: "10s" } },
+  });
+  if (values.help) return "help";
+  if (positionals.length > 0) {
+    throw new UsageError(`Cannot use arguments ${quote(positionals.join(" "))}: expected only flags after agent`);
+  }
+  const ttlMs = parseDuration(values.ttl, "--ttl", RANGES.ttl);
+  if (ttlMs % 1000 !== 0) throw new UsageError(`Cannot use --ttl ${quote(values.ttl)}: expected whole seconds`);
+  return {
+    socket: parseSocket(values.socket),
+    etcd: parseConnection(values, env),
+    prefix: asUsage(() => normalizePrefix(values.prefix ?? DEFAULT_PREFIX)),
+    ttlSeconds: ttlMs / 1000,
+  };
+}
+
+/** Takes `--socket PATH` (or `--socket=PATH`) out of `args`: the socket, and the rest. */
+function takeSocket(args: readonly string[]): { socket: string; rest: string[] } {
+  const rest: string[] = [];
+  let socket: string | undefined;
+  for (let i = 0; i < args.length; i++) {
+    if (args[i] === "--socket") {
+      if (i + 1 >= args.length) throw new UsageError("Missing a value for --socket: expected --socket PATH");
+      socket = args[++i];
+    } else if (args[i].startsWith("--socket=")) socket = args[i].slice("--socket=".length);
+    else rest.push(args[i]);
+  }
+  return { socket: parseSocket(socket), rest };
 }
 
 /**
- * Whether the maintenance file exists. Errors other than "not there" (deno
- * without --allow-read for it, a directory that cannot be searched) throw:
- * a maintenance switch that silently reads as off is worse than none.
+ * Parses an attached instance's flags: the sidekick's parser, refusing the
+ * agent's own flags. The agent parses what attach sends it with this too.
  */
-export function fileExists(path: string): boolean {
+export function parseInstanceCli(
+  args: readonly string[],
+  env: Env,
+  sources: Parameters<typeof parseCli>[2] = {},
+): InstanceConfig | "help" {
+  for (const arg of args) {
+    const flag = arg.split("=")[0];
+    if (AGENT_ONLY_FLAGS.includes(flag)) {
+      throw new UsageError(`Cannot use ${flag} with attach: expected it on the agent (secretary agent ${flag} ...)`);
+    }
+  }
+  // the environment for --ip's default only: the etcd variables are the agent's
+  return parseCli(args, { COREOS_PUBLIC_IPV4: env.COREOS_PUBLIC_IPV4 }, sources);
+}
+
+/** Parses `secretary attach`'s arguments: the socket, the instance, and the arguments the agent gets (its address and hostname made explicit). */
+export function parseAttachCli(
+  args: readonly string[],
+  env: Env,
+  sources: Parameters<typeof parseCli>[2] = {},
+): { socket: string; cfg: InstanceConfig; args: string[] } | "help" {
+  const { socket, rest } = takeSocket(args);
+  const cfg = parseInstanceCli(rest, env, sources);
+  if (cfg === "help") return "help";
+  const given = (flag: string) => rest.some((a) => a === flag || a.startsWith(`${flag}=`));
+  return {
+    socket,
+    cfg,
+    args: [
+      ...rest,
+      ...(given("--ip") ? [] : ["--ip", cfg.ip]),
+      ...(given("--hostname") ? [] : ["--hostname", cfg.hostname]),
+    ],
+  };
+}
+
+/** Parses `secretary detach`'s arguments. */
+export function parseDetachCli(
+  args: readonly string[],
+): { socket: string; request: Extract<Request, { op: "detach" }> } | "help" {
+  const { values, positionals } = parseArgs({
+    args: [...args],
+    allowPositionals: true,
+    options: {
+      socket: { type: "string" },
+      service: { type: "string" },
+      ip: { type: "string" },
+      help: { type: "boolean", short: "h" },
+    },
+  });
+  if (values.help) return "help";
+  if (positionals.length !== 1) {
+    throw new UsageError(
+      positionals.length === 0
+        ? "Missing <port>: expected the instance's port, e.g. secretary detach 8080"
+        : `Cannot use arguments ${quote(positionals.slice(1).join(" "))}: expected only <port>`,
+    );
+  }
+  const port = asUsage(() => parsePort(positionals[0]));
+  const service = values.service === undefined ? undefined : asUsage(() => validateService(values.service!));
+  const ip = values.ip === undefined ? undefined : asUsage(() => validateIpv4(values.ip!));
+  return {
+    socket: parseSocket(values.socket),
+    request: { op: "detach", port, ...(service ? { service } : {}), ...(ip ? { ip } : {}) },
+  };
+}
+
+/** Parses `secretary attached`'s arguments. */
+export function parseAttachedCli(args: readonly string[]): { socket: string; json: boolean } | "help" {
+  const { values, positionals } = parseArgs({
+    args: [...args],
+    allowPositionals: true,
+    options: { socket: { type: "string" }, json: { type: "boolean" }, help: { type: "boolean", short: "h" } },
+  });
+  if (values.help) return "help";
+  if (positionals.length > 0) {
+    throw new UsageError(`Cannot use arguments ${quote(positionals.join(" "))}: expected only flags after attached`);
+  }
+  return { socket: parseSocket(values.socket), json: values.json ?? false };
+}
+
+/** The sources of --ip's and --hostname's defaults on this machine. */
+const machine = {
+  environmentFile: () => readOptional("/etc/environment"),
+  hostname: () => {
+    try {
+      return osHostname();
+    } catch {
+      return undefined; // no --allow-sys=hostname under deno
+    }
+  },
+};
+
+/** Runs `parse`; a usage error is written as one line and becomes exit status 2. */
+function parsed<T>(parse: () => T): T | number {
   try {
-    statSync(path);
-    return true;
+    return parse();
   } catch (err) {
-    const code = (err as { code?: string }).code;
-    if (code === "ENOENT" || code === "ENOTDIR") return false;
+    const usage = usageFrom(err, "secretary");
+    if (usage instanceof UsageError) {
+      process.stderr.write(`secretary: ${usage.message}\n`);
+      return 2;
+    }
     throw err;
+  }
+}
+
+/** secretary agent: serves attach and detach on the socket until SIGTERM or SIGINT, which keeps every record. */
+async function agentMain(args: string[]): Promise<number> {
+  const env = process.env as Env;
+  const cfg = parsed(() => parseAgentCli(args, env));
+  if (typeof cfg === "number") return cfg;
+  if (cfg === "help") {
+    process.stdout.write(`${AGENT_HELP}\n`);
+    return 0;
+  }
+  const log = createLog(env);
+  const stateFile = stateFileFor(cfg.socket);
+  const agent = new Agent(
+    {
+      etcd: new Etcd(cfg.etcd),
+      effects: { now: Date.now, sleep, random: Math.random, log },
+      prefix: cfg.prefix,
+      ttlSeconds: cfg.ttlSeconds,
+      stateFile,
+      parse: (a) => {
+        const instance = parseInstanceCli(a, {});
+        if (instance === "help") throw new UsageError("Cannot use --help in an attach request");
+        return instance;
+      },
+    },
+    readState(stateFile, log),
+  );
+  const stop = stopSignals();
+  let server;
+  try {
+    server = await listen(cfg.socket, (request) => agent.handle(request));
+  } catch (err) {
+    process.stderr.write(`secretary: ${oneLine((err as Error).message, 300)}\n`);
+    return 1;
+  }
+  const instances = agent.start();
+  log("notice", "agent started", {
+    socket: cfg.socket,
+    ttl: cfg.ttlSeconds,
+    endpoints: cfg.etcd.endpoints.join(","),
+    instances,
+    lease: agent.adopting,
+  });
+  await new Promise<void>((resolve) => stop.first.addEventListener("abort", () => resolve()));
+  server.close();
+  const attached = agent.list().length;
+  await agent.stop();
+  log("notice", "agent stopped", {
+    signal: stop.first.reason,
+    lease: agent.lease,
+    instances: attached,
+    kept: "lease and records",
+  });
+  return 0;
+}
+
+/** Writes a reply's note or error; its exit status. */
+function replied(reply: Reply): number {
+  if (reply.ok) {
+    if (reply.note) process.stderr.write(`secretary: ${oneLine(reply.note, 300)}\n`);
+    return 0;
+  }
+  process.stderr.write(`secretary: ${oneLine(reply.error ?? "refused", 300)}\n`);
+  return reply.usage ? 2 : 1;
+}
+
+/** secretary attach, detach and attached: one request to the agent. */
+async function clientMain(command: "attach" | "detach" | "attached", args: string[]): Promise<number> {
+  const env = process.env as Env;
+  const given = parsed(() =>
+    command === "attach"
+      ? parseAttachCli(args, env, machine)
+      : command === "detach"
+      ? parseDetachCli(args)
+      : parseAttachedCli(args)
+  );
+  if (typeof given === "number") return given;
+  if (given === "help") {
+    process.stdout.write(`${AGENT_HELP}\n`);
+    return 0;
+  }
+  try {
+    if ("cfg" in given) {
+      // the agent answers once the instance is accepted: after the first check, for an exec check
+      return replied(await ask(given.socket, { op: "attach", args: given.args }, given.cfg.timeoutMs + 30_000));
+    }
+    if ("request" in given) {
+      // the agent answers after the record's delete and the instance's drain (at most an hour)
+      return replied(await ask(given.socket, given.request, RANGES.drain.maxMs + 60_000));
+    }
+    const reply = await ask(given.socket, { op: "list" }, 30_000);
+    if (!reply.ok) return replied(reply);
+    const instances = reply.instances ?? [];
+    process.stdout.write(
+      given.json
+        ? `${JSON.stringify(instances)}\n`
+        : instances.map((i) =>
+          `${i.key} ${i.healthy ? "healthy" : "unhealthy"} ${i.registered ? "registered" : "unregistered"}${
+            i.leaving ? " leaving" : ""
+          }\n`
+        ).join(""),
+    );
+    return 0;
+  } catch (err) {
+    if (!(err instanceof UnreachableError)) throw err;
+    process.stderr.write(`secretary: ${oneLine(err.message, 300)}\n`);
+    return 1;
   }
 }
 
@@ -570,9 +706,8 @@ async function main(args: string[]): Promise<number> {
   // a check in flight dies with its children when the secretary stops, not after it
   stop.signal.addEventListener("abort", killRunningCommands);
   const stopped = new Promise<void>((resolve) => stop.signal.addEventListener("abort", () => resolve()));
-  const target = { ip: cfg.ip, port: cfg.port, service: cfg.service, timeoutMs: cfg.timeoutMs };
   // nothing is logged or sent to etcd (not even a lease) before the first check shows the command can run at all
-  const first = await Promise.race([runCheck(cfg.check, target), stopped]);
+  const first = await Promise.race([runCheck(cfg.check, targetOf(cfg)), stopped]);
   if (first?.fatal) {
     const command = cfg.check.kind === "exec" ? cfg.check.argv.join(" ") : "";
     process.stderr.write(`secretary: Cannot use --command ${quote(command)}: ${first.reason}\n`);
@@ -595,21 +730,7 @@ async function main(args: string[]): Promise<number> {
     maintenance_file: cfg.maintenanceFile,
     watch_connection: cfg.watchConnection,
   });
-  const file = cfg.maintenanceFile;
-  const checks = runChecks(
-    cfg,
-    () => runCheck(cfg.check, target),
-    registrar,
-    {
-      ...effects,
-      maintenance: file ? () => (fileExists(file) ? `maintenance file ${file} exists` : undefined) : undefined,
-      watch: cfg.watchConnection
-        ? (onLost) => new ConnectionWatch(cfg.ip, cfg.port, cfg.intervalMs, onLost, greetingFor(cfg.check.kind))
-        : undefined,
-    },
-    stop.signal,
-    first,
-  );
+  const checks = runInstance(cfg, registrar, effects, stop.signal, first);
   const reconciling = registrar.run(stop.signal);
   // either loop throwing (say, the maintenance file's folder losing its permissions) ends the secretary: one line, exit 1
   const failed = new Promise<Error>((resolve) => {
@@ -642,28 +763,6 @@ async function main(args: string[]): Promise<number> {
   return 0;
 }
 
-/**
- * What must hold before anything else happens: the maintenance file can be
- * looked for, and deno lets an exec check kill its command's process group.
- * (That the command can start at all is shown by the first check.) Returns
- * the one-line refusal, or undefined.
- */
-function preflight(cfg: Config): string | undefined {
-  if (cfg.maintenanceFile) {
-    try {
-      fileExists(cfg.maintenanceFile);
-    } catch (err) {
-      return `Cannot use --maintenance-file ${quote(cfg.maintenanceFile)}: ${oneLine((err as Error).message)}`;
-    }
-  }
-  if (cfg.check.kind !== "exec") return undefined;
-  const deno = (globalThis as { Deno?: typeof Deno }).Deno;
-  if (deno && deno.permissions.querySync({ name: "run" }).state !== "granted") {
-    return "Cannot use --check exec: expected deno's --allow-run without a list (the command's process group is killed as one)";
-  }
-  return undefined;
-}
-
 function readOptional(path: string): string | undefined {
   try {
     return readFileSync(path, "utf8");
@@ -672,8 +771,16 @@ function readOptional(path: string): string | undefined {
   }
 }
 
+/** The command: `secretary <port>` (the sidekick), or one of the agent's. */
+function dispatch(args: string[]): Promise<number> {
+  const [command, ...rest] = args;
+  if (command === "agent") return agentMain(rest);
+  if (command === "attach" || command === "detach" || command === "attached") return clientMain(command, rest);
+  return main(args);
+}
+
 if (import.meta.main) {
-  main(process.argv.slice(2)).then(
+  dispatch(process.argv.slice(2)).then(
     exitWhenFlushed,
     (err) => {
       process.stderr.write(`secretary: ${err instanceof Error ? err.message : String(err)}\n`);

@@ -49,14 +49,41 @@ export type EtcdClient = Pick<
   | "close"
 >;
 
+/**
+ * The agent's one lease for the host, as an instance's registrar sees it:
+ * the lease its record goes under (undefined while being granted), and the
+ * host's earlier leases (lost, maybe still holding records it takes over).
+ */
+export interface HostLease {
+  readonly lease: string | undefined;
+  readonly staleLeases: readonly string[];
+}
+
 /** What the registrar needs to know: the instance, where its record goes, and its timing. */
 export interface RegistrarOptions {
   prefix: string;
-  /** The record's fixed fields; `registered_at` and `status` are the registrar's. */
-  instance: Omit<ServiceRecord, "registered_at" | "status">;
+  /**
+   * The record's fixed fields; `registered_at` and `status` are the
+   * registrar's. None for the agent's host lease: a registrar that only
+   * grants and keeps alive its lease.
+   */
+  instance?: Omit<ServiceRecord, "registered_at" | "status">;
   ttlSeconds: number;
   /** The check interval: how often a record held by another lease is read again. */
   intervalMs: number;
+  /**
+   * The agent's host lease: the record goes under it, and this registrar
+   * grants, keeps alive and revokes no lease of its own (nor, taking a record
+   * over, the lease it took it from: other records may be on it).
+   */
+  hostLease?: HostLease;
+  /** An instance adopted by a restarted agent: whether its record was held (to be read back) and wanted. */
+  adopt?: { registered: boolean; desired: boolean };
+  /** A host lease: the lease to adopt (kept alive at once, which says whether it lives) and earlier ones of the host. */
+  lease?: string;
+  staleLeases?: string[];
+  /** A host lease: called when the lease changes (granted, lost). */
+  onLease?(): void;
 }
 
 /** Who holds the record at our key, as far as the registrar knows. */
@@ -92,6 +119,8 @@ export interface Known {
   /** The record was ours and went missing (deleted by hand): the next put restores it. */
   restoring: boolean;
   stopping: boolean;
+  /** The lease is the agent's host lease, kept by another registrar: no lease actions here. */
+  shared: boolean;
 }
 
 /** The next thing to do. */
@@ -124,6 +153,7 @@ export function initialKnown(): Known {
     holding: { kind: "none" },
     restoring: false,
     stopping: false,
+    shared: false,
   };
 }
 
@@ -144,18 +174,25 @@ export function isOrphaned(lease: { ttlSeconds: number; grantedSeconds: number }
  * alive, and read back about once a TTL (every interval while another lease
  * holds it); its status is rewritten when it changes. While not wanted, it is
  * deleted if ours. Otherwise: wait until the next keep-alive or read is due.
+ * With a shared lease (the agent's), the lease actions are the host lease's
+ * registrar's: this one waits while there is no lease, and otherwise only
+ * for its next read.
  */
 export function plan(known: Known, nowMs: number, timing: { ttlSeconds: number; intervalMs: number }): Action {
   const ttlMs = timing.ttlSeconds * 1000;
   const { lease, holding } = known;
   if (known.stopping) return { kind: "wait", ms: Infinity };
-  if (lease && nowMs - known.lastKeepAliveOkMs > ttlMs) {
-    const seconds = Math.round((nowMs - known.lastKeepAliveOkMs) / 1000);
-    return { kind: "lose lease", reason: `no keep-alive answered for ${seconds}s` };
+  if (known.shared) {
+    if (!lease) return { kind: "wait", ms: Infinity }; // woken when the host's lease is granted
+  } else {
+    if (lease && nowMs - known.lastKeepAliveOkMs > ttlMs) {
+      const seconds = Math.round((nowMs - known.lastKeepAliveOkMs) / 1000);
+      return { kind: "lose lease", reason: `no keep-alive answered for ${seconds}s` };
+    }
+    if (!lease) return { kind: "grant" };
+    if (known.sweepStale) return { kind: "sweep stale" };
+    if (nowMs - known.lastKeepAliveSentMs >= ttlMs / 3) return { kind: "keep alive" };
   }
-  if (!lease) return { kind: "grant" };
-  if (known.sweepStale) return { kind: "sweep stale" };
-  if (nowMs - known.lastKeepAliveSentMs >= ttlMs / 3) return { kind: "keep alive" };
   // a record held by another lease is read every interval, so ours follows soon after it goes
   const verifyEveryMs = holding.kind === "other" ? timing.intervalMs : ttlMs;
   if (known.desired) {
@@ -175,7 +212,7 @@ export function plan(known: Known, nowMs: number, timing: { ttlSeconds: number; 
   } else if (holding.kind === "other") {
     return { kind: "forget" }; // another secretary's record: not ours to delete
   }
-  let waitMs = ttlMs / 3 - (nowMs - known.lastKeepAliveSentMs);
+  let waitMs = known.shared ? Infinity : ttlMs / 3 - (nowMs - known.lastKeepAliveSentMs);
   if (known.desired) waitMs = Math.min(waitMs, verifyEveryMs - (nowMs - known.lastVerifiedMs));
   return { kind: "wait", ms: Math.max(0, Math.ceil(waitMs)) };
 }
@@ -213,6 +250,8 @@ const FAILURE_LOG_EVERY_MS = 10_000;
  * etcd answered, and logs the events (`registered`, `deregistered`, `lease
  * lost`, `record taken over`, …). `reconcile()` runs actions until plan()
  * says wait; `run()` reconciles until stopped; `stop()` revokes every lease.
+ * In the agent, one registrar without an instance keeps the host's lease,
+ * and each instance's registrar puts its record under it (`hostLease`).
  */
 export class EtcdRegistrar implements Registrar {
   readonly key: string;
@@ -225,14 +264,29 @@ export class EtcdRegistrar implements Registrar {
   #failures = 0;
   #lastFailureLogMs = 0;
   #wake: () => void = () => {};
+  /** release() callers waiting for the record to go. */
+  #releasing: (() => void)[] = [];
 
   constructor(
     readonly options: RegistrarOptions,
     readonly client: EtcdClient,
     readonly effects: Effects,
   ) {
-    const { service, ipv4_addr, port } = options.instance;
-    this.key = instanceKey(options.prefix, service, ipv4_addr, port);
+    const known = this.#known;
+    const instance = options.instance;
+    this.key = instance ? instanceKey(options.prefix, instance.service, instance.ipv4_addr, instance.port) : "";
+    known.shared = options.hostLease !== undefined;
+    known.staleLeases = [...(options.staleLeases ?? [])];
+    if (options.lease) {
+      known.lease = options.lease;
+      known.lastKeepAliveOkMs = effects.now(); // kept alive at once: that says whether it still lives
+    }
+    if (options.adopt) {
+      known.desired = options.adopt.desired;
+      known.reason = "adopted";
+      if (options.adopt.registered) known.holding = { kind: "ours" }; // read back at once (lastVerifiedMs 0)
+    }
+    this.#syncLease();
   }
 
   /** Whether the record is registered under this process's lease, as far as it knows. */
@@ -243,6 +297,39 @@ export class EtcdRegistrar implements Registrar {
   /** Whether the record may be listed: registered, or wanted (a put may be in flight). */
   get mayBeListed(): boolean {
     return this.registered || this.#known.desired;
+  }
+
+  /** Whether the checks want the record. */
+  get desired(): boolean {
+    return this.#known.desired;
+  }
+
+  /** The lease this registrar keeps (a host lease's registrar), or puts its record under. */
+  get lease(): string | undefined {
+    return this.#known.lease;
+  }
+
+  /** Earlier leases of this process (for the host lease: of the host). */
+  get staleLeases(): readonly string[] {
+    return this.#known.staleLeases;
+  }
+
+  /** Looks at the host's lease again now (it changed). */
+  nudge(): void {
+    this.#wake();
+  }
+
+  /**
+   * With a shared lease: no longer wants the record, and resolves once it is
+   * gone (deleted while under the host's lease, or found gone or another's).
+   * run() keeps trying while etcd fails; stop it after.
+   */
+  release(reason: string): Promise<void> {
+    this.want(false, reason);
+    return new Promise((resolve) => {
+      this.#releasing.push(resolve);
+      this.#wake();
+    });
   }
 
   want(registered: boolean, reason: string): void {
@@ -263,6 +350,9 @@ export class EtcdRegistrar implements Registrar {
   async run(signal: AbortSignal): Promise<void> {
     while (!signal.aborted) {
       const waitMs = await this.reconcile();
+      if (!this.#known.desired && this.#known.holding.kind !== "ours" && this.#releasing.length > 0) {
+        for (const resolve of this.#releasing.splice(0)) resolve();
+      }
       const wake = new AbortController();
       this.#wake = () => wake.abort();
       await this.effects.sleep(waitMs, AbortSignal.any([signal, wake.signal]));
@@ -273,6 +363,10 @@ export class EtcdRegistrar implements Registrar {
   async stop(): Promise<boolean> {
     const known = this.#known;
     known.stopping = true;
+    if (known.shared) {
+      this.#wake(); // the host's lease is not this registrar's to revoke, nor the client its to close
+      return false;
+    }
     // a grant in doubt too: its answer may have been lost, and the lease made
     const leases = [
       ...known.staleLeases,
@@ -298,12 +392,13 @@ export class EtcdRegistrar implements Registrar {
   /** Performs actions until plan() says wait; returns how long to wait (a backoff after a failure). */
   async reconcile(): Promise<number> {
     for (;;) {
+      this.#syncLease();
       const action = plan(this.#known, this.effects.now(), this.options);
       if (action.kind === "wait") return action.ms;
       try {
         const called = await this.#perform(action);
         if (called && this.#failures > 0) {
-          this.effects.log("notice", "etcd answered", { key: this.key, failures: this.#failures });
+          this.effects.log("notice", "etcd answered", { key: this.key || undefined, failures: this.#failures });
           this.#failures = 0;
         }
       } catch (err) {
@@ -343,8 +438,10 @@ export class EtcdRegistrar implements Registrar {
         known.lastKeepAliveOkMs = known.lastKeepAliveSentMs = now();
         // granted some time ago: keep it alive now, which also says whether it still lives
         if (earlier) known.lastKeepAliveSentMs = 0;
-        known.sweepStale = known.staleLeases.length > 0;
+        // the host's earlier leases are never swept: records on them are taken over one by one, or expire with them
+        known.sweepStale = known.staleLeases.length > 0 && this.options.instance !== undefined;
         log("info", "lease granted", { lease, ttl: this.options.ttlSeconds, earlier: earlier || undefined });
+        this.options.onLease?.();
         return true;
       }
       case "sweep stale": {
@@ -401,8 +498,8 @@ export class EtcdRegistrar implements Registrar {
         known.staleLeases = known.staleLeases.filter((l) => l !== action.from);
         if (!ours) log("notice", "record taken over", { key, other_lease: action.from, reason: action.reason });
         this.#registered(written);
-        // it holds nothing now ("0" is no lease)
-        if (action.from !== "0") await this.client.revokeLease(action.from).catch(() => {});
+        // it holds nothing now ("0" is no lease); a host's lease may hold other records
+        if (action.from !== "0" && !known.shared) await this.client.revokeLease(action.from).catch(() => {});
         return true;
       }
       case "verify": {
@@ -467,7 +564,7 @@ export class EtcdRegistrar implements Registrar {
   /** The record as this registrar writes it: the instance, when it registered, the last status reported. */
   #value(): string {
     return encodeRecord({
-      ...this.options.instance,
+      ...this.options.instance!,
       registered_at: this.#registeredAt,
       ...(this.#statusValue ? { status: this.#statusValue } : {}),
     });
@@ -479,6 +576,19 @@ export class EtcdRegistrar implements Registrar {
     if (known.lease) known.staleLeases.push(known.lease);
     known.lease = undefined;
     known.holding = { kind: "none" };
+    this.options.onLease?.();
+  }
+
+  /** With a shared lease: follows the host's lease; a record held under the one before must be put (or taken over) again. */
+  #syncLease(): void {
+    const host = this.options.hostLease;
+    if (!host) return;
+    const known = this.#known;
+    if (host.lease !== known.lease) {
+      if (known.lease !== undefined && known.holding.kind === "ours") known.holding = { kind: "none" };
+      known.lease = host.lease;
+    }
+    known.staleLeases = [...host.staleLeases];
   }
 
   #failed(err: unknown): number {
@@ -489,7 +599,11 @@ export class EtcdRegistrar implements Registrar {
     this.#failures++;
     if (this.#failures === 1 || now() - this.#lastFailureLogMs >= FAILURE_LOG_EVERY_MS) {
       this.#lastFailureLogMs = now();
-      log("warning", "etcd call failed", { key: this.key, failures: this.#failures, reason: describeError(err) });
+      log("warning", "etcd call failed", {
+        key: this.key || undefined,
+        failures: this.#failures,
+        reason: describeError(err),
+      });
     }
     const overloaded = known.granting !== undefined && isDeadlineError(err);
     return backoffMs(this.#failures, isNetworkError(err), random(), overloaded);
