@@ -432,6 +432,39 @@ Deno.test("plan() picks the next action from what is known, the time and the wan
   for (const [what, known, now, action] of rows) assert.deepEqual(plan(known, now, TIMING), action, what);
 });
 
+Deno.test("plan() with the agent's shared host lease: no lease action of its own, the record's actions as before", () => {
+  const shared = (overrides: Partial<Known> = {}) => healthy({ shared: true, ...overrides });
+  const rows: [string, Known, number, Action][] = [
+    ["no host lease yet: wait to be woken, never grant", { ...initialKnown(), shared: true }, NOW, {
+      kind: "wait",
+      ms: Infinity,
+    }],
+    ["wanted, no host lease yet: wait, never put", shared({ lease: undefined, holding: { kind: "none" } }), NOW, {
+      kind: "wait",
+      ms: Infinity,
+    }],
+    ["a third of the TTL since a keep-alive: not this registrar's to send", shared(), NOW + 3334, {
+      kind: "wait",
+      ms: 6666,
+    }],
+    ["no keep-alive answered for a TTL: not this registrar's to lose", shared(), NOW + 10_001, { kind: "verify" }],
+    ["wanted, not held: put under the host lease", shared({ holding: { kind: "none" } }), NOW, { kind: "put" }],
+    [
+      "wanted, held by an earlier lease of the host: take over",
+      shared({ staleLeases: ["3"], holding: { kind: "other", lease: "3" } }),
+      NOW,
+      { kind: "take over", from: "3", reason: "an earlier lease of ours" },
+    ],
+    ["not wanted, ours: delete", shared({ desired: false }), NOW, { kind: "delete" }],
+    ["not wanted, not held: nothing due at all", shared({ desired: false, holding: { kind: "none" } }), NOW, {
+      kind: "wait",
+      ms: Infinity,
+    }],
+    ["stopping: nothing more", shared({ stopping: true }), NOW, { kind: "wait", ms: Infinity }],
+  ];
+  for (const [what, known, now, action] of rows) assert.deepEqual(plan(known, now, TIMING), action, what);
+});
+
 Deno.test("backoffMs() doubles to 1 s for a network failure and to 15 s for a refusal or an overload, jittered by half", () => {
   assert.deepEqual([1, 2, 3, 4, 5].map((n) => backoffMs(n, true, 1)), [200, 400, 800, 1000, 1000]);
   assert.equal(backoffMs(10, false, 1), 15_000);
