@@ -193,7 +193,6 @@ export class Agent {
   readonly #host: EtcdRegistrar;
   readonly #stop = new AbortController();
   #saving = Promise.resolve();
-  #hostRun?: Promise<void>;
 
   constructor(readonly options: AgentOptions, readonly saved: AgentState) {
     const { prefix, ttlSeconds, etcd, effects } = options;
@@ -227,7 +226,9 @@ export class Agent {
 
   /** Starts keeping the host lease and every instance agent.json lists; returns how many it runs. */
   start(): number {
-    this.#hostRun = this.#host.run(this.#stop.signal);
+    this.#host.run(this.#stop.signal).catch((err) => {
+      this.options.effects.log("err", "lease loop failed", { reason: oneLine(String(err)) });
+    });
     let adopted = 0;
     for (const saved of this.saved.instances) {
       let cfg: InstanceConfig;
@@ -284,7 +285,7 @@ export class Agent {
       a.records.abort();
       await a.registrar.stop();
     }
-    await this.#hostRun?.catch(() => {});
+    // a call to etcd in flight is not waited for: a grant answered after this is a lease nobody keeps, gone in a TTL
     await this.save(true);
   }
 
