@@ -63,6 +63,7 @@ export const LOOPBACK_BLOCKS: Readonly<Record<string, number>> = {
   "keepalive_test.ts": 46,
   "serve_test.ts": 47,
   "killed_test.ts": 48,
+  "agent_test.ts": 49,
 };
 
 /** The first block tests may take: those below are the demo's and the benchmarks'. */
