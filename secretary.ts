@@ -171,6 +171,7 @@ of every instance attached to it, under one lease for the host.
   detach     removes the instance's record, waits its --drain, then returns.
   attached   lists the attached instances: key, healthy, registered.
 
+attach, detach and attached wait up to 5s for an agent that is starting.
 Exit status: 0 done (agent: stopped by SIGTERM or SIGINT), 1 failed or the agent
 cannot be reached, 2 bad usage.`;
 
