@@ -9,17 +9,22 @@
  *
  * Phases that do not disturb each other's figures run together: the removal
  * trials (ours, and the article's loop at 20 s, which mostly sleeps) beside
- * the idle cost window; then the article's loop at 2 s; then the reads; then
+ * the idle cost window; then the article's loop at 2 s; then the agent with
+ * 100 instances (killed and hung to gone beside the sidekick's, and its
+ * restart), alone; then the reads; then
  * what each check kind costs, one sidekick at a time, alone, as it measures
- * CPU; then memory as a host pays it (hosts of one and of ten sidekicks,
- * under deno and node); then 100 sidekicks, alone, as they load the host;
+ * CPU; then memory and CPU as a host pays them (hosts of one, ten and a
+ * hundred sidekicks under deno, of one and ten under node, and of one, ten
+ * and a hundred instances on an agent); then 100 sidekicks, alone, as they
+ * load the host;
  * then traffic through HAProxy and nginx while instances come and go (six
  * lanes side by side), alone, as it loads every core; then HAProxy reloaded
  * mid-run, alone, and a burst of thousands of removals through `registry
  * sync`, alone; then `registry serve` with a page and 50 event streams open,
  * alone; then watch fan-out and the lease load of thousands of instances
- * against three members, alone. About 55 minutes on the 2-core machine of
- * record, 30 of them the lease load.
+ * against three members (thousands of sidekicks, then 10,000 instances as 100
+ * agents of 100), alone. About an hour on the 2-core machine of record, 33
+ * minutes of it the lease load.
  *
  * Every sentence it writes into bench/README.md comes from that run's
  * figures (the machine's cores too): which targets were met or missed is
@@ -29,7 +34,7 @@
  *
  * ```sh
  * node_modules/.bin/deno task bench                 # the full suite
- * node_modules/.bin/deno run -A bench/all.ts --quick  # few trials, short windows (about 9 min), for development
+ * node_modules/.bin/deno run -A bench/all.ts --quick  # few trials, short windows (about 15 min), for development
  * node_modules/.bin/deno run -A bench/all.ts --quick --out /tmp/bench.md --save /tmp/run.json
  * node_modules/.bin/deno run -A bench/all.ts --from /tmp/run.json --out /tmp/bench.md   # the page again, no run
  * ```
@@ -38,6 +43,7 @@
  */
 import { parseArgs } from "node:util";
 import { ROOT } from "../testbed/testbed.ts";
+import type { AgentFigures } from "./agent.ts";
 import type { BurstFigures } from "./burst.ts";
 import type { ChecksFigures } from "./checks.ts";
 import type { CostFigures } from "./cost.ts";
@@ -49,6 +55,7 @@ import type { MemoryFigures } from "./memory.ts";
 import type { ReadsFigures } from "./reads.ts";
 import { type ReloadFigures, reloadSection } from "./reload.ts";
 import type { RemovalFigures } from "./removal.ts";
+import { agentRows } from "./report/agent.ts";
 import { checksRows } from "./report/checks.ts";
 import { costCpuRow, costMemoryRows, costRows } from "./report/cost.ts";
 import { killedRows } from "./report/killed.ts";
@@ -179,6 +186,7 @@ function tableRows(fig: <T>(name: string) => T | undefined): string[][] {
     killedTargetRow(...removal),
     ...killedRows(fig<KilledFigures>("killed")),
     ...removalRows(...removal),
+    ...agentRows(fig<AgentFigures>("agent"), removal[0]),
     ...costRows(cost),
     ...costMemoryRows(cost),
     ...memoryRows(fig<MemoryFigures>("memory")),
@@ -211,6 +219,7 @@ function readme(run: SuiteRun): string {
       fig<MemoryFigures>("memory"),
       fig<ScaleFigures>("scale"),
       fig<ServeFigures>("serve"),
+      fig<AgentFigures>("agent"),
     ),
   ].join("\n\n");
   const details = run.results.map((r) =>
@@ -266,10 +275,11 @@ async function runPhases(dir: string): Promise<PhaseResult[]> {
     args: ["--impl", "article", "--interval", "2", "--ttl", "10", ...q],
     limitMinutes: 5,
   }]);
+  await stage([{ name: "agent", script: "agent.ts", args: q, limitMinutes: 5 }]);
   await stage([{ name: "reads", script: "reads.ts", args: q, limitMinutes: 5 }]);
   await stage([{ name: "killed", script: "killed.ts", args: q, limitMinutes: 6 }]);
   await stage([{ name: "checks", script: "checks.ts", args: q, limitMinutes: 8 }]);
-  await stage([{ name: "memory", script: "memory.ts", args: q, limitMinutes: 4 }]);
+  await stage([{ name: "memory", script: "memory.ts", args: q, limitMinutes: 7 }]);
   await stage([{ name: "scale", script: "scale.ts", args: q, limitMinutes: 8 }]);
   await stage([{ name: "traffic", script: "traffic.ts", args: q, limitMinutes: 6 }]);
   await stage([{ name: "reload", script: "reload.ts", args: q, limitMinutes: 4 }]);
@@ -277,7 +287,7 @@ async function runPhases(dir: string): Promise<PhaseResult[]> {
   // serve has no --quick: shorter rounds, the same rate and streams (the target's)
   await stage([{ name: "serve", script: "serve.ts", args: quick ? ["--seconds", "20"] : [], limitMinutes: 8 }]);
   await stage([{ name: "fanout", script: "fanout.ts", args: q, limitMinutes: 10 }]);
-  await stage([{ name: "leases", script: "leases.ts", args: q, limitMinutes: 45 }]);
+  await stage([{ name: "leases", script: "leases.ts", args: q, limitMinutes: 50 }]);
   return results;
 }
 

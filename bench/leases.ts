@@ -23,10 +23,21 @@
  * its workers' event-loop lag are printed beside the figures, and a latency
  * with a large lag is partly ours.
  *
+ * Then the same as agents (`--agent-instances`, 10,000 by default, at
+ * `--agent-ttl`, 10 s, direct): every `--per-agent` (100) instances are one
+ * host's `secretary agent`, as lib/agent.ts makes it but for the checks (no
+ * instance is checked here, as none is above): one connection, one lease for
+ * the host kept alive by its own registrar, and each instance's registrar
+ * putting its record under that lease. The killed instances' registrars are
+ * told `want(false)` as above: their records go, the host's lease and its
+ * other records stay. The instances start over the same spread as above,
+ * each agent with its first.
+ *
  * ```sh
  * node_modules/.bin/deno run -A bench/leases.ts                  # 1,000, 5,000, 10,000 x TTL 10 s, 30 s x direct, proxy
  * node_modules/.bin/deno run -A bench/leases.ts --quick          # 500 and 2,000 x TTL 10 s x both paths, short windows
  * node_modules/.bin/deno run -A bench/leases.ts --instances 1000 --ttl 10 --paths proxy --groups 10 --window 30
+ * node_modules/.bin/deno run -A bench/leases.ts --instances "" --agent-instances 1000 --per-agent 100 --window 10
  * ```
  *
  * @module
@@ -47,6 +58,8 @@ export type LeasePath = "direct" | "proxy";
 /** One configuration's figures. */
 export interface LeaseRun {
   instances: number;
+  /** Instances per agent, one lease and one connection an agent; 0 or absent: a sidekick (a lease, a connection) each. */
+  perAgent?: number;
   ttlSeconds: number;
   path: LeasePath;
   /** Host groups, gRPC proxies (one a group on the proxy path, else 0), and the threads running the registrars. */
@@ -59,7 +72,7 @@ export interface LeaseRun {
   /** From the first start to the last registration. */
   registerSeconds: number;
   windowSeconds: number;
-  /** What the leader renewed a second (etcd_debugging_lease_renewed_total), and what instances x 3 / TTL asks. */
+  /** What the leader renewed a second (etcd_debugging_lease_renewed_total), and what leases x 3 / TTL asks. */
   keepAlivesPerSecond: number;
   expectedPerSecond: number;
   /** LeaseKeepAlive streams the members opened a second: one a keep-alive direct, none through proxies. */
@@ -99,6 +112,8 @@ export interface LeaseRun {
   /** Time from the checks failing to each killed instance's record gone (ms; Infinity: not within 10 s). */
   killed: number[];
   killedWithinBound: number;
+  /** How late the slowest thread acted on the kill (its event loop busy): part of every killed time. */
+  killLateMs?: number;
   /** Healthy records missing or deleted at the end (other than the killed): target 0. */
   othersLost: number;
   error?: string;
@@ -114,6 +129,10 @@ export interface LeaseFigures {
 interface Config {
   sizes: number[];
   ttls: number[];
+  /** Sizes run as agents of `perAgent` instances, at `agentTtl`, direct. */
+  agentSizes: number[];
+  perAgent: number;
+  agentTtl: number;
   paths: LeasePath[];
   groups: number;
   workers: number;
@@ -136,6 +155,9 @@ function parseConfig(args: string[]): Config {
       window: { type: "string" },
       kill: { type: "string", default: "10" },
       rate: { type: "string", default: "100" },
+      "agent-instances": { type: "string" },
+      "per-agent": { type: "string", default: "100" },
+      "agent-ttl": { type: "string", default: "10" },
       quick: { type: "boolean", default: false },
       json: { type: "string" },
     },
@@ -145,10 +167,17 @@ function parseConfig(args: string[]): Config {
   for (const p of paths) {
     if (p !== "direct" && p !== "proxy") throw new Error(`--paths: ${p}: expected direct or proxy`);
   }
+  const perAgent = Number(values["per-agent"]);
+  if (!Number.isInteger(perAgent) || perAgent < 1) {
+    throw new Error(`--per-agent: ${values["per-agent"]}: expected an integer of 1 or more`);
+  }
   return {
     sizes: list(values.instances ?? (values.quick ? "500,2000" : "1000,5000,10000")).map(Number),
     ttls: list(values.ttl ?? (values.quick ? "10" : "10,30")).map(Number),
     paths,
+    agentSizes: list(values["agent-instances"] ?? (values.quick ? "2000" : "10000")).map(Number),
+    perAgent,
+    agentTtl: Number(values["agent-ttl"]),
     groups: Number(values.groups),
     workers: Number(values.workers ?? navigator.hardwareConcurrency),
     kill: Number(values.kill),
@@ -214,10 +243,11 @@ async function askAll(threads: RegistrarThread[], request: Extract<ThreadRequest
 }
 
 /** A run's figures before it starts: nothing measured yet. */
-function emptyRun(config: Config, instances: number, ttlSeconds: number, path: LeasePath): LeaseRun {
+function emptyRun(config: Config, instances: number, ttlSeconds: number, path: LeasePath, perAgent: number): LeaseRun {
   const { groups, workers } = config;
   return {
     instances,
+    perAgent,
     ttlSeconds,
     path,
     groups,
@@ -228,7 +258,7 @@ function emptyRun(config: Config, instances: number, ttlSeconds: number, path: L
     registerSeconds: NaN,
     windowSeconds: NaN,
     keepAlivesPerSecond: NaN,
-    expectedPerSecond: (instances * 3) / ttlSeconds,
+    expectedPerSecond: (leasesOf(instances, perAgent) * 3) / ttlSeconds,
     keepAliveStreamsPerSecond: NaN,
     proposalsPerSecond: NaN,
     leaderCpu: NaN,
@@ -253,12 +283,18 @@ function emptyRun(config: Config, instances: number, ttlSeconds: number, path: L
   };
 }
 
+/** The leases `instances` hold: one each, or one an agent of `perAgent`. */
+function leasesOf(instances: number, perAgent: number | undefined): number {
+  return perAgent ? Math.ceil(instances / perAgent) : instances;
+}
+
 async function runOne(
   config: Config,
   k: number,
   instances: number,
   ttlSeconds: number,
   path: LeasePath,
+  perAgent = 0,
 ): Promise<LeaseRun> {
   const { groups, workers } = config;
   const cluster = await EtcdCluster.create(3, { host: `127.4.0.${k}` });
@@ -275,7 +311,7 @@ async function runOne(
   };
   current = teardown;
   const prefix = servicePrefix(DEFAULT_PREFIX, SERVICE);
-  const run = emptyRun(config, instances, ttlSeconds, path);
+  const run = emptyRun(config, instances, ttlSeconds, path, perAgent);
   try {
     await cluster.start();
     if (path === "proxy") {
@@ -296,8 +332,19 @@ async function runOne(
     for (let w = 0; w < workers; w++) {
       const thread = new RegistrarThread();
       threads.push(thread);
-      const indexes = Array.from({ length: instances }, (_, i) => i).filter((i) => i % workers === w);
-      await thread.ask({ type: "start", indexes, groups, endpointsByGroup, ttlSeconds, startedAt, spacingMs });
+      // an agent's instances all in one thread, as they are in one process
+      const indexes = Array.from({ length: instances }, (_, i) => i)
+        .filter((i) => (perAgent ? Math.floor(i / perAgent) : i) % workers === w);
+      await thread.ask({
+        type: "start",
+        indexes,
+        groups,
+        endpointsByGroup,
+        ttlSeconds,
+        startedAt,
+        spacingMs,
+        perAgent,
+      });
     }
     const registerBy = startedAt + instances * spacingMs + 60_000;
     let registered = 0;
@@ -312,7 +359,9 @@ async function runOne(
     console.log(
       `  registered ${registered} of ${instances} in ${run.registerSeconds.toFixed(1)} s` +
         (registered < instances ? ` (at most ${run.peakRegistered} at once)` : "") +
-        ` (${groups} host groups${path === "proxy" ? `, each through its own proxy` : ""}, ${workers} threads)`,
+        ` (${perAgent ? `${leasesOf(instances, perAgent)} agents of ${perAgent}` : `${groups} host groups`}${
+          path === "proxy" ? `, each through its own proxy` : ""
+        }, ${workers} threads)`,
     );
 
     await delay((ttlSeconds * 1000) / 3 + 1000); // every lease into its keep-alive rhythm
@@ -365,7 +414,8 @@ async function runOne(
     const healthy = Array.from({ length: instances }, (_, i) => i).filter((i) => !measured.unregistered.has(i));
     const victims = healthy.sort(() => Math.random() - 0.5).slice(0, config.kill);
     const killedAt = now();
-    await Promise.all(threads.map((h) => h.ask({ type: "kill", indexes: victims })));
+    const late = await Promise.all(threads.map((h) => h.ask({ type: "kill", indexes: victims, at: killedAt })));
+    run.killLateMs = Math.max(...(late as number[]));
     run.killed = await Promise.all(
       victims.map((v) =>
         clock!.until("delete", keyOf(v), killedAt, 10_000).then((at) => at - killedAt, () => Infinity)
@@ -420,7 +470,8 @@ function describeRun(r: LeaseRun): string {
     } (n=${r.keepAlives}, failed ${r.keepAliveFailures})`,
     `leases lost ${r.leasesLost}; calls failed after registration ${r.callFailures}; ` +
     `leases granted ${r.leasesGranted} for ${r.instances} instances, ${r.leasesExpired} expired from the window on`,
-    `${r.killed.length} killed to gone: ${r.killed.map((ms) => formatMs(ms)).join(" ")}; ` +
+    `${r.killed.length} killed to gone: ${r.killed.map((ms) => formatMs(ms)).join(" ")} (the threads acted ` +
+    `on the kill up to ${formatMs(r.killLateMs ?? NaN)} late); ` +
     `${r.killedWithinBound} within ${formatMs(KILL_BOUND_MS)}; others lost ${r.othersLost}` +
     (r.leaderChanged ? "; the leader changed" : ""),
   ].join("\n  ");
@@ -461,15 +512,19 @@ export function leaseTable(figures: LeaseFigures): string {
               `${count(r.leasesGranted)} leases granted)`
             : ""
         }`,
-        `${formatMs(Math.max(...r.killed))} (${r.killedWithinBound} of ${r.killed.length})`,
+        `${formatMs(Math.max(...r.killed))} (${r.killedWithinBound} of ${r.killed.length}${
+          r.killLateMs === undefined ? "" : `; threads ${formatMs(r.killLateMs)} late`
+        })`,
         `${cores(r.benchCpu)}, ${formatMs(r.loopLagP99Ms)}`,
       ];
   const line = (cells: string[]) => `| ${cells.join(" | ")} |`;
   return [line(header), line(header.map(() => "---")), ...figures.runs.map((r) => line(row(r)))].join("\n");
 }
 
-function pathName(r: LeaseRun): string {
-  return r.path === "proxy" ? `${r.proxies} gRPC proxies` : "direct";
+/** The path, and how the instances hold their leases when they are agents': `direct, 100 agents of 100`. */
+export function pathName(r: LeaseRun): string {
+  const path = r.path === "proxy" ? `${r.proxies} gRPC proxies` : "direct";
+  return r.perAgent ? `${path}, ${count(leasesOf(r.instances, r.perAgent))} agents of ${r.perAgent}` : path;
 }
 
 async function main(config: Config): Promise<LeaseFigures> {
@@ -491,10 +546,26 @@ async function main(config: Config): Promise<LeaseFigures> {
       }
     }
   }
+  for (const instances of config.agentSizes) {
+    k++;
+    const agents = leasesOf(instances, config.perAgent);
+    console.log(
+      `${count(instances)} instances as ${
+        count(agents)
+      } agents of ${config.perAgent}, TTL ${config.agentTtl} s, direct:`,
+    );
+    const r = await runOne(config, k, instances, config.agentTtl, "direct", config.perAgent);
+    figures.runs.push(r);
+    if (!r.error) console.log(`  ${describeRun(r)}`);
+  }
   console.log(
     `\nOne connection per instance, as each secretary has its own; ${groups} host groups, each through its own ` +
       `gRPC proxy on the proxy path; the registrars in ${config.workers} threads of one process. Three members on ` +
-      `loopback; CPU in % of one core.\n`,
+      `loopback; CPU in % of one core.${
+        config.agentSizes.length
+          ? ` As agents: one connection and one lease an agent of ${config.perAgent}, the instances' records under it.`
+          : ""
+      }\n`,
   );
   console.log(leaseTable(figures));
   return figures;

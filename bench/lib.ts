@@ -9,6 +9,7 @@
  * @module
  */
 import { existsSync } from "node:fs";
+import { ask } from "../lib/agent.ts";
 import { type Etcd, type WatchHandle } from "../lib/etcd.ts";
 import { DEFAULT_PREFIX, instanceKey } from "../lib/record.ts";
 import { currentRevision, delay, ROOT, Script, SOURCE_FLAGS, type TestServer } from "../testbed/testbed.ts";
@@ -74,6 +75,64 @@ export function startSecretary(
     ...(options.args ?? DEFAULT_ARGS),
   ]);
   return new Script(command, args);
+}
+
+// ---------------------------------------------------------------------------
+// The agent: one process a host, instances attached over its socket
+
+/** The agent's flag of DEFAULT_ARGS: the TTL of the host's one lease. */
+export const AGENT_ARGS = DEFAULT_ARGS.filter((a) => a.startsWith("--ttl"));
+/** The instance's flags of DEFAULT_ARGS, as attach takes them (--ttl is the agent's: attach refuses it). */
+export const ATTACH_ARGS = DEFAULT_ARGS.filter((a) => !a.startsWith("--ttl"));
+/**
+ * The agent's command line from dist/: the bundle under deno in V8's lite
+ * mode and with permissions wide, as commandFor() runs the sidekick, listening
+ * on `socket` (agent.json beside it).
+ */
+export function agentCommand(socket: string, endpoints: string[]): [string, string[]] {
+  const dir = socket.slice(0, socket.lastIndexOf("/"));
+  return [Deno.execPath(), [
+    "run",
+    "--v8-flags=--lite-mode",
+    "--allow-net",
+    "--allow-env",
+    `--allow-read=${dir}`,
+    `--allow-write=${dir}`,
+    "dist/secretary.mjs",
+    "agent",
+    `--socket=${socket}`,
+    `--endpoints=${endpoints.join(",")}`,
+    ...AGENT_ARGS,
+  ]];
+}
+
+/**
+ * Attaches `target` to the agent on `socket` through its protocol (what
+ * `secretary attach` sends it: the port and address, then `args`, the
+ * hostname among them); throws if refused.
+ */
+export async function attach(
+  socket: string,
+  target: { host: string; port: number },
+  args = ["--hostname=bench", ...ATTACH_ARGS],
+): Promise<void> {
+  const request = { op: "attach" as const, args: [String(target.port), `--ip=${target.host}`, ...args] };
+  const reply = await ask(socket, request, 30_000);
+  if (!reply.ok) throw new Error(`the agent refused ${target.host}:${target.port}: ${reply.error}`);
+}
+
+/** Waits until the agent on `socket` answers (it is listening); throws after `timeoutMs`, or if `agent` exited. */
+export async function agentListening(socket: string, agent: Script, timeoutMs = 30_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    if (!agent.running) throw new Error(`the agent exited:\n${agent.stderr}`);
+    try {
+      if ((await ask(socket, { op: "list" }, 5000)).ok) return;
+    } catch (err) {
+      if (Date.now() > deadline) throw new Error(`the agent did not answer on ${socket}: ${(err as Error).message}`);
+    }
+    await delay(100);
+  }
 }
 
 /** The key of `target`'s record. */

@@ -5,6 +5,12 @@
  * what they log; `RegistrarThread` is the main thread's handle on one. This
  * module is the worker's: loaded as one, it serves the main thread's requests.
  *
+ * With `perAgent`, the instances are the agents' instead: every `perAgent`
+ * consecutive instances are one agent's, and the agent is what lib/agent.ts
+ * makes of it, checks aside: one etcd connection, one registrar without an
+ * instance that grants and keeps alive the host's lease, and each instance's
+ * registrar putting its record under it (`hostLease`).
+ *
  * @module
  */
 import { sleep } from "../../lib/cli.ts";
@@ -61,9 +67,12 @@ export type ThreadRequest =
     /** Instance `index` starts at `startedAt + index * spacingMs` (ms since the epoch). */
     startedAt: number;
     spacingMs: number;
+    /** Instances per agent, each agent's in one thread; 0: a sidekick (a lease, a connection) each. */
+    perAgent: number;
   }
   | { type: "measure"; on: boolean }
-  | { type: "kill"; indexes: number[] }
+  /** `at`: when the main thread sent it (ms since the epoch); answered with how late the thread acted on it (ms). */
+  | { type: "kill"; indexes: number[]; at: number }
   | { type: "report" }
   | { type: "stop" };
 
@@ -129,18 +138,63 @@ function registrarThread(): void {
     lagP99Ms: lag.samples.length ? percentile(lag.samples, 99) : NaN,
   });
 
+  /** The registrar's effects for instance `index`: its lease lost and failed calls counted, never printed. */
+  const effectsOf = (indexes: () => number[]) => ({
+    now: Date.now,
+    sleep,
+    random: Math.random,
+    // counted, never printed: 10,000 registrations would drown the output
+    log: (_level: string, event: string, fields?: Record<string, unknown>) => {
+      if (event === "lease lost") { for (const index of indexes()) leasesLost.push([index, now()]); }
+      if (event === "etcd call failed") callFailures.push({ at: now(), reason: String(fields?.reason) });
+    },
+  });
+
+  /** The agents of this thread (with `perAgent`): their connection, host lease and instances' registrars. */
+  const agents = new Map<number, { etcd: Etcd; host: EtcdRegistrar; instances: EtcdRegistrar[]; indexes: number[] }>();
+  const agentStop = new AbortController();
+
+  /** Agent `a` (created at its first instance's start): as lib/agent.ts's Agent makes it, a host lease kept alive. */
+  const agentOf = (a: number, request: Extract<ThreadRequest, { type: "start" }>) => {
+    const existing = agents.get(a);
+    if (existing) return existing;
+    const group = a % request.groups;
+    const etcd = new Etcd({ endpoints: request.endpointsByGroup[group], callTimeoutMs: CALL_TIMEOUT_MS });
+    const indexes: number[] = [];
+    const instances: EtcdRegistrar[] = [];
+    const host = new EtcdRegistrar(
+      {
+        prefix: DEFAULT_PREFIX,
+        ttlSeconds: request.ttlSeconds,
+        intervalMs: 1000, // lib/agent.ts's host lease
+        onLease: () => {
+          for (const r of instances) r.nudge();
+        },
+      },
+      timed(etcd),
+      // the host's lease lost is every one of its instances'
+      effectsOf(() => indexes),
+    );
+    void host.run(agentStop.signal);
+    const agent = { etcd, host, instances, indexes };
+    agents.set(a, agent);
+    return agent;
+  };
+
   const start = async (request: Extract<ThreadRequest, { type: "start" }>) => {
     for (const index of request.indexes) {
       const wait = request.startedAt + index * request.spacingMs - now();
       if (wait > 1) await delay(wait);
       if (stopped) return;
-      const group = index % request.groups;
-      const etcd = new Etcd({ endpoints: request.endpointsByGroup[group], callTimeoutMs: CALL_TIMEOUT_MS });
+      const agent = request.perAgent ? agentOf(Math.floor(index / request.perAgent), request) : undefined;
+      const group = agent ? Math.floor(index / request.perAgent) % request.groups : index % request.groups;
+      const etcd = agent?.etcd ??
+        new Etcd({ endpoints: request.endpointsByGroup[group], callTimeoutMs: CALL_TIMEOUT_MS });
       const registrar = new EtcdRegistrar(
         {
           prefix: DEFAULT_PREFIX,
           instance: {
-            host: `host-${group}`,
+            host: agent ? `agent-${Math.floor(index / request.perAgent)}` : `host-${group}`,
             ipv4_addr: addressOf(index),
             port: 8080,
             service: SERVICE,
@@ -148,19 +202,13 @@ function registrarThread(): void {
           },
           ttlSeconds: request.ttlSeconds,
           intervalMs: INTERVAL_MS,
+          ...(agent ? { hostLease: agent.host } : {}),
         },
         timed(etcd),
-        {
-          now: Date.now,
-          sleep,
-          random: Math.random,
-          // counted, never printed: 10,000 registrations would drown the output
-          log: (_level, event, fields) => {
-            if (event === "lease lost") leasesLost.push([index, now()]);
-            if (event === "etcd call failed") callFailures.push({ at: now(), reason: String(fields?.reason) });
-          },
-        },
+        effectsOf(() => [index]),
       );
+      agent?.instances.push(registrar);
+      agent?.indexes.push(index);
       const stop = new AbortController();
       registrar.want(true, "check passed");
       void registrar.run(stop.signal);
@@ -187,17 +235,19 @@ function registrarThread(): void {
       case "kill": {
         const mine = new Set(request.indexes);
         for (const i of fleet) if (mine.has(i.index)) i.registrar.want(false, "check failed");
-        return answer(null);
+        return answer(now() - request.at);
       }
       case "report":
         return answer(report());
       case "stop":
         stopped = true;
         lag.stop();
+        agentStop.abort();
         for (const i of fleet) {
           i.stop.abort();
-          i.etcd.close();
+          if (!agents.size) i.etcd.close();
         }
+        for (const agent of agents.values()) agent.etcd.close();
         return answer(null);
     }
   };

@@ -6,8 +6,8 @@
  * @module
  */
 import { type FanoutFigures, fanoutTable } from "../fanout.ts";
-import { type LeaseFigures, leaseTable } from "../leases.ts";
-import { formatMs } from "../lib.ts";
+import { type LeaseFigures, type LeaseRun, leaseTable, pathName } from "../leases.ts";
+import { cores as share, formatMs } from "../lib.ts";
 import { coresText } from "./table.ts";
 
 /** Lease load and watch fan-out (bench/leases.ts, bench/fanout.ts), with the scale targets judged from the run. */
@@ -19,18 +19,32 @@ export function scaleSection(
   const judged: string[] = [];
   if (leases) {
     const big = leases.runs.filter((r) => r.instances >= 10_000);
+    // the agents' run beside the sidekicks' of its size, TTL and path
+    const sidekicksOf = (r: LeaseRun) =>
+      leases.runs.find((x) =>
+        !x.perAgent && !x.error && x.instances === r.instances && x.ttlSeconds === r.ttlSeconds && x.path === r.path
+      );
     for (const r of big) {
+      const beside = r.perAgent && !r.error ? sidekicksOf(r) : undefined;
       const held = !r.error && r.registered === r.instances && r.leasesLost === 0;
       const out = !r.error && r.killed.length > 0 && r.killedWithinBound === r.killed.length;
       judged.push(
-        `- ${r.instances.toLocaleString("en-US")} instances, TTL ${r.ttlSeconds} s, ${
-          r.path === "proxy" ? `${r.proxies} gRPC proxies` : "direct"
-        }: ${
+        `- ${r.instances.toLocaleString("en-US")} instances, TTL ${r.ttlSeconds} s, ${pathName(r)}: ${
           r.error
             ? `failed (${r.error})`
             : `${held ? "held" : "**not held**"} (${r.leasesLost} leases lost), the ${r.killed.length} killed ${
               out ? "out" : "**not all out**"
             } within ${formatMs(leases.killBoundMs)} (${r.killedWithinBound} were)`
+        }${
+          r.perAgent && !r.error
+            ? `; the leader renewed ${Math.round(r.keepAlivesPerSecond)} leases a second at ${share(r.leaderCpu)} ` +
+              `CPU${
+                beside
+                  ? ` (as sidekicks, the same size, TTL and path: ${Math.round(beside.keepAlivesPerSecond)} a ` +
+                    `second at ${share(beside.leaderCpu)}, ${beside.leasesLost} leases lost)`
+                  : ""
+              }`
+            : ""
         }.`,
       );
     }
@@ -50,17 +64,27 @@ export function scaleSection(
       );
     }
   }
+  const perAgent = leases?.runs.find((r) => r.perAgent)?.perAgent ?? 100;
   return `## Scale: lease load and watch fan-out
 
-Targets: 10,000 instances held with 0 leases lost and 10 killed ones out within 0.5 s; at 100 watchers through etcd's
+Targets: 10,000 instances held with 0 leases lost and 10 killed ones out within 0.5 s (as sidekicks, and as agents of
+${perAgent} at TTL 10 s); at 100 watchers through etcd's
 gRPC proxy, watch p99 no worse than twice one direct watcher's. What to run at each size, from these tables:
 [docs/scale.md](../docs/scale.md).
 
-${judged.length ? judged.join("\n") : "Neither the lease load nor the fan-out ran."}
+${
+    judged.length
+      ? judged.join("\n")
+      : leases || fanout
+      ? "No run of 10,000 instances, nor of 100 watchers, to judge."
+      : "Neither the lease load nor the fan-out ran."
+  }
 
 Lease load ([leases.ts](leases.ts)): the secretary's own registrar (lib/registrar.ts), one connection an instance, in
 the threads of one process on the machine's ${coresText(cores)} beside three members on loopback; "proxies": one
-\`etcd grpc-proxy\` per host group.
+\`etcd grpc-proxy\` per host group. "Agents of ${perAgent}": every ${perAgent} instances are one host's agent as lib/agent.ts makes it,
+but for the checks (no instance is checked here): one connection and one lease, kept alive by its own registrar, each
+instance's registrar putting its record under it.
 
 ${leases ? leaseTable(leases) : "The lease load failed or did not run."}
 

@@ -4,6 +4,7 @@
  *
  * @module
  */
+import type { AgentFigures } from "../agent.ts";
 import type { KilledFigures } from "../killed.ts";
 import type { MemoryFigures } from "../memory.ts";
 import type { ScaleFigures } from "../scale.ts";
@@ -15,6 +16,7 @@ export function howTaken(
   mem: MemoryFigures | undefined,
   scale: ScaleFigures | undefined,
   serve: ServeFigures | undefined,
+  agent: AgentFigures | undefined,
 ): string {
   return `How each figure is taken:
 
@@ -40,11 +42,32 @@ export function howTaken(
   of \`/proc\`).
 - Memory as a host pays it ([memory.ts](memory.ts)): the bundle started as
   [units/apache-secretary@.service](../units/apache-secretary@.service)'s ExecStart starts it (node: the same
-  arguments), one sidekick on a host and ${mem?.perHost ?? "several"} on another, under each runtime, each beside its
-  own target. Each host is a folder holding its own copy of the runtime and the bundle, as /opt/bin is, so hosts share
-  no page but the system's libraries. Rss, Pss and Private_Clean + Private_Dirty from /proc/PID/smaps_rollup at the end
-  of an idle window, per sidekick (the host's sum divided by its sidekicks); shared is RSS - private. PSS divides each
-  shared page among the processes that map it, so it is what a sidekick costs its host.
+  arguments), one sidekick on a host and ${mem?.perHost ?? "several"} on another${
+    mem?.dense ? ` (under deno, ${mem.dense} on a third)` : ""
+  }, under each runtime, each beside its own target; ${
+    mem?.agentUnit
+      ? `beside them, under deno, hosts of as many instances on one agent, started as
+  [units/${mem.agentUnit}](../units/${mem.agentUnit}) starts it, each instance attached through its socket with the
+  flags [units/apache-secretary-agent@.service](../units/apache-secretary-agent@.service) gives attach, its target on
+  the host's one address. Each`
+      : "each"
+  } host is a folder holding its own copy of the runtime and the bundle, as /opt/bin is, so hosts share no page but the
+  system's libraries. Rss, Pss and Private_Clean + Private_Dirty from /proc/PID/smaps_rollup at the end of an idle
+  window${
+    mem?.settleSeconds !== undefined ? ` that began ${mem.settleSeconds} s after the last instance registered` : ""
+  }, per instance (the host's sum divided by its instances); shared is RSS - private. PSS divides each shared page
+  among the processes that map it, so it is what an instance costs its host. CPU per instance-hour: the host's
+  secretary processes' utime + stime (with exited children) over the window, divided by its instances.
+- The agent ([agent.ts](agent.ts)): one agent (the bundle under deno, lite mode) with ${
+    agent ? `${agent.instances} instances` : "many instances"
+  } attached at once through its socket, their targets on one address, at the defaults; in ${
+    agent ? `${agent.lanes} lanes` : "lanes"
+  } of them side by side, as the sidekick's removal trials: each target killed (stops listening) to gone and back,
+  hung to gone, answering again to back, at a random phase of the interval, the other instances healthy beside them.
+  Then, with every instance registered, the agent is sent SIGTERM and started again on the same socket${
+    agent ? `, ${agent.restarts.length} times` : ""
+  }; the benchmark's watch counts deletes and puts of the attached keys from the SIGTERM to a TTL and two intervals
+  after the new agent answers, and lists the keys then.
 - Reads ([reads.ts](reads.ts)): wall time of each whole process, median of several runs, against the same etcd in the
   same run. Watch latency: from just before each put or delete to its line on \`registry watch\`'s stdout.
 - Scale ([scale.ts](scale.ts)): ${
