@@ -3,19 +3,23 @@
 # /opt/bin, a `registry` command beside them, and the units in
 # /etc/systemd/system. Build the bundles first (node_modules/.bin/deno task bundle).
 #
-#   ./install.sh [--root DIR] [--from DIR] [--deno PATH] [--tls] [--auth] [--instance PORT]...
+#   ./install.sh [--root DIR] [--from DIR] [--deno PATH] [--agent] [--tls] [--auth] [--instance PORT]...
 #
 #   --root DIR       install under DIR instead of / (tests, images); no daemon-reload
 #   --from DIR       where the bundles are (default: dist)
 #   --deno PATH      the deno binary to copy (default: node_modules/deno/deno, else deno on PATH)
+#   --agent          one secretary agent for the host instead of a secretary per instance:
+#                    secretary-agent.service, apache-secretary-agent@.service, and an
+#                    apache@.service that starts apache-secretary-agent@%i, not apache-secretary@%i
 #   --tls            also install the drop-ins for etcd over TLS (tls.conf: units/*-tls.conf)
 #   --auth           also install the drop-in for etcd authentication (auth.conf: units/etcd-auth.conf),
 #                    which reads ETCDCTL_USER from /etc/secretary/etcd-user (root's, mode 0600)
-#   --instance PORT  also link apache@PORT.service and apache-secretary@PORT.service
-#                    to the templates (the article's instances); repeatable
+#   --instance PORT  also link apache@PORT.service and apache-secretary@PORT.service (with
+#                    --agent: apache-secretary-agent@PORT.service) to the templates; repeatable
 #
-# Then: systemctl start apache@8080.service (it starts its secretary). On a proxy
-# host: systemctl enable --now registry-haproxy@apache (or registry-nginx@apache).
+# Then: systemctl start apache@8080.service (it starts its secretary, or attaches
+# it to the agent). On a proxy host: systemctl enable --now registry-haproxy@apache
+# (or registry-nginx@apache).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 
@@ -24,6 +28,7 @@ from=""
 deno=""
 tls=no
 auth=no
+agent=no
 instances=()
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -33,12 +38,13 @@ while [ $# -gt 0 ]; do
   --from=*) from="${1#--from=}"; shift ;;
   --deno) deno="${2:?--deno needs a path}"; shift 2 ;;
   --deno=*) deno="${1#--deno=}"; shift ;;
+  --agent) agent=yes; shift ;;
   --tls) tls=yes; shift ;;
   --auth) auth=yes; shift ;;
   --instance) instances+=("${2:?--instance needs a port}"); shift 2 ;;
   --instance=*) instances+=("${1#--instance=}"); shift ;;
-  -h | --help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
-  *) echo "install: Cannot use argument \"$1\": expected --root DIR, --from DIR, --deno PATH, --tls, --auth or --instance PORT" >&2; exit 2 ;;
+  -h | --help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+  *) echo "install: Cannot use argument \"$1\": expected --root DIR, --from DIR, --deno PATH, --agent, --tls, --auth or --instance PORT" >&2; exit 2 ;;
   esac
 done
 
@@ -139,22 +145,45 @@ EOF
 chmod 0755 "$bin/registry.tmp"
 mv -f "$bin/registry.tmp" "$bin/registry"
 
-install -m 0644 units/apache@.service units/apache-secretary@.service units/registry-haproxy@.service \
-  units/examples/nginx/registry-nginx@.service units/registry-serve.service "$units/"
+install -m 0644 units/registry-haproxy@.service units/examples/nginx/registry-nginx@.service \
+  units/registry-serve.service "$units/"
+if [ "$agent" = no ]; then
+  install -m 0644 units/apache@.service units/apache-secretary@.service "$units/"
+  secretary=apache-secretary@   # the unit that talks to etcd for the instances, for the drop-ins
+else
+  install -m 0644 units/secretary-agent.service units/apache-secretary-agent@.service "$units/"
+  # apache@.service with its secretary's unit replaced by the agent's, made here from
+  # units/apache@.service (one source: a drop-in can add a dependency, never remove one)
+  sed -e '1i # Installed by install.sh --agent: units/apache@.service with apache-secretary@%i.service\
+# replaced by apache-secretary-agent@%i.service, which attaches the instance to secretary-agent.' \
+    -e 's/apache-secretary@%i\.service/apache-secretary-agent@%i.service/g' units/apache@.service >"$units/apache@.service.tmp"
+  if [ "$(grep -cxE '(Requires|Before)=apache-secretary-agent@%i\.service' "$units/apache@.service.tmp")" != 2 ]; then
+    rm -f "$units/apache@.service.tmp"
+    echo "install: Cannot make apache@.service for --agent: units/apache@.service has no Requires= and Before= of apache-secretary@%i.service" >&2
+    exit 1
+  fi
+  chmod 0644 "$units/apache@.service.tmp"
+  mv -f "$units/apache@.service.tmp" "$units/apache@.service"
+  secretary=secretary-agent
+fi
 if [ "$tls" = yes ]; then
-  install -D -m 0644 units/apache-secretary-tls.conf "$units/apache-secretary@.service.d/tls.conf"
+  install -D -m 0644 "units/${secretary%@}-tls.conf" "$units/$secretary.service.d/tls.conf"
   install -D -m 0644 units/registry-haproxy-tls.conf "$units/registry-haproxy@.service.d/tls.conf"
   install -D -m 0644 units/registry-nginx-tls.conf "$units/registry-nginx@.service.d/tls.conf"
 fi
 if [ "$auth" = yes ]; then
-  for unit in apache-secretary registry-haproxy registry-nginx; do
-    install -D -m 0644 units/etcd-auth.conf "$units/$unit@.service.d/auth.conf"
+  for unit in "$secretary" registry-haproxy@ registry-nginx@; do
+    install -D -m 0644 units/etcd-auth.conf "$units/$unit.service.d/auth.conf"
   done
   [ -e "$credentials" ] ||
     echo "install: put ETCDCTL_USER=name:password in $credentials (mode 0600) before the units start" >&2
 fi
 if [ ${#instances[@]} -gt 0 ]; then
-  units/instances.sh "$units" "${instances[@]}"
+  if [ "$agent" = yes ]; then
+    units/instances.sh --agent "$units" "${instances[@]}"
+  else
+    units/instances.sh "$units" "${instances[@]}"
+  fi
 fi
 
 if [ "$root" = / ] && [ -d /run/systemd/system ]; then

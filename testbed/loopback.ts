@@ -18,7 +18,7 @@ import { EtcdCluster, type EtcdCreateOptions } from "./etcd.ts";
  * | ------------ | ---------------------------------------------------------------------- |
  * | 127.0.0.1    | the defaults (freePort, EtcdCluster.create, Relay.start): demo, bench   |
  * | 127.0.0.2    | demo.ts (its service on :8080)                                         |
- * | 127.0.1–9.x  | bench/ (a third octet per benchmark: removal, killed, cost, memory, checks) |
+ * | 127.0.1–9.x  | bench/ (a third octet per benchmark: removal, killed, cost, memory, checks; 127.0.7.2xx memory's agent hosts, 127.0.8 agent) |
  * | 127.0.10–16.x | bench/traffic.ts (etcd on 127.0.10.1; lane N, 1 to 6, on 127.0.1N.x)   |
  * | 127.1–5.x    | bench/ (scale 127.1, soak 127.2, reads' keys 127.3, leases 127.4, fanout 127.5) |
  * | 127.20.x.x … | tests/, as LOOPBACK_BLOCKS says                                        |
@@ -64,6 +64,7 @@ export const LOOPBACK_BLOCKS: Readonly<Record<string, number>> = {
   "serve_test.ts": 47,
   "killed_test.ts": 48,
   "agent_test.ts": 49,
+  "agent_units_test.ts": 50,
 };
 
 /** The first block tests may take: those below are the demo's and the benchmarks'. */

@@ -10,6 +10,9 @@ import { bundles, ROOT } from "../testbed/testbed.ts";
 
 const SECRETARY_UNIT = "apache-secretary@.service";
 const APACHE_UNIT = "apache@.service";
+/** The agent mode's units (install.sh --agent): the one agent of the host, and each instance's oneshot. */
+const AGENT_UNIT = "secretary-agent.service";
+const ATTACH_UNIT = "apache-secretary-agent@.service";
 const INSTANCES = [8080, 8081];
 /** The proxy hosts' units (installed as templates, enabled by hand), each with its source in the repository. */
 const CONSUMER_UNITS: Record<string, string> = {
@@ -22,6 +25,8 @@ const TLS_DROP_INS: Record<string, string> = {
   "registry-haproxy@.service": "registry-haproxy-tls.conf",
   "registry-nginx@.service": "registry-nginx-tls.conf",
 };
+/** The agent's TLS drop-in (installed by --agent --tls as secretary-agent.service.d/tls.conf), under units/. */
+const AGENT_TLS_DROP_IN = "secretary-agent-tls.conf";
 /** The file the authentication drop-in (`<unit>.d/auth.conf`, installed by --auth) reads ETCDCTL_USER from. */
 const CREDENTIALS = "/etc/secretary/etcd-user";
 
@@ -42,37 +47,41 @@ async function sh(
 }
 
 /**
- * A scratch root as install.sh leaves it (deno, bundles, units, the 8080 and
- * 8081 instance links), plus what `verify` needs of a host that the test
- * machine lacks: the units must not be weakened to pass.
+ * A scratch root as install.sh (`mode` "agent": install.sh --agent) leaves it
+ * (deno, bundles, units, the 8080 and 8081 instance links), plus what
+ * `verify` needs of a host that the test machine lacks: the units must not be
+ * weakened to pass.
  */
-let installed: Promise<string> | undefined;
-function scratchRoot(): Promise<string> {
-  installed ??= (async () => {
-    const root = await Deno.makeTempDir({ prefix: "secretary-root-" });
-    globalThis.addEventListener("unload", () => Deno.removeSync(root, { recursive: true }));
-    const instances = INSTANCES.flatMap((p) => ["--instance", String(p)]);
-    const args = ["--root", root, "--from", await bundles(), "--tls", "--auth", ...instances];
-    const out = await sh(`${ROOT}install.sh`, args);
-    if (out.code !== 0) throw new Error(`install.sh failed:\n${out.stderr}`);
-    // the host's own units (sysinit.target, basic.target, …): every service depends on them by default
-    await Deno.mkdir(`${root}/usr/lib/systemd`, { recursive: true });
-    const copy = await sh("cp", ["-a", "/usr/lib/systemd/system", `${root}/usr/lib/systemd/`]);
-    if (copy.code !== 0) throw new Error(`copying the host's units failed: ${copy.stderr}`);
-    // docker and etcd are not on a test machine: stand-ins, so verify checks everything else
-    await Deno.mkdir(`${root}/usr/bin`, { recursive: true });
-    await Deno.writeTextFile(`${root}/usr/bin/docker`, "#!/bin/sh\n# a stand-in for verify: never run\nexit 0\n");
-    await Deno.chmod(`${root}/usr/bin/docker`, 0o755);
-    for (const name of ["etcd", "docker"]) {
-      await Deno.writeTextFile(
-        `${root}/etc/systemd/system/${name}.service`,
-        `# a stand-in for verify: the host's own ${name}.service\n[Unit]\nDescription=${name} stand-in\n\n` +
-          "[Service]\nExecStart=/usr/bin/docker\n",
-      );
-    }
-    return root;
-  })();
-  return installed;
+const installed = new Map<"sidekick" | "agent", Promise<string>>();
+function scratchRoot(mode: "sidekick" | "agent" = "sidekick"): Promise<string> {
+  if (!installed.has(mode)) installed.set(mode, makeScratchRoot(mode));
+  return installed.get(mode)!;
+}
+
+async function makeScratchRoot(mode: "sidekick" | "agent"): Promise<string> {
+  const root = await Deno.makeTempDir({ prefix: `secretary-root-${mode}-` });
+  globalThis.addEventListener("unload", () => Deno.removeSync(root, { recursive: true }));
+  const instances = INSTANCES.flatMap((p) => ["--instance", String(p)]);
+  const args = ["--root", root, "--from", await bundles(), ...(mode === "agent" ? ["--agent"] : [])];
+  args.push("--tls", "--auth", ...instances);
+  const out = await sh(`${ROOT}install.sh`, args);
+  if (out.code !== 0) throw new Error(`install.sh failed:\n${out.stderr}`);
+  // the host's own units (sysinit.target, basic.target, …): every service depends on them by default
+  await Deno.mkdir(`${root}/usr/lib/systemd`, { recursive: true });
+  const copy = await sh("cp", ["-a", "/usr/lib/systemd/system", `${root}/usr/lib/systemd/`]);
+  if (copy.code !== 0) throw new Error(`copying the host's units failed: ${copy.stderr}`);
+  // docker and etcd are not on a test machine: stand-ins, so verify checks everything else
+  await Deno.mkdir(`${root}/usr/bin`, { recursive: true });
+  await Deno.writeTextFile(`${root}/usr/bin/docker`, "#!/bin/sh\n# a stand-in for verify: never run\nexit 0\n");
+  await Deno.chmod(`${root}/usr/bin/docker`, 0o755);
+  for (const name of ["etcd", "docker"]) {
+    await Deno.writeTextFile(
+      `${root}/etc/systemd/system/${name}.service`,
+      `# a stand-in for verify: the host's own ${name}.service\n[Unit]\nDescription=${name} stand-in\n\n` +
+        "[Service]\nExecStart=/usr/bin/docker\n",
+    );
+  }
+  return root;
 }
 
 /** A unit file's settings: section → key → values in order (repeated keys accumulate). */
@@ -157,10 +166,11 @@ Deno.test("install.sh --auth refuses an etcd user's file that others can read, n
 });
 
 Deno.test("the secretary and proxy units turn deno's update check off and give it a cache folder of their own", async () => {
-  for (const file of [SECRETARY_UNIT, "examples/queue-secretary@.service", ...Object.values(CONSUMER_UNITS)]) {
+  const files = [SECRETARY_UNIT, AGENT_UNIT, ATTACH_UNIT, "examples/queue-secretary@.service"];
+  for (const file of [...files, ...Object.values(CONSUMER_UNITS)]) {
     const unit = parseUnit(await Deno.readTextFile(`${ROOT}units/${file}`));
     const env = setting(unit, "Service", "Environment");
-    const name = file.slice(file.lastIndexOf("/") + 1).replace(/@\.service$/, "");
+    const name = file.slice(file.lastIndexOf("/") + 1).replace(/@?\.service$/, "");
     assert.ok(env.includes("DENO_NO_UPDATE_CHECK=1"), `${file}: ${env}`);
     assert.ok(env.includes(`DENO_DIR=%C/${name}`), `${file}: ${env}`);
     assert.deepEqual(setting(unit, "Service", "CacheDirectory"), [name], file);
@@ -387,8 +397,12 @@ function execWords(unit: Map<string, Map<string, string[]>>): string[] {
 const TLS_FILES = ["${ETCDCTL_CACERT}", "${ETCDCTL_CERT}", "${ETCDCTL_KEY}"];
 
 Deno.test("each TLS drop-in is its unit's ExecStart with reading the three TLS files and the https endpoints, nothing else", async () => {
-  const sources: Record<string, string> = { [SECRETARY_UNIT]: SECRETARY_UNIT, ...CONSUMER_UNITS };
-  for (const [name, dropIn] of Object.entries(TLS_DROP_INS)) {
+  const sources: Record<string, string> = {
+    [SECRETARY_UNIT]: SECRETARY_UNIT,
+    [AGENT_UNIT]: AGENT_UNIT,
+    ...CONSUMER_UNITS,
+  };
+  for (const [name, dropIn] of Object.entries({ ...TLS_DROP_INS, [AGENT_UNIT]: AGENT_TLS_DROP_IN })) {
     const unit = execWords(parseUnit(await Deno.readTextFile(`${ROOT}units/${sources[name]}`)));
     const text = await Deno.readTextFile(`${ROOT}units/${dropIn}`);
     const parsed = parseUnit(text);
@@ -420,7 +434,7 @@ Deno.test("the authentication drop-in only reads ETCDCTL_USER from a file of its
   const parsed = parseUnit(await Deno.readTextFile(`${ROOT}units/etcd-auth.conf`));
   assert.deepEqual([...parsed.keys()], ["Service"]);
   assert.deepEqual([...parsed.get("Service")!.entries()], [["EnvironmentFile", [CREDENTIALS]]]);
-  const sources = [SECRETARY_UNIT, ...Object.values(CONSUMER_UNITS)];
+  const sources = [SECRETARY_UNIT, AGENT_UNIT, ...Object.values(CONSUMER_UNITS)];
   for (const source of sources) {
     const words = execWords(parseUnit(await Deno.readTextFile(`${ROOT}units/${source}`)));
     const env = words.find((w) => w.startsWith("--allow-env="))!.slice("--allow-env=".length).split(",");
@@ -443,6 +457,257 @@ Deno.test("the proxy units run only what they need: HAProxy's sync runs nothing,
     }
     assert.deepEqual(words.filter((w) => /^--allow-(all|ffi|sys|import)|^-A$/.test(w)), [], file);
   }
+});
+
+// ---------------------------------------------------------------------------
+// the agent mode: install.sh --agent
+
+/** units/apache@.service as install.sh --agent installs it: its secretary's unit is the agent's oneshot. */
+function agentApache(source: string): string {
+  return "# Installed by install.sh --agent: units/apache@.service with apache-secretary@%i.service\n" +
+    "# replaced by apache-secretary-agent@%i.service, which attaches the instance to secretary-agent.\n" +
+    source.replaceAll("apache-secretary@%i.service", "apache-secretary-agent@%i.service");
+}
+
+Deno.test("install.sh --agent installs the agent's units, an apache@.service that starts the agent's oneshot, the agent's drop-ins and instance links", async () => {
+  const root = await scratchRoot("agent");
+  const units = `${root}/etc/systemd/system`;
+  const source = await Deno.readTextFile(`${ROOT}units/${APACHE_UNIT}`);
+  const apache = await Deno.readTextFile(`${units}/${APACHE_UNIT}`);
+  assert.equal(
+    apache,
+    agentApache(source),
+    "apache@.service is units/apache@.service with its secretary's unit replaced",
+  );
+  const parsed = parseUnit(apache);
+  assert.deepEqual(setting(parsed, "Unit", "Requires"), ["docker.service", "apache-secretary-agent@%i.service"]);
+  assert.deepEqual(setting(parsed, "Unit", "Before"), ["apache-secretary-agent@%i.service"]);
+  const settings = apache.split("\n").filter((l) => !l.startsWith("#"));
+  assert.deepEqual(settings.filter((l) => l.includes("apache-secretary@")), [], "apache@.service names the sidekick");
+  for (const unit of [AGENT_UNIT, ATTACH_UNIT, ...Object.keys(CONSUMER_UNITS)]) {
+    const from = CONSUMER_UNITS[unit] ?? unit;
+    assert.equal(await Deno.readTextFile(`${units}/${unit}`), await Deno.readTextFile(`${ROOT}units/${from}`), unit);
+  }
+  // the sidekick's unit is not installed, nor its drop-ins: nothing could start a second secretary per instance
+  for (
+    const absent of [
+      SECRETARY_UNIT,
+      `${SECRETARY_UNIT}.d`,
+      ...INSTANCES.map((p) => `apache-secretary@${p}.service`),
+    ]
+  ) {
+    assert.equal(await Deno.lstat(`${units}/${absent}`).then(() => true, () => false), false, `${absent} installed`);
+  }
+  // the TLS and authentication drop-ins go to the agent, the one unit of the host that talks to etcd
+  const dropIns = `${units}/${AGENT_UNIT}.d`;
+  assert.deepEqual([...Deno.readDirSync(dropIns)].map((e) => e.name).sort(), ["auth.conf", "tls.conf"]);
+  assert.equal(
+    await Deno.readTextFile(`${dropIns}/tls.conf`),
+    await Deno.readTextFile(`${ROOT}units/${AGENT_TLS_DROP_IN}`),
+  );
+  assert.equal(await Deno.readTextFile(`${dropIns}/auth.conf`), await Deno.readTextFile(`${ROOT}units/etcd-auth.conf`));
+  assert.equal(await Deno.lstat(`${units}/${ATTACH_UNIT}.d`).then(() => true, () => false), false, "attach needs none");
+  for (const unit of Object.keys(CONSUMER_UNITS)) {
+    const names = [...Deno.readDirSync(`${units}/${unit}.d`)].map((e) => e.name).sort();
+    assert.deepEqual(names, ["auth.conf", "tls.conf"], `the proxy unit ${unit} keeps its drop-ins`);
+  }
+  for (const port of INSTANCES) {
+    for (const unit of [APACHE_UNIT, ATTACH_UNIT]) {
+      const link = `${units}/${unit.replace("@", `@${port}`)}`;
+      assert.equal(Deno.readLinkSync(link), unit, `${link} links to its template beside it`);
+    }
+  }
+  const help = await sh(`${ROOT}install.sh`, ["--help"]);
+  assert.match(help.stdout, /--agent +one secretary agent for the host/);
+});
+
+Deno.test("units/instances.sh --agent links the agent's oneshot, only to the templates of install.sh --agent", async () => {
+  const root = await scratchRoot("agent");
+  const dir = await Deno.makeTempDir({ prefix: "secretary-instances-agent-" });
+  try {
+    // beside the script (units/) is the sidekick's apache@.service: --agent refuses to link to it
+    const refused = await sh(`${ROOT}units/instances.sh`, ["--agent", `${dir}/instances`, "8082"]);
+    assert.equal(refused.code, 2);
+    assert.match(
+      refused.stderr,
+      /^instances: Cannot use --agent with "[^"]+": expected the templates of install\.sh --agent/,
+    );
+    assert.equal(await Deno.stat(`${dir}/instances`).then(() => true, () => false), false, "linked anyway");
+
+    const units = `${root}/etc/systemd/system`;
+    const made = await sh(`${ROOT}units/instances.sh`, ["--agent", units, "8082"]);
+    assert.equal(made.code, 0, made.stderr);
+    try {
+      assert.equal(Deno.readLinkSync(`${units}/apache@8082.service`), "apache@.service");
+      assert.equal(Deno.readLinkSync(`${units}/apache-secretary-agent@8082.service`), ATTACH_UNIT);
+      assert.equal(await Deno.lstat(`${units}/apache-secretary@8082.service`).then(() => true, () => false), false);
+    } finally {
+      for (const link of ["apache@8082.service", "apache-secretary-agent@8082.service"]) {
+        await Deno.remove(`${units}/${link}`).catch(() => {});
+      }
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("systemd-analyze verify passes on install.sh --agent's units: the agent, the oneshot, apache@ and the 8080 and 8081 links", async () => {
+  const root = await scratchRoot("agent");
+  const units = `${root}/etc/systemd/system`;
+  const paths = [
+    `${units}/${AGENT_UNIT}`,
+    `${units}/${ATTACH_UNIT}`,
+    `${units}/${APACHE_UNIT}`,
+    ...INSTANCES.flatMap((p) => [`${units}/apache@${p}.service`, `${units}/apache-secretary-agent@${p}.service`]),
+  ];
+  const verify = (path: string) => sh("systemd-analyze", ["verify", `--root=${root}`, path]);
+  const verifyAll = async (what: string) => {
+    for (const path of paths) {
+      const out = await verify(path);
+      const complaints = `${out.stdout}${out.stderr}`.split("\n").filter((l) => l.trim() && !KILLMODE_WARNING.test(l));
+      assert.equal(out.code, 0, `${what}: ${path}:\n${out.stderr}`);
+      assert.deepEqual(complaints, [], `${what}: ${path}: verify complained`);
+    }
+  };
+  await verifyAll("with the agent's TLS and authentication drop-ins");
+  await Deno.rename(`${units}/${AGENT_UNIT}.d`, `${units}/${AGENT_UNIT}.d.away`);
+  try {
+    await verifyAll("the units alone");
+  } finally {
+    await Deno.rename(`${units}/${AGENT_UNIT}.d.away`, `${units}/${AGENT_UNIT}.d`);
+  }
+
+  // a host switched from sidekicks, their template still there: the oneshot still passes, and a sidekick for an
+  // instance of the agent's apache@ cannot start (its Apache requires the oneshot, which conflicts with it)
+  await Deno.copyFile(`${ROOT}units/${SECRETARY_UNIT}`, `${units}/${SECRETARY_UNIT}`);
+  await Deno.symlink(SECRETARY_UNIT, `${units}/apache-secretary@8080.service`);
+  try {
+    await verifyAll("beside the sidekick's template");
+    const out = await verify(`${units}/apache-secretary@8080.service`);
+    assert.notEqual(out.code, 0);
+    assert.match(out.stderr, /conflicting jobs 'stop' and 'start' for apache-secretary@8080\.service/);
+  } finally {
+    await Deno.remove(`${units}/apache-secretary@8080.service`);
+    await Deno.remove(`${units}/${SECRETARY_UNIT}`);
+  }
+
+  // the control: verify does read the oneshot's settings (a oneshot may not restart always)
+  const stray = `${units}/${ATTACH_UNIT}.d/zz-stray.conf`;
+  await Deno.mkdir(`${units}/${ATTACH_UNIT}.d`);
+  await Deno.writeTextFile(stray, "[Service]\nRestart=always\n");
+  try {
+    const out = await verify(`${units}/apache-secretary-agent@8080.service`);
+    assert.notEqual(out.code, 0);
+    assert.match(out.stderr, /Restart= set to either always or on-success, which isn't allowed for Type=oneshot/);
+  } finally {
+    await Deno.remove(`${units}/${ATTACH_UNIT}.d`, { recursive: true });
+  }
+});
+
+/** The permission flags of a deno command line, and what comes after the script. */
+function denoLine(words: string[]): { permissions: string[]; script: string[] } {
+  assert.deepEqual(words.slice(0, 3), ["/opt/bin/deno", "run", "--v8-flags=--lite-mode"]);
+  const at = words.indexOf("/opt/bin/secretary.mjs");
+  assert.ok(at > 0, words.join(" "));
+  return { permissions: words.slice(3, at), script: words.slice(at + 1) };
+}
+
+/** Where the agent listens and keeps agent.json: the agent unit's RuntimeDirectory under /run. */
+const AGENT_SOCKET = "/run/secretary/agent.sock";
+
+Deno.test("secretary-agent.service: one per host, its state in a runtime folder of its own kept across restarts, least privilege", async () => {
+  const unit = parseUnit(await Deno.readTextFile(`${ROOT}units/${AGENT_UNIT}`));
+  assert.deepEqual(setting(unit, "Unit", "Wants"), ["etcd.service"]);
+  assert.deepEqual(setting(unit, "Unit", "After"), ["etcd.service"]);
+  assert.deepEqual(setting(unit, "Unit", "Requires"), []);
+  assert.deepEqual(setting(unit, "Service", "RuntimeDirectory"), ["secretary"]);
+  assert.deepEqual(setting(unit, "Service", "RuntimeDirectoryMode"), ["0700"]);
+  // kept when the agent stops or restarts (the next agent adopts agent.json); /run is gone at reboot
+  assert.deepEqual(setting(unit, "Service", "RuntimeDirectoryPreserve"), ["yes"]);
+  assert.deepEqual(setting(unit, "Service", "EnvironmentFile"), ["/etc/environment"]);
+  assert.ok(setting(unit, "Service", "Environment").includes("SECRETARY_ETCD=127.0.0.1:2379"));
+  assert.deepEqual(setting(unit, "Service", "Restart"), ["on-failure"]);
+  assert.deepEqual(setting(unit, "Service", "RestartPreventExitStatus"), ["2"]);
+  assert.deepEqual(setting(unit, "Service", "SyslogIdentifier"), ["secretary-agent"]);
+  // SIGTERM is the restart that keeps every record: no ExecStop, no other signal
+  assert.deepEqual(setting(unit, "Service", "ExecStop"), []);
+  assert.deepEqual(setting(unit, "Service", "KillSignal"), []);
+  assert.deepEqual(setting(unit, "Service", "KillMode"), []);
+  assert.deepEqual(setting(unit, "Install", "WantedBy"), ["multi-user.target"]);
+
+  const { permissions, script } = denoLine(execWords(unit));
+  assert.deepEqual(permissions, [
+    `--allow-net=\${COREOS_PUBLIC_IPV4},\${SECRETARY_ETCD},unix:${AGENT_SOCKET}`,
+    "--allow-read=/run/secretary",
+    "--allow-write=/run/secretary",
+    "--allow-env=COREOS_PUBLIC_IPV4,ETCDCTL_CACERT,ETCDCTL_CERT,ETCDCTL_KEY,ETCDCTL_USER,JOURNAL_STREAM,GRPC_*",
+  ]);
+  assert.deepEqual(script, ["agent", "--socket", AGENT_SOCKET, "--endpoints", "${SECRETARY_ETCD}"]);
+});
+
+Deno.test("apache-secretary-agent@.service: a oneshot bound to its Apache that attaches and detaches, wanting the agent without requiring it", async () => {
+  const unit = parseUnit(await Deno.readTextFile(`${ROOT}units/${ATTACH_UNIT}`));
+  // bound to Apache as apache-secretary@ is: after it on start, so before it on stop
+  assert.deepEqual(setting(unit, "Unit", "Requires"), ["apache@%i.service"]);
+  assert.deepEqual(setting(unit, "Unit", "BindsTo"), ["apache@%i.service"]);
+  assert.deepEqual(setting(unit, "X-Fleet", "MachineOf"), ["apache@%i.service"]);
+  // Wants=, not Requires=: `systemctl restart secretary-agent` must not restart (detach, attach) every instance
+  assert.deepEqual(setting(unit, "Unit", "Wants"), ["secretary-agent.service"]);
+  assert.deepEqual(setting(unit, "Unit", "PartOf"), []);
+  // after the agent: at shutdown every detach runs while the agent is still there
+  assert.deepEqual(setting(unit, "Unit", "After"), [
+    "apache@%i.service",
+    "secretary-agent.service",
+    "apache-secretary@%i.service",
+  ]);
+  assert.deepEqual(setting(unit, "Unit", "Conflicts"), ["apache-secretary@%i.service"]);
+  assert.deepEqual(setting(unit, "Service", "Type"), ["oneshot"]);
+  assert.deepEqual(setting(unit, "Service", "RemainAfterExit"), ["yes"]);
+  assert.deepEqual(setting(unit, "Service", "EnvironmentFile"), ["/etc/environment"]);
+  assert.deepEqual(setting(unit, "Service", "Restart"), ["on-failure"]);
+  assert.deepEqual(setting(unit, "Service", "RestartPreventExitStatus"), ["2"]);
+  assert.deepEqual(setting(unit, "Service", "SyslogIdentifier"), ["apache-secretary-agent@%i"]);
+
+  const client = [
+    `--allow-net=unix:${AGENT_SOCKET}`,
+    `--allow-read=${AGENT_SOCKET}`,
+    `--allow-write=${AGENT_SOCKET}`,
+    "--allow-env=COREOS_PUBLIC_IPV4,GRPC_*",
+  ];
+  const attach = denoLine(execWords(unit));
+  assert.deepEqual(attach.permissions, client);
+  assert.deepEqual(attach.script, ["attach", "%i", "--hostname", "%H", "--drain", "5s", "--socket", AGENT_SOCKET]);
+  const stops = setting(unit, "Service", "ExecStop");
+  assert.equal(stops.length, 1);
+  const detach = denoLine(splitCommand(stops[0]));
+  assert.deepEqual(detach.permissions, client);
+  assert.deepEqual(detach.script, ["detach", "%i", "--socket", AGENT_SOCKET]);
+  // the stop covers the wait for the socket (5 s), for etcd's delete (5 s) and the drain
+  const seconds = (v: string) => Number(/^(\d+)s$/.exec(v)![1]);
+  assert.ok(seconds(setting(unit, "Service", "TimeoutStopSec")[0]) >= 5 + 5 + 5);
+  assert.ok(seconds(setting(unit, "Service", "TimeoutStartSec")[0]) >= 5 + 30);
+});
+
+Deno.test("butane/secretary-agent.bu embeds only files that install.sh --agent puts in the staging root", async () => {
+  const root = await scratchRoot("agent");
+  const text = await Deno.readTextFile(`${ROOT}butane/secretary-agent.bu`);
+  assert.match(text, /^variant: flatcar\nversion: 1\.1\.0$/m);
+  assert.match(text, /install\.sh --agent --root \/tmp\/stage/);
+  const locals = [...text.matchAll(/^\s*(?:local|contents_local): (\S+)$/gm)].map((m) => m[1]);
+  assert.deepEqual(locals.sort(), [
+    "etc/systemd/system/apache-secretary-agent@.service",
+    "etc/systemd/system/apache@.service",
+    "etc/systemd/system/secretary-agent.service",
+    "opt/bin/registry",
+    "opt/bin/registry.mjs",
+    "opt/bin/secretary.mjs",
+  ]);
+  for (const path of locals) assert.ok(Deno.statSync(`${root}/${path}`).isFile, `${path} is not in the staging root`);
+  for (const path of ["/opt/bin/deno", "/opt/bin/secretary.mjs", "/etc/environment"]) {
+    assert.match(text, new RegExp(`^\\s*- path: ${path.replaceAll(".", "\\.")}$`, "m"), path);
+  }
+  assert.match(text, /^\s*- name: apache@8080\.service\n\s*enabled: true$/m);
+  assert.match(text, /^\s*- name: secretary-agent\.service\n\s*enabled: true$/m);
 });
 
 // ---------------------------------------------------------------------------
