@@ -175,6 +175,18 @@ attach, detach and attached wait up to 5s for an agent that is starting.
 Exit status: 0 done (agent: stopped by SIGTERM or SIGINT), 1 failed or the agent
 cannot be reached, 2 bad usage.`;
 
+/** The one `<port>` positional of `secretary <port>` and `secretary detach <port>`. */
+function parsePortArgument(positionals: string[], command: string): number {
+  if (positionals.length !== 1) {
+    throw new UsageError(
+      positionals.length === 0
+        ? `Missing <port>: expected the instance's port, e.g. ${command} 8080`
+        : `Cannot use arguments ${quote(positionals.slice(1).join(" "))}: expected only <port>`,
+    );
+  }
+  return asUsage(() => parsePort(positionals[0]));
+}
+
 /** Parses the command line. Returns "help" for --help; throws UsageError on bad input. */
 export function parseCli(
   args: readonly string[],
@@ -209,14 +221,7 @@ export function parseCli(
     },
   });
   if (values.help) return "help";
-  if (positionals.length !== 1) {
-    throw new UsageError(
-      positionals.length === 0
-        ? "Missing <port>: expected the instance's port, e.g. secretary 8080"
-        : `Cannot use arguments ${quote(positionals.slice(1).join(" "))}: expected only <port>`,
-    );
-  }
-  const port = asUsage(() => parsePort(positionals[0]));
+  const port = parsePortArgument(positionals, "secretary");
   const service = asUsage(() => validateService(values.service));
   const prefix = asUsage(() => normalizePrefix(values.prefix ?? DEFAULT_PREFIX));
   const check = parseCheck(values);
@@ -500,14 +505,7 @@ export function parseDetachCli(
     },
   });
   if (values.help) return "help";
-  if (positionals.length !== 1) {
-    throw new UsageError(
-      positionals.length === 0
-        ? "Missing <port>: expected the instance's port, e.g. secretary detach 8080"
-        : `Cannot use arguments ${quote(positionals.slice(1).join(" "))}: expected only <port>`,
-    );
-  }
-  const port = asUsage(() => parsePort(positionals[0]));
+  const port = parsePortArgument(positionals, "secretary detach");
   const service = values.service === undefined ? undefined : asUsage(() => validateService(values.service!));
   const ip = values.ip === undefined ? undefined : asUsage(() => validateIpv4(values.ip!));
   return {
@@ -668,26 +666,8 @@ async function clientMain(command: "attach" | "detach" | "attached", args: strin
 async function main(args: string[]): Promise<number> {
   const env = process.env as Env;
   const log = createLog(env);
-  let config: Config | "help";
-  try {
-    config = parseCli(args, env, {
-      environmentFile: () => readOptional("/etc/environment"),
-      hostname: () => {
-        try {
-          return osHostname();
-        } catch {
-          return undefined; // no --allow-sys=hostname under deno
-        }
-      },
-    });
-  } catch (err) {
-    const usage = usageFrom(err, "secretary");
-    if (usage instanceof UsageError) {
-      process.stderr.write(`secretary: ${usage.message}\n`);
-      return 2;
-    }
-    throw err;
-  }
+  const config = parsed(() => parseCli(args, env, machine));
+  if (typeof config === "number") return config;
   if (config === "help") {
     process.stdout.write(`${HELP}\n`);
     return 0;
