@@ -12,22 +12,28 @@
  * node_modules, no `.proto` files, nothing fetched at run time.
  *
  * The contract it keeps, checked on every build (the build fails loudly):
- * - etcd3 loads `proto/rpc.proto` from beside its code at run time. The build
- *   parses the `.proto` files once, checks that `@grpc/proto-loader`'s
- *   `fromJSON` makes exactly the package definition `loadSync` makes from the
- *   files, and replaces that one call in etcd3's code with `fromJSON` of the
- *   embedded descriptor. If the call is not found exactly once, the build stops.
+ * - etcd3 loads `proto/rpc.proto` from beside its code at run time, with
+ *   `@grpc/proto-loader`. The build parses the `.proto` files once into a
+ *   descriptor, and replaces that one call in etcd3's code with
+ *   lib/client-definition.ts's `clientDefinition()` of the embedded
+ *   descriptor: the client's half of what proto-loader makes, without the
+ *   message and file descriptors only servers read (a third of a bundle's
+ *   start). It checks first that every service and method comes out as
+ *   proto-loader's `loadSync` makes it from the files, and that both encode
+ *   and decode alike. If the call is not found exactly once, the build stops.
  * - Nothing in a bundle imports anything but Node's built-in modules.
  *
  * @module
  */
+import { Buffer } from "node:buffer";
 import { isBuiltin } from "node:module";
 import { basename, relative, resolve } from "node:path";
 import { parseArgs } from "node:util";
 import { gzipSync } from "node:zlib";
 import * as esbuild from "esbuild";
 import protobuf from "protobufjs";
-import { fromJSON, loadSync, type Options } from "@grpc/proto-loader";
+import { loadSync, type Options } from "@grpc/proto-loader";
+import { clientDefinition } from "./lib/client-definition.ts";
 
 /** The repository root. */
 const ROOT = new URL("./", import.meta.url).pathname;
@@ -75,33 +81,73 @@ export interface BundleSize {
   gzip: number;
 }
 
+/** etcd3's `require` of proto-loader: the bundle evaluates proto-loader no more (only grpc-js's unused parts ask for it). */
+const LOADER_REQUIRE = 'const proto_loader_1 = require("@grpc/proto-loader");\n';
+
 /**
  * Parses etcd3's `.proto` files into a protobufjs JSON descriptor and proves
- * that proto-loader makes the same package definition from it as from the
- * files (every service, method, message and file descriptor alike).
+ * that clientDefinition() makes from it every service and method
+ * proto-loader's `loadSync` makes from the files: the same paths, streaming
+ * flags and names, the same bytes for a request and the same object for an
+ * answer.
  */
 export function protoDescriptor(protoPath = `${ROOT}${RPC_PROTO}`): protobuf.INamespace {
   // keepCase as in etcd3's call: field names stay snake_case (create_revision, range_end)
   const descriptor = new protobuf.Root().loadSync(protoPath, { keepCase: true }).toJSON();
-  const fromFiles = JSON.stringify(loadSync(protoPath, LOAD_OPTIONS));
-  const fromDescriptor = JSON.stringify(fromJSON(descriptor, LOAD_OPTIONS));
-  if (fromFiles !== fromDescriptor) {
-    throw new Error(`the descriptor made from ${protoPath} does not give the package definition loadSync gives`);
+  // deno-lint-ignore no-explicit-any
+  const fromFiles = loadSync(protoPath, LOAD_OPTIONS) as Record<string, any>;
+  const ours = clientDefinition(descriptor, LOAD_OPTIONS as protobuf.IConversionOptions);
+  const services = Object.keys(fromFiles).filter((name) => !("format" in fromFiles[name]));
+  const fail = (what: string) => {
+    throw new Error(`clientDefinition() of the descriptor made from ${protoPath} differs from loadSync's: ${what}`);
+  };
+  if (JSON.stringify(services.sort()) !== JSON.stringify(Object.keys(ours).sort())) fail("the services");
+  for (const service of services) {
+    const methods = Object.keys(fromFiles[service]);
+    if (JSON.stringify(methods.sort()) !== JSON.stringify(Object.keys(ours[service]).sort())) fail(service);
+    for (const name of methods) {
+      const theirs = fromFiles[service][name];
+      const mine = ours[service][name];
+      for (const field of ["path", "requestStream", "responseStream", "originalName"] as const) {
+        if (theirs[field] !== mine[field]) fail(`${service}.${name}.${field}`);
+      }
+    }
   }
+  const range = { theirs: fromFiles["etcdserverpb.KV"].Range, mine: ours["etcdserverpb.KV"].Range };
+  const request = { key: Buffer.from("/services/"), range_end: Buffer.from("/services0"), limit: 16, revision: "7" };
+  const bytes = range.mine.requestSerialize(request);
+  if (!Buffer.from(bytes).equals(range.theirs.requestSerialize(request))) fail("a RangeRequest's bytes");
+  const answer = protobuf.Root.fromJSON(descriptor).lookupType("etcdserverpb.RangeResponse");
+  const sample = answer.encode(answer.fromObject({
+    header: { revision: "9007199254740993" },
+    kvs: [{ key: Buffer.from("/services/a/1"), value: Buffer.from("{}"), lease: "7587883412870946562" }],
+    more: true,
+  })).finish();
+  const decoded = [range.mine, range.theirs].map((m) => JSON.stringify(m.responseDeserialize(Buffer.from(sample))));
+  if (decoded[0] !== decoded[1]) fail("a RangeResponse's object");
   return descriptor;
 }
 
-/** Replaces etcd3's `loadSync` of the `.proto` file with `fromJSON` of the embedded descriptor. */
+/**
+ * Replaces etcd3's `loadSync` of the `.proto` file with clientDefinition() of
+ * the embedded descriptor, and its `require` of proto-loader with nothing.
+ */
 export function embedProto(source: string, descriptor: protobuf.INamespace): string {
   const found = source.split(LOAD_CALL).length - 1;
-  if (found !== 1) {
+  const required = source.split(LOADER_REQUIRE).length - 1;
+  if (found !== 1 || required !== 1) {
     throw new Error(
-      `expected etcd3's connection-pool.js to call loadSync of rpc.proto exactly once in the known form, found ${found}: ` +
-        "etcd3 changed; update LOAD_CALL in build.ts after checking the new code",
+      `expected etcd3's connection-pool.js to require proto-loader and call loadSync of rpc.proto exactly once ` +
+        `in the known form, found ${required} and ${found}: etcd3 changed; update LOAD_CALL in build.ts after ` +
+        "checking the new code",
     );
   }
   const options = "{ keepCase: true, longs: String, enums: String, defaults: true, oneofs: true }";
-  return source.replace(LOAD_CALL, () => `(0, proto_loader_1.fromJSON)(${JSON.stringify(descriptor)}, ${options})`);
+  const definition = JSON.stringify(`${ROOT}lib/client-definition.ts`);
+  return source.replace(LOADER_REQUIRE, "").replace(
+    LOAD_CALL,
+    () => `require(${definition}).clientDefinition(${JSON.stringify(descriptor)}, ${options})`,
+  );
 }
 
 /** An esbuild plugin that embeds the descriptor; `hits` counts the files it rewrote. */

@@ -23,6 +23,7 @@ import {
   isRecoverableError,
   type IWatchResponse,
 } from "etcd3";
+import { decodeRangeResponse, type RangePage } from "./wire.ts";
 
 /** How to reach etcd: endpoints, TLS files and a user, as etcdctl takes them. */
 export interface EtcdOptions {
@@ -516,12 +517,14 @@ export class Etcd {
       const limit = this.#listPageSize ?? listPageKeys(values.length, bytes);
       const res = await this.#run(
         `list page ${page}`,
-        (c) => c.kv.range({ key, range_end: rangeEnd, limit, revision: at }),
+        (c) => rangePage(c, { key, range_end: rangeEnd, limit, revision: at }),
       );
-      revision ??= res.header.revision;
+      revision ??= res.revision;
       for (const kv of res.kvs) {
         bytes += kv.key.length + kv.value.length;
-        values.push(keep(toStored(kv)));
+        values.push(
+          keep({ key: kv.key.toString(), value: kv.value.toString(), lease: kv.lease, modRevision: kv.modRevision }),
+        );
       }
       const last = res.kvs.at(-1);
       if (!res.more || !last) return { values, revision };
@@ -642,9 +645,10 @@ function toStored(kv: IKeyValue): StoredValue {
   return { key: kv.key.toString(), value: kv.value.toString(), lease: kv.lease, modRevision: kv.mod_revision };
 }
 
-/** What authenticateOnOwnChannel() reaches into: etcd3 1.1.2's connection pool. */
+/** What authenticateOnOwnChannel() and rangePage() reach into: etcd3 1.1.2's connection pool. */
 interface PoolInternals {
-  hosts?: { getServiceClient(name: "Auth"): AuthServiceClient }[];
+  hosts?: { getServiceClient(name: "Auth" | "KV"): AuthServiceClient & KVServiceClient }[];
+  exec(service: "KV", method: typeof LEAN_RANGE, request: object): Promise<RangePage>;
   authenticator?: {
     getCredentialsFromHost(address: string, name: string, password: string, callOptions?: object): Promise<string>;
   };
@@ -655,6 +659,44 @@ interface AuthServiceClient {
     options: object,
     callback: (err: Error | null, res?: { token: string }) => void,
   ): void;
+}
+
+/** grpc-js's client of etcd's KV service: its Range method, and the call it is made of. */
+interface KVServiceClient {
+  range: { path: string; requestSerialize(request: object): Buffer };
+  makeUnaryRequest(
+    path: string,
+    serialize: (request: object) => Buffer,
+    deserialize: (bytes: Buffer) => RangePage,
+    ...rest: unknown[]
+  ): unknown;
+  [LEAN_RANGE]?: (...args: unknown[]) => unknown;
+}
+
+/** The name of the KV method rangePage() adds: etcd's Range, its answer read by decodeRangeResponse(). */
+const LEAN_RANGE = "rangeLean";
+
+/**
+ * One Range call, its answer read by lib/wire.ts rather than by etcd3's
+ * decoder (a full object of every field; most of a listing's time a
+ * record). The call is otherwise etcd3's own (`pool.exec`): the same channel,
+ * auth token (renewed when etcd refuses it) and error types. The method is
+ * added once to grpc-js's KV client class, beside its own `range`.
+ */
+function rangePage(client: Etcd3, request: object): Promise<RangePage> {
+  const pool = (client as unknown as { pool?: PoolInternals }).pool;
+  const kv = pool?.hosts?.length === 1 ? pool.hosts[0].getServiceClient("KV") : undefined;
+  const methods = kv && Object.getPrototypeOf(kv) as KVServiceClient;
+  if (!pool || typeof methods?.range?.path !== "string" || typeof methods.makeUnaryRequest !== "function") {
+    throw new Error("etcd3's connection pool has changed shape: a listing cannot read Range answers itself");
+  }
+  if (!Object.hasOwn(methods, LEAN_RANGE)) {
+    const { path, requestSerialize } = methods.range;
+    methods[LEAN_RANGE] = function (this: KVServiceClient, ...args: unknown[]) {
+      return this.makeUnaryRequest(path, requestSerialize, decodeRangeResponse, ...args);
+    };
+  }
+  return pool.exec("KV", LEAN_RANGE, request);
 }
 
 /**

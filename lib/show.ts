@@ -114,7 +114,8 @@ export function tableRow(e: Entry, nowMs: number): string[] {
 /** The table's lines: the header, then the rows, in columns. */
 export function formatRows(rows: string[][]): string[] {
   const all = [["SERVICE", "ADDRESS", "HOST", "AGE", "STATUS", "META"], ...rows];
-  const widths = all[0].map((_, i) => Math.max(...all.map((r) => r[i].length)));
+  // a loop, not Math.max(...column): a spread of 100,000 rows' cells would overflow the stack
+  const widths = all[0].map((_, i) => all.reduce((width, r) => Math.max(width, r[i].length), 0));
   return all.map((r) => r.map((cell, i) => (i === r.length - 1 ? cell : cell.padEnd(widths[i]))).join("  "));
 }
 

@@ -6,8 +6,9 @@
  * shown to be needed by dropping it.
  */
 import assert from "node:assert/strict";
-import { fromJSON } from "@grpc/proto-loader";
+import { Buffer } from "node:buffer";
 import { embedProto, protoDescriptor } from "../build.ts";
+import { clientDefinition } from "../lib/client-definition.ts";
 import { type Etcd } from "../lib/etcd.ts";
 import { decodeEntry, encodeRecord, instanceKey } from "../lib/record.ts";
 import {
@@ -143,25 +144,25 @@ async function registerAndDeregister(
 // ---------------------------------------------------------------------------
 // the build
 
-Deno.test("build: etcd3's loadSync of rpc.proto is replaced by fromJSON of an embedded descriptor, exactly once", async () => {
+Deno.test("build: etcd3's loadSync of rpc.proto is replaced by clientDefinition() of an embedded descriptor, exactly once", async () => {
   const source = await Deno.readTextFile(`${ROOT}node_modules/etcd3/lib/connection-pool.js`);
   const descriptor = protoDescriptor();
   const embedded = embedProto(source, descriptor);
-  assert.doesNotMatch(embedded, /loadSync|rpc\.proto|__dirname/);
-  assert.match(embedded, /\(0, proto_loader_1\.fromJSON\)\(\{"nested":/);
+  assert.doesNotMatch(embedded, /loadSync|rpc\.proto|__dirname|proto-loader|proto_loader_1/);
+  assert.match(embedded, /require\("[^"]*\/lib\/client-definition\.ts"\)\.clientDefinition\(\{"nested":/);
   // the descriptor serves etcd's services, with etcd3's field names (keepCase)
-  // deno-lint-ignore no-explicit-any
-  const definition = fromJSON(descriptor, { keepCase: true }) as any;
-  assert.ok(definition["etcdserverpb.KV"].Range, "KV.Range");
+  const definition = clientDefinition(descriptor, { longs: String });
+  assert.equal(definition["etcdserverpb.KV"].Range.path, "/etcdserverpb.KV/Range");
   assert.ok(definition["etcdserverpb.Lease"].LeaseKeepAlive.requestStream, "Lease.LeaseKeepAlive streams");
-  assert.ok(
-    definition["etcdserverpb.RangeRequest"].type.field.some((f: { name: string }) => f.name === "range_end"),
-    "snake_case field names",
-  );
+  const request = { key: Buffer.from("a"), range_end: Buffer.from("b") };
+  const bytes = definition["etcdserverpb.KV"].Range.requestSerialize(request);
+  // field 2 (range_end) is there: snake_case names were kept
+  assert.deepEqual([...bytes], [0x0a, 1, 0x61, 0x12, 1, 0x62]);
 });
 
 Deno.test("build: fails loudly when etcd3's code changes shape", () => {
-  const source = `const packageDefinition = (0, proto_loader_1.loadSync)(\`\${__dirname}/../proto/rpc.proto\`, {
+  const source = `const proto_loader_1 = require("@grpc/proto-loader");
+const packageDefinition = (0, proto_loader_1.loadSync)(\`\${__dirname}/../proto/rpc.proto\`, {
     keepCase: true,
     longs: String,
     enums: String,
@@ -175,9 +176,10 @@ Deno.test("build: fails loudly when etcd3's code changes shape", () => {
     source.replace("oneofs: true", "oneofs: false"), // other options
     source.replace("(0, proto_loader_1.loadSync)", "proto_loader_1.loadSync"), // another compiler output
     `${source}\n${source}`, // twice
+    source.replace('require("@grpc/proto-loader")', 'require("@grpc/proto-loader/build")'), // another require
   ];
   for (const text of changed) {
-    assert.throws(() => embedProto(text, descriptor), /exactly once in the known form, found [02]/);
+    assert.throws(() => embedProto(text, descriptor), /exactly once in the known form, found [012] and [012]/);
   }
 });
 
