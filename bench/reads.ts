@@ -4,7 +4,9 @@
  * time of each whole process, median of `--reps`, and their ratio; an empty
  * prefix first shows what starting the process costs), and `registry watch`
  * latency: from just before a put or delete to its line on the watcher's
- * stdout, p50 and p99 over `--changes` changes made one after another.
+ * stdout, p50 and p99 over `--changes` changes made one after another. Last,
+ * 100 values of 1.45 MB: the peak resident memory (GNU time, /usr/bin/time)
+ * of `registry ls --json` against `etcdctl get --prefix`'s.
  *
  * ```sh
  * node_modules/.bin/deno run -A bench/reads.ts [--sizes 1000,10000] [--reps 5] [--changes 1000]
@@ -36,12 +38,31 @@ export interface ListingFigures {
   registry: Record<string, number[]>;
 }
 
+/** One command's runs over the large values: wall time and peak resident memory (GNU time's %M). */
+export interface PeakRuns {
+  ms: number[];
+  peakKiB: number[];
+}
+
+/** `registry ls --json` and `etcdctl get` of a few very large values: how much memory each holds at its peak. */
+export interface LargeFigures {
+  values: number;
+  valueBytes: number;
+  etcdctl: PeakRuns;
+  registry: Record<string, PeakRuns>;
+}
+
 export interface ReadsFigures {
   listings: ListingFigures[];
+  /** Absent from runs before it was measured. */
+  large?: LargeFigures;
   watch: { runtime: string; changes: number; latencies: number[]; p50: number; p99: number; worst: number };
 }
 
 const SERVICES = 10;
+/** The large values: as many, and as large (near etcd's 1.5 MiB request limit), as the issue's memory target says. */
+const LARGE_VALUES = 100;
+const LARGE_VALUE_BYTES = 1_450_000;
 
 /** The n-th test record: ten services, addresses spread over 10.x.y.z. */
 function testRecord(n: number): { key: string; value: string } {
@@ -81,6 +102,76 @@ async function timeCommand(command: string, args: string[], env: Record<string, 
   if (!out.success) throw new Error(`${command} ${args.join(" ")} failed: ${new TextDecoder().decode(out.stderr)}`);
   const text = new TextDecoder().decode(out.stdout);
   return { ms, lines: text.split("\n").filter(Boolean).length };
+}
+
+/** Runs a command to its end under GNU time; returns its wall time in ms and its peak resident memory in KiB. */
+async function peakOf(command: string, args: string[], env: Record<string, string> = {}) {
+  const at = now();
+  const out = await new Deno.Command("/usr/bin/time", {
+    args: ["-f", "peak %M", command, ...args],
+    env,
+    cwd: ROOT,
+    stdout: "null",
+    stderr: "piped",
+  }).output();
+  const ms = now() - at;
+  const stderr = new TextDecoder().decode(out.stderr);
+  const peak = stderr.match(/^peak (\d+)$/m);
+  if (!out.success || !peak) throw new Error(`${command} ${args.join(" ")} failed: ${stderr.slice(-2000)}`);
+  return { ms, peakKiB: Number(peak[1]) };
+}
+
+/**
+ * `values` records of about `valueBytes` each (a meta field that size), in a
+ * service of their own; then `etcdctl get --prefix` and `registry ls --json`
+ * of that service, `reps` times each, under GNU time: a listing's peak memory
+ * against etcdctl's for values near etcd's request limit (1.5 MiB).
+ */
+async function large(endpoint: string, etcd: Etcd, values: number, valueBytes: number, reps: number) {
+  const service = "large";
+  const blob = "x".repeat(valueBytes);
+  for (let i = 0; i < values; i++) {
+    const ip = `10.200.0.${i + 1}`;
+    const value = encodeRecord({
+      host: "bench",
+      ipv4_addr: ip,
+      port: 8080,
+      service,
+      registered_at: new Date().toISOString(),
+      meta: { blob },
+    });
+    await etcd.putIfAbsent(instanceKey(DEFAULT_PREFIX, service, ip, 8080), value, "0");
+  }
+  const figures: LargeFigures = { values, valueBytes, etcdctl: { ms: [], peakKiB: [] }, registry: {} };
+  const prefix = `${DEFAULT_PREFIX}/${service}/`;
+  const etcdctl = () => peakOf("etcdctl", [`--endpoints=${endpoint}`, "get", "--prefix", prefix], { ETCDCTL_API: "3" });
+  const registry = (r: Runtime) =>
+    peakOf(...commandFor("registry", r, ["ls", service, "--json", `--endpoints=${endpoint}`]));
+  const keep = (into: PeakRuns, run: { ms: number; peakKiB: number }) => {
+    into.ms.push(run.ms);
+    into.peakKiB.push(run.peakKiB);
+  };
+  for (const r of runtimes()) figures.registry[r] = { ms: [], peakKiB: [] };
+  for (let i = 0; i < reps; i++) {
+    keep(figures.etcdctl, await etcdctl());
+    for (const r of runtimes()) keep(figures.registry[r], await registry(r));
+  }
+  const mib = (kib: number[]) => `${(summarize(kib).median / 1024).toFixed(0)} MiB`;
+  const base = summarize(figures.etcdctl.peakKiB).median;
+  console.log(
+    `${values} values of ${(valueBytes / 1e6).toFixed(2)} MB: etcdctl get --prefix peak ${
+      mib(figures.etcdctl.peakKiB)
+    }, ` +
+      `${formatMs(summarize(figures.etcdctl.ms).median)}`,
+  );
+  for (const r of runtimes()) {
+    const run = figures.registry[r];
+    console.log(
+      `${"".padStart(15)} registry ls --json (${r}) peak ${mib(run.peakKiB)}  ` +
+        `${(summarize(run.peakKiB).median / base).toFixed(2)}x etcdctl, ${formatMs(summarize(run.ms).median)}`,
+    );
+  }
+  return figures;
 }
 
 async function listings(endpoint: string, etcd: Etcd, sizes: number[], reps: number): Promise<ListingFigures[]> {
@@ -243,6 +334,8 @@ async function main(): Promise<void> {
         Number(values.reps ?? (values.quick ? 2 : 5)),
       ),
       watch: await watchLatency(endpoint, etcd, Number(values.changes ?? (values.quick ? 200 : 1000))),
+      // last: the watcher above lists the whole registry first, and these are 145 MB
+      large: await large(endpoint, etcd, LARGE_VALUES, LARGE_VALUE_BYTES, values.quick ? 1 : 3),
     };
   });
 }
