@@ -22,6 +22,13 @@
  * overlaps a target's start in another lane (Quiet). About 4 minutes at 50
  * trials. With n = 50, p99 (nearest rank) is the worst.
  *
+ * Each trial is also split where its time went, from the secretary's own log
+ * (each stderr line stamped as it arrives, on the kill's clock): to its first
+ * failing check (`check failed`), and from there to the watcher's event, with
+ * its `deregistered` line (etcd's answer to the delete) beside it; and etcd's
+ * WAL fsync and backend commit histograms are read before and after the lanes,
+ * so a slow trial shows whether the time was ours or etcd's disk.
+ *
  * Apache on Linux defers accepting a connection until it sends data
  * (`AcceptFilter http data`, TCP_DEFER_ACCEPT, the default): a connection that
  * has sent nothing waits in the kernel for about 30 s (SYN-RECV on Apache's
@@ -42,7 +49,7 @@
 import { existsSync } from "node:fs";
 import { parseArgs } from "node:util";
 import { DEFAULT_PREFIX, instanceKey } from "../lib/record.ts";
-import { Apache, delay, EtcdCluster, freePort, ROOT, Script, waitFor } from "../testbed/testbed.ts";
+import { Apache, delay, EtcdCluster, freePort, ROOT, Script, Spawned, waitFor } from "../testbed/testbed.ts";
 import {
   benchmark,
   bundlesBuilt,
@@ -54,6 +61,7 @@ import {
   KeyClock,
   now,
   percentile,
+  scrapeMetrics,
   TTL_MS,
 } from "./lib.ts";
 
@@ -66,6 +74,29 @@ export interface KilledRow {
   /** Whether the connection watch was on (the default) or off (`--no-watch-connection`). */
   watch: boolean;
   times: number[];
+  /**
+   * Per trial, kill to the secretary's first failing check (its `check failed`
+   * line, stamped when it arrived here), in ms. The delete starts with the
+   * fall's last failing check: at once after it with the watch on (refused
+   * checks come back to back), a quick re-check (250 ms at the defaults)
+   * later with it off. A trial whose
+   * line never came is left out of this and `toWatcher` (no NaN), so their n
+   * may be below `times`'. Absent in runs saved before it was measured.
+   */
+  found?: number[];
+  /** Per trial, `times` - `found`: from the first failing check to the watcher's event; left out with `found`'s. */
+  toWatcher?: number[];
+  /** Per trial, kill to the secretary's `deregistered` line (etcd answered the delete), in ms; a missing line left out. */
+  deleted?: number[];
+}
+
+/** Operations of one of etcd's disk histograms during the lanes: all, and those slower than 64 and 128 ms. */
+export interface DiskCounts {
+  total: number;
+  /** Absent from runs saved before it was counted. */
+  over32ms?: number;
+  over64ms: number;
+  over128ms: number;
 }
 
 /** The figures: one row per target kind and watch setting. */
@@ -78,6 +109,12 @@ export interface KilledFigures {
   /** The bundle run, when not dist/secretary.mjs (`--secretary`). */
   secretary?: string;
   rows: KilledRow[];
+  /**
+   * etcd's disk during the lanes (the member's /metrics before and after):
+   * WAL fsyncs and backend commits, a slow one being a likely cause of a slow
+   * delete. Absent in runs saved before it was measured.
+   */
+  disk?: { walFsync: DiskCounts; backendCommit: DiskCounts };
 }
 
 /** Within this of the kill the record must be gone, or the trial fails: the lease's TTL and more. */
@@ -156,6 +193,34 @@ class Quiet {
 
 const quiet = new Quiet();
 
+/**
+ * A secretary's stderr, each line stamped with now() when the chunk that ends
+ * it arrived (the kill's clock), kept from the last clear() on.
+ */
+class StampedLog {
+  #lines: { at: number; line: string }[] = [];
+  #partial = "";
+
+  /** For SpawnOptions.onStderr. */
+  add = (text: string): void => {
+    const at = now();
+    const lines = (this.#partial + text).split("\n");
+    this.#partial = lines.pop()!;
+    // without a journal priority prefix (`<4>`), in case this runs under systemd with JOURNAL_STREAM set
+    for (const line of lines) this.#lines.push({ at, line: line.replace(/^<\d>/, "") });
+  };
+
+  /** Forgets the lines so far: each trial looks only at its own. */
+  clear(): void {
+    this.#lines = [];
+  }
+
+  /** When the first line of `event` (lib/log.ts formatEvent: `event key=value ...`) at or after `since` came. */
+  first(event: string, since: number): number | undefined {
+    return this.#lines.find((l) => l.at >= since && (l.line === event || l.line.startsWith(`${event} `)))?.at;
+  }
+}
+
 /** Starts `target`, again after a short wait if its port is still held. */
 async function startTarget(target: Killable): Promise<void> {
   for (let attempt = 1;; attempt++) {
@@ -168,8 +233,17 @@ async function startTarget(target: Killable): Promise<void> {
   }
 }
 
-/** The bundle's secretary (`bundle`, else dist's) at the defaults for `target`, with the watch on or off. */
-function startSecretary(target: Killable, endpoints: string[], watch: boolean, bundle?: string): Script {
+/**
+ * The bundle's secretary (`bundle`, else dist's) at the defaults for `target`,
+ * with the watch on or off, its stderr lines stamped into `log` as they come.
+ */
+function startSecretary(
+  target: Killable,
+  endpoints: string[],
+  watch: boolean,
+  log: StampedLog,
+  bundle?: string,
+): Spawned {
   const [command, args] = commandFor("secretary", "deno", [
     String(target.port),
     `--ip=${target.host}`,
@@ -178,13 +252,27 @@ function startSecretary(target: Killable, endpoints: string[], watch: boolean, b
     ...DEFAULT_ARGS,
     ...(watch ? [] : ["--no-watch-connection"]),
   ]);
-  return new Script(command, bundle ? args.map((a) => a === "dist/secretary.mjs" ? bundle : a) : args);
+  // as Script runs it (from the repository), with the stamping Script has no option for
+  return new Spawned(command, bundle ? args.map((a) => a === "dist/secretary.mjs" ? bundle : a) : args, {
+    cwd: ROOT,
+    onStderr: log.add,
+  });
 }
+
+/** One trial's times from the kill, in ms: to the watcher's event, and to the secretary's two lines if they came. */
+interface Trial {
+  total: number;
+  found?: number;
+  deleted?: number;
+}
+
+/** How long after the watcher's event a trial waits for the secretary's `deregistered` line (read from its pipe). */
+const LINES_WAIT_MS = 2000;
 
 /**
  * One lane: register, then per trial wait the settle and a random phase of
  * the interval, kill the target, time the delete, start the target again and wait for the
- * record to be back.
+ * record to be back. Returns each trial's times, for the slowest trials' lines.
  */
 async function lane(
   row: KilledRow,
@@ -192,17 +280,20 @@ async function lane(
   endpoints: string[],
   clock: EventClock,
   figures: KilledFigures,
-  secretaries: Script[],
-): Promise<void> {
+  secretaries: Spawned[],
+): Promise<Trial[]> {
   const key = instanceKey(DEFAULT_PREFIX, "apache", target.host, target.port);
   await quiet.hold(() => startTarget(target));
-  const secretary = startSecretary(target, endpoints, row.watch, figures.secretary);
+  const log = new StampedLog();
+  const secretary = startSecretary(target, endpoints, row.watch, log, figures.secretary);
+  const trials: Trial[] = [];
   secretaries.push(secretary);
   const name = `${row.target}, watch ${row.watch ? "on" : "off"}`;
   try {
     await clock.until("put", key, 0, 30_000);
     for (let i = 0; i < figures.trials; i++) {
       await delay(figures.settleMs + Math.random() * INTERVAL_MS); // any phase of the check interval
+      log.clear(); // this trial's lines only (first() also takes none from before the kill)
       const kill = async () => {
         const at = now(); // the cause: the SIGKILL is sent next, before any await
         const exited = target.kill();
@@ -210,6 +301,21 @@ async function lane(
       };
       const { at, exited, gone } = row.watch ? await quiet.hold(kill) : await kill();
       row.times.push(gone - at);
+      // the watcher can see the delete before the secretary's line has been read here; the line keeps its own stamp
+      await waitFor(() => log.first("deregistered", at) !== undefined, "its line", LINES_WAIT_MS).catch(() => {});
+      const found = log.first("check failed", at);
+      const deleted = log.first("deregistered", at);
+      const trial: Trial = { total: gone - at };
+      if (found !== undefined) {
+        trial.found = found - at;
+        row.found?.push(found - at);
+        row.toWatcher?.push(gone - found);
+      }
+      if (deleted !== undefined) {
+        trial.deleted = deleted - at;
+        row.deleted?.push(deleted - at);
+      }
+      trials.push(trial);
       await exited;
       await quiet.hold(() => startTarget(target));
       await clock.until("put", key, at, BACK_TIMEOUT_MS);
@@ -220,6 +326,7 @@ async function lane(
     await secretary.stop();
     await target.kill();
   }
+  return trials;
 }
 
 /** Whether dist/secretary.mjs was built from a source that knows `--no-watch-connection`. */
@@ -261,7 +368,7 @@ async function main(): Promise<void> {
   const cluster = await EtcdCluster.create(1);
   const dir = await Deno.makeTempDir({ prefix: "secretary-killed-" });
   const targets: Killable[] = [];
-  const secretaries: Script[] = [];
+  const secretaries: Spawned[] = [];
   let clock: EventClock | undefined;
   const etcd = cluster.client();
   const cleanup = async () => {
@@ -282,7 +389,9 @@ async function main(): Promise<void> {
       ...(values.secretary ? { secretary: values.secretary } : {}),
       rows: [],
     };
-    const lanes: Promise<void>[] = [];
+    const member = cluster.members[0].clientUrl; // one member, plain http
+    const diskBefore = await scrapeMetrics(member);
+    const lanes: Promise<Trial[]>[] = [];
     for (const kind of ["process", "apache"] as const) {
       for (const watch of [true, false]) {
         const host = `${values.net}.${figures.rows.length + 1}`;
@@ -290,7 +399,7 @@ async function main(): Promise<void> {
         const target = kind === "process"
           ? new ServerProcess(host, port)
           : new ApacheGroup(host, port, `${dir}/apache-${host}`);
-        const row: KilledRow = { target: kind, watch, times: [] };
+        const row: KilledRow = { target: kind, watch, times: [], found: [], toWatcher: [], deleted: [] };
         figures.rows.push(row);
         targets.push(target);
         lanes.push(lane(row, target, cluster.endpoints, clock, figures, secretaries));
@@ -302,21 +411,79 @@ async function main(): Promise<void> {
     );
     const began = Date.now();
     // every lane ends (with its secretary and target stopped) before a failure is reported
-    const failed = (await Promise.allSettled(lanes)).find((r) => r.status === "rejected");
+    const settled = await Promise.allSettled(lanes);
+    const failed = settled.find((r) => r.status === "rejected");
     if (failed) throw failed.reason;
+    try {
+      const diskAfter = await scrapeMetrics(member);
+      figures.disk = {
+        walFsync: diskCounts(diskBefore, diskAfter, "etcd_disk_wal_fsync_duration_seconds"),
+        backendCommit: diskCounts(diskBefore, diskAfter, "etcd_disk_backend_commit_duration_seconds"),
+      };
+    } catch (err) { // the trials stand without it
+      console.error(`killed: etcd's disk histograms not read: ${(err as Error).message}`);
+    }
     console.log(`lanes done in ${Math.round((Date.now() - began) / 1000)} s`);
     for (const row of figures.rows) {
       console.log(formatPercentiles(`${row.target}, watch ${row.watch ? "on" : "off"}`, row.times));
     }
+    // with the watch off, "to watcher" holds the fall's quick re-check besides the delete
+    console.log("where the time went: kill -> first failing check (found), and from there to the watcher's event");
+    figures.rows.forEach((row, i) => {
+      const name = `${row.target}, watch ${row.watch ? "on" : "off"}`;
+      console.log(formatPercentiles(`  ${name}: found`, row.found ?? [], 32));
+      console.log(formatPercentiles(`  ${name}: to watcher`, row.toWatcher ?? [], 32));
+      if (!row.watch) return; // without the watch the time is the check interval's, not worth a line a trial
+      const trials = (settled[i] as PromiseFulfilledResult<Trial[]>).value;
+      for (const t of [...trials].sort((a, b) => b.total - a.total).slice(0, 3)) console.log(`    ${slowest(t)}`);
+    });
+    const disk = (name: string, c: DiskCounts | undefined) =>
+      c
+        ? `${name} ${c.total} (over 32 ms: ${c.over32ms}, over 64 ms: ${c.over64ms}, over 128 ms: ${c.over128ms})`
+        : `${name} n/a`;
+    console.log(
+      `etcd's disk during the lanes: ${disk("WAL fsyncs", figures.disk?.walFsync)}; ${
+        disk("backend commits", figures.disk?.backendCommit)
+      }`,
+    );
     return figures;
   });
 }
 
-/** One line of figures: `name  n=50  p50 12 ms  p99 20 ms  max 21 ms`. */
-export function formatPercentiles(name: string, times: number[]): string {
-  if (times.length === 0) return `${name.padEnd(24)} n=0`;
+/**
+ * One of etcd's duration histograms (`name`_bucket, in seconds) between two
+ * scrapes: how many were observed, and how many took longer than 32, 64 and 128
+ * ms (the total less those in the cumulative buckets up to that bound).
+ */
+function diskCounts(before: Map<string, number>, after: Map<string, number>, name: string): DiskCounts {
+  const d = (key: string) => {
+    // a missing series would read as 0 and count every operation slow
+    if (!before.has(key) || !after.has(key)) throw new Error(`etcd's /metrics has no ${key}`);
+    return after.get(key)! - before.get(key)!;
+  };
+  const total = d(`${name}_count`);
+  return {
+    total,
+    over32ms: total - d(`${name}_bucket{le="0.032"}`),
+    over64ms: total - d(`${name}_bucket{le="0.064"}`),
+    over128ms: total - d(`${name}_bucket{le="0.128"}`),
+  };
+}
+
+/** A slow trial's line: `slowest: 101 ms = found 6.1 ms + delete to watcher 95 ms (deregistered logged at 99 ms)`. */
+function slowest(t: Trial): string {
+  const split = t.found === undefined
+    ? "? (no check failed line)"
+    : `found ${formatMs(t.found)} + delete to watcher ${formatMs(t.total - t.found)}`;
+  const deleted = t.deleted === undefined ? "no deregistered line" : `deregistered logged at ${formatMs(t.deleted)}`;
+  return `slowest: ${formatMs(t.total)} = ${split} (${deleted})`;
+}
+
+/** One line of figures: `name  n=50  p50 12 ms  p99 20 ms  max 21 ms`, the name padded to `width`. */
+export function formatPercentiles(name: string, times: number[], width = 24): string {
+  if (times.length === 0) return `${name.padEnd(width)} n=0`;
   const cell = (label: string, p: number) => `${label} ${formatMs(percentile(times, p)).padStart(8)}`;
-  return `${name.padEnd(24)} n=${String(times.length).padEnd(3)} ${cell("p50", 50)}  ${cell("p99", 99)}  ${
+  return `${name.padEnd(width)} n=${String(times.length).padEnd(3)} ${cell("p50", 50)}  ${cell("p99", 99)}  ${
     cell("max", 100)
   }`;
 }

@@ -73,6 +73,12 @@ export interface SpawnOptions {
   stdout?: "piped" | "null";
   /** Keeps only the last this many characters of stderr (a long-lived server's log). @default all of it */
   keepStderr?: number;
+  /**
+   * Called with each decoded chunk of stderr as it arrives (before any
+   * trimming), for a caller that must know when a line came (a benchmark
+   * stamping a log's events). A chunk may hold several lines or part of one.
+   */
+  onStderr?: (text: string) => void;
 }
 
 /** A program run as a child process, stdin closed, its stdout and stderr collected; stopped by PID. */
@@ -98,7 +104,9 @@ export class Spawned {
     const read = async (stream: ReadableStream<Uint8Array>, into: "stdout" | "stderr") => {
       const d = new TextDecoder();
       for await (const chunk of stream) {
-        this[into] += d.decode(chunk, { stream: true });
+        const text = d.decode(chunk, { stream: true });
+        if (into === "stderr") options.onStderr?.(text);
+        this[into] += text;
         if (into === "stderr" && keep !== undefined && this.stderr.length > keep) {
           this.stderr = this.stderr.slice(-keep);
         }
