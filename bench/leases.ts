@@ -33,11 +33,22 @@
  * other records stay. The instances start over the same spread as above,
  * each agent with its first.
  *
+ * Last, one stream against a stream a keep-alive (`--stream-compare`, 2,000
+ * instances by default, 1,000 with `--quick`, at TTL 10 s, direct; 0: not
+ * run): the same configuration twice, each on a fresh cluster, once as the
+ * secretary keeps leases alive (every keep-alive of a connection on its one
+ * LeaseKeepAlive stream) and once ending the stream after every answer, so
+ * each keep-alive opens its own (what the secretary did before): keep-alives
+ * a second at the leader, its CPU and its CPU a keep-alive, and the streams
+ * the members opened a second, side by side.
+ *
  * ```sh
  * node_modules/.bin/deno run -A bench/leases.ts                  # 1,000, 5,000, 10,000 x TTL 10 s, 30 s x direct, proxy
  * node_modules/.bin/deno run -A bench/leases.ts --quick          # 500 and 2,000 x TTL 10 s x both paths, short windows
  * node_modules/.bin/deno run -A bench/leases.ts --instances 1000 --ttl 10 --paths proxy --groups 10 --window 30
  * node_modules/.bin/deno run -A bench/leases.ts --instances "" --agent-instances 1000 --per-agent 100 --window 10
+ * node_modules/.bin/deno run -A bench/leases.ts --instances "" --agent-instances "" --stream-compare 1000 --window 20
+ * node_modules/.bin/deno run -A bench/leases.ts --stream-compare 0   # without the stream comparison
  * ```
  *
  * @module
@@ -52,6 +63,8 @@ import { benchmark, cores, cpuSecondsOf, formatMs, KeyClock, now, percentile, sc
 
 /** How long a killed instance's record may stay (the issue's target). */
 export const KILL_BOUND_MS = 500;
+/** The stream comparison's TTL (s) and path (`--stream-compare`). */
+export const STREAM_COMPARE_TTL = 10;
 /** How the registrars reach etcd: each to the members itself, or each to its host group's gRPC proxy. */
 export type LeasePath = "direct" | "proxy";
 
@@ -60,6 +73,8 @@ export interface LeaseRun {
   instances: number;
   /** Instances per agent, one lease and one connection an agent; 0 or absent: a sidekick (a lease, a connection) each. */
   perAgent?: number;
+  /** Each connection's keep-alive stream ended after every answer: a stream a keep-alive (the old behaviour). */
+  streamPerKeepAlive?: boolean;
   ttlSeconds: number;
   path: LeasePath;
   /** Host groups, gRPC proxies (one a group on the proxy path, else 0), and the threads running the registrars. */
@@ -123,6 +138,85 @@ export interface LeaseFigures {
   runs: LeaseRun[];
   killBoundMs: number;
   groups: number;
+  /** One configuration run twice (`--stream-compare`); absent in runs saved before it, or when not run. */
+  streams?: StreamComparison;
+}
+
+/** The same configuration, each on a fresh cluster: one stream a connection (the secretary's), a stream a keep-alive. */
+export interface StreamComparison {
+  oneStream: LeaseRun;
+  streamPerKeepAlive: LeaseRun;
+}
+
+/** CPU (in cores) per keep-alive the leader renewed, in ms of CPU (NaN when not measured). */
+function perKeepAliveMs(r: LeaseRun | undefined, cpu: number | undefined): number {
+  return !r || r.error || cpu === undefined ? NaN : (cpu * 1000) / r.keepAlivesPerSecond;
+}
+
+/** The leader's CPU per keep-alive it renewed, in ms of CPU (NaN when not measured). */
+export function leaderCpuPerKeepAliveMs(r: LeaseRun | undefined): number {
+  return perKeepAliveMs(r, r?.leaderCpu);
+}
+
+/** CPU ms with two significant digits below 10 ms: `0.083 ms`. */
+function cpuMs(ms: number): string {
+  return Number.isFinite(ms) ? `${ms >= 10 ? Math.round(ms) : Number(ms.toPrecision(2))} ms` : "n/a";
+}
+
+/**
+ * The comparison in a sentence, with the issue's target judged ("leader CPU per keep-alive halves": one stream's
+ * at most 0.5x a stream a keep-alive's); `markdown` bolds a miss. Missing figures read "n/a".
+ */
+export function describeStreamComparison(c: StreamComparison, markdown = false): string {
+  const { oneStream: one, streamPerKeepAlive: per } = c;
+  const ratio = leaderCpuPerKeepAliveMs(one) / leaderCpuPerKeepAliveMs(per);
+  const judged = !Number.isFinite(ratio)
+    ? "not judged (n/a)"
+    : ratio <= 0.5
+    ? "met"
+    : markdown
+    ? "**missed**"
+    : "missed";
+  const both = (f: (r: LeaseRun) => string) => `${one.error ? "n/a" : f(one)} vs ${per.error ? "n/a" : f(per)}`;
+  return `one stream per connection vs a stream per keep-alive (${count(one.instances)} instances, TTL ` +
+    `${one.ttlSeconds} s, ${pathName(one)}; same configuration, same run): leader CPU per keep-alive ` +
+    `${both((r) => cpuMs(leaderCpuPerKeepAliveMs(r)))} (${Number.isFinite(ratio) ? `${ratio.toFixed(2)}x` : "n/a"}; ` +
+    `target "leader CPU per keep-alive halves", at most 0.5x: ${judged}); LeaseKeepAlive streams opened at the ` +
+    `members ${both((r) => `${count(r.keepAliveStreamsPerSecond)}/s`)}`;
+}
+
+/** The comparison's two runs side by side, in Markdown. */
+export function streamTable(c: StreamComparison): string {
+  const header = [
+    "keep-alives sent on",
+    "keep-alives/s at the leader (asked)",
+    "LeaseKeepAlive streams opened/s (members)",
+    "leader CPU",
+    "leader CPU per keep-alive",
+    "all members' CPU per keep-alive",
+    "this process: CPU, loop lag p99",
+    "keep-alive p50 / p99",
+    "leases lost",
+  ];
+  const row = (name: string, r: LeaseRun) =>
+    r.error ? [name, `failed: ${r.error}`, ...header.slice(2).map(() => "")] : [
+      name,
+      `${count(r.keepAlivesPerSecond)} (${count(r.expectedPerSecond)})`,
+      count(r.keepAliveStreamsPerSecond),
+      cores(r.leaderCpu),
+      cpuMs(leaderCpuPerKeepAliveMs(r)),
+      cpuMs(perKeepAliveMs(r, r.membersCpu)),
+      `${cores(r.benchCpu)}, ${formatMs(r.loopLagP99Ms)}`,
+      `${formatMs(r.keepAliveP50Ms)} / ${formatMs(r.keepAliveP99Ms)}`,
+      count(r.leasesLost),
+    ];
+  const line = (cells: string[]) => `| ${cells.join(" | ")} |`;
+  return [
+    line(header),
+    line(header.map(() => "---")),
+    line(row("one stream per connection", c.oneStream)),
+    line(row("a stream per keep-alive", c.streamPerKeepAlive)),
+  ].join("\n");
 }
 
 /** What to run. */
@@ -138,6 +232,8 @@ interface Config {
   workers: number;
   kill: number;
   rate: number;
+  /** Instances run twice at STREAM_COMPARE_TTL, direct: one stream a connection, a stream a keep-alive; 0: not. */
+  streamCompare: number;
   /** The window over which steady figures are taken, in seconds; undefined: two TTLs. */
   windowSeconds?: number;
   json?: string;
@@ -158,6 +254,7 @@ function parseConfig(args: string[]): Config {
       "agent-instances": { type: "string" },
       "per-agent": { type: "string", default: "100" },
       "agent-ttl": { type: "string", default: "10" },
+      "stream-compare": { type: "string" },
       quick: { type: "boolean", default: false },
       json: { type: "string" },
     },
@@ -171,7 +268,12 @@ function parseConfig(args: string[]): Config {
   if (!Number.isInteger(perAgent) || perAgent < 1) {
     throw new Error(`--per-agent: ${values["per-agent"]}: expected an integer of 1 or more`);
   }
+  const streamCompare = Number(values["stream-compare"] ?? (values.quick ? "1000" : "2000"));
+  if (!Number.isInteger(streamCompare) || streamCompare < 0) {
+    throw new Error(`--stream-compare: ${values["stream-compare"]}: expected a number of instances, or 0`);
+  }
   return {
+    streamCompare,
     sizes: list(values.instances ?? (values.quick ? "500,2000" : "1000,5000,10000")).map(Number),
     ttls: list(values.ttl ?? (values.quick ? "10" : "10,30")).map(Number),
     paths,
@@ -295,6 +397,7 @@ async function runOne(
   ttlSeconds: number,
   path: LeasePath,
   perAgent = 0,
+  streamPerKeepAlive = false,
 ): Promise<LeaseRun> {
   const { groups, workers } = config;
   const cluster = await EtcdCluster.create(3, { host: `127.4.0.${k}` });
@@ -312,6 +415,7 @@ async function runOne(
   current = teardown;
   const prefix = servicePrefix(DEFAULT_PREFIX, SERVICE);
   const run = emptyRun(config, instances, ttlSeconds, path, perAgent);
+  if (streamPerKeepAlive) run.streamPerKeepAlive = true;
   try {
     await cluster.start();
     if (path === "proxy") {
@@ -344,6 +448,7 @@ async function runOne(
         startedAt,
         spacingMs,
         perAgent,
+        streamPerKeepAlive,
       });
     }
     const registerBy = startedAt + instances * spacingMs + 60_000;
@@ -558,6 +663,21 @@ async function main(config: Config): Promise<LeaseFigures> {
     figures.runs.push(r);
     if (!r.error) console.log(`  ${describeRun(r)}`);
   }
+  if (config.streamCompare) {
+    const runs: LeaseRun[] = [];
+    for (const streamPerKeepAlive of [false, true]) {
+      k++;
+      console.log(
+        `${count(config.streamCompare)} instances, TTL ${STREAM_COMPARE_TTL} s, direct, ${
+          streamPerKeepAlive ? "a LeaseKeepAlive stream a keep-alive (the old behaviour)" : "one stream a connection"
+        }:`,
+      );
+      const r = await runOne(config, k, config.streamCompare, STREAM_COMPARE_TTL, "direct", 0, streamPerKeepAlive);
+      runs.push(r);
+      if (!r.error) console.log(`  ${describeRun(r)}`);
+    }
+    figures.streams = { oneStream: runs[0], streamPerKeepAlive: runs[1] };
+  }
   console.log(
     `\nOne connection per instance, as each secretary has its own; ${groups} host groups, each through its own ` +
       `gRPC proxy on the proxy path; the registrars in ${config.workers} threads of one process. Three members on ` +
@@ -568,6 +688,10 @@ async function main(config: Config): Promise<LeaseFigures> {
       }\n`,
   );
   console.log(leaseTable(figures));
+  if (figures.streams) {
+    console.log(`\n${describeStreamComparison(figures.streams)}\n`);
+    console.log(streamTable(figures.streams));
+  }
   return figures;
 }
 

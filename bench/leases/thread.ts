@@ -11,6 +11,14 @@
  * instance that grants and keeps alive the host's lease, and each instance's
  * registrar putting its record under it (`hostLease`).
  *
+ * With `streamPerKeepAlive`, each connection ends its LeaseKeepAlive stream
+ * as soon as a keep-alive is answered (Etcd.endKeepAliveStream), so the next
+ * keep-alive opens a new one: the secretary's old behaviour, a stream a
+ * keep-alive, to measure against one stream a connection. Only the
+ * registrar that keeps a lease alive sends keep-alives on its connection
+ * (a sidekick's own, an agent's host lease), so no other keep-alive waits
+ * on the stream ended.
+ *
  * @module
  */
 import { sleep } from "../../lib/cli.ts";
@@ -69,6 +77,8 @@ export type ThreadRequest =
     spacingMs: number;
     /** Instances per agent, each agent's in one thread; 0: a sidekick (a lease, a connection) each. */
     perAgent: number;
+    /** End each connection's keep-alive stream after every keep-alive answer: a stream a keep-alive. */
+    streamPerKeepAlive?: boolean;
   }
   | { type: "measure"; on: boolean }
   /** `at`: when the main thread sent it (ms since the epoch); answered with how late the thread acted on it (ms). */
@@ -105,6 +115,9 @@ function registrarThread(): void {
   const leasesLost: [number, number][] = [];
   const callFailures: { at: number; reason: string }[] = [];
 
+  /** Set by "start": end the keep-alive stream after each answer (see the module doc). */
+  let streamPerKeepAlive = false;
+
   /** A client that times each keep-alive (the registrar's own call) and passes everything else on. */
   const timed = (etcd: Etcd): EtcdClient => ({
     grantLease: (ttl, id) => etcd.grantLease(ttl, id),
@@ -112,6 +125,8 @@ function registrarThread(): void {
       const start = now();
       try {
         const remaining = await etcd.keepAlive(lease);
+        // the old behaviour: the next keep-alive opens its own stream (its set-up in that keep-alive's time)
+        if (streamPerKeepAlive) etcd.endKeepAliveStream();
         if (measuring) keepAliveMs.push(now() - start);
         return remaining;
       } catch (err) {
@@ -221,6 +236,7 @@ function registrarThread(): void {
     const answer = (value: unknown) => scope.postMessage({ id, value });
     switch (request.type) {
       case "start":
+        streamPerKeepAlive = request.streamPerKeepAlive ?? false;
         lag.start();
         void start(request);
         return answer(null);

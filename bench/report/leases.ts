@@ -6,7 +6,14 @@
  * @module
  */
 import { type FanoutFigures, fanoutTable } from "../fanout.ts";
-import { type LeaseFigures, type LeaseRun, leaseTable, pathName } from "../leases.ts";
+import {
+  describeStreamComparison,
+  type LeaseFigures,
+  type LeaseRun,
+  leaseTable,
+  pathName,
+  streamTable,
+} from "../leases.ts";
 import { cores as share, formatMs } from "../lib.ts";
 import { coresText } from "./table.ts";
 
@@ -48,6 +55,11 @@ export function scaleSection(
         }.`,
       );
     }
+    // absent from runs saved before the comparison, or run with --stream-compare 0
+    if (leases.streams) {
+      const line = describeStreamComparison(leases.streams, true);
+      judged.push(`- ${line[0].toUpperCase()}${line.slice(1)}.`);
+    }
   }
   if (fanout) {
     const base = fanout.runs.find((r) =>
@@ -68,7 +80,8 @@ export function scaleSection(
   return `## Scale: lease load and watch fan-out
 
 Targets: 10,000 instances held with 0 leases lost and 10 killed ones out within 0.5 s (as sidekicks, and as agents of
-${perAgent} at TTL 10 s); at 100 watchers through etcd's
+${perAgent} at TTL 10 s); the leader's CPU per keep-alive at most half with one LeaseKeepAlive stream per connection
+as with a stream per keep-alive (the secretary's old behaviour); at 100 watchers through etcd's
 gRPC proxy, watch p99 no worse than twice one direct watcher's. What to run at each size, from these tables:
 [docs/scale.md](../docs/scale.md).
 
@@ -87,7 +100,16 @@ but for the checks (no instance is checked here): one connection and one lease, 
 instance's registrar putting its record under it.
 
 ${leases ? leaseTable(leases) : "The lease load failed or did not run."}
+${
+    leases?.streams
+      ? `
+One LeaseKeepAlive stream per connection (the secretary's) against a stream per keep-alive (its old behaviour, each
+connection's stream ended after every answer), the same configuration, each on a fresh cluster in the same run:
 
+${streamTable(leases.streams)}
+`
+      : ""
+  }
 Watch fan-out ([fanout.ts](fanout.ts)): followers of one service (lib/follow.ts, as \`registry watch\`, \`sync\`
 and \`render\` follow it), each with its own connection, while its instances change; then a quiet window.
 
