@@ -59,8 +59,7 @@ export function killedRows(killed: KilledFigures | undefined): string[][] {
         `over 128 ms, of ${c.total}`
       : "n/a";
   rows.push([
-    "of which (watch on): kill → the secretary's delete started (its first `check failed` line; the fall's last " +
-    "refused check follows at once); delete started → watcher's event",
+    "of which, watch on: kill → first failing check (found); → watcher's event",
     "",
     `server process: ${split("process")}. Apache: ${split("apache")}. etcd's disk in the run: WAL fsyncs ${
       slow(killed?.disk?.walFsync)

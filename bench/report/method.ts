@@ -33,7 +33,10 @@ export function howTaken(
   Debian's Apache (mpm_event, its own minimal config) with its whole process group killed with SIGKILL, as a crash or
   systemd's KillMode=control-group takes it; each with the connection watch on (the default) and off, ${
     killed ? `${killed.trials} trials each, ${killed.rows.length} lanes side by side` : "one lane each, side by side"
-  }; each kill comes a random phase of the interval after the record is back.
+  }; each kill comes a random phase of the interval after the record is back. Each trial is split where it happened:
+  the secretary's log lines are stamped as they reach the benchmark, so \`found\` runs to its first \`check failed\`
+  line (the delete starts with the fall's last check, at once with the watch on) and the rest to the watcher's
+  event; etcd's WAL fsync and backend commit histograms are read before and after the lanes.
 - Checks ([checks.ts](checks.ts)): one sidekick at a time, alone on the benchmark's etcd, for each check kind: http and
   tcp against a target, exec of \`/bin/true\`, and exec of \`sh -c "echo '{…}'"\`, whose JSON status is in the record
   before the window starts and never changes. An idle window one interval after it registered; CPU is utime + stime +
@@ -69,7 +72,9 @@ export function howTaken(
   }; the benchmark's watch counts deletes and puts of the attached keys from the SIGTERM to a TTL and two intervals
   after the new agent answers, and lists the keys then.
 - Reads ([reads.ts](reads.ts)): wall time of each whole process, median of several runs, against the same etcd in the
-  same run. Watch latency: from just before each put or delete to its line on \`registry watch\`'s stdout.
+  same run; an empty prefix first, which is what starting each process costs. Watch latency: from just before each put
+  or delete to its line on \`registry watch\`'s stdout. Peak memory: GNU time's maximum resident set of each whole
+  process, listing 100 values of 1.45 MB (\`registry ls --json\`, \`etcdctl get --prefix\`), median of three.
 - Scale ([scale.ts](scale.ts)): ${
     scale ? `${scale.instances} sidekicks` : "sidekicks"
   } started at a steady rate, each with its own target, all served by the benchmark's one process.
