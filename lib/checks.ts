@@ -45,12 +45,24 @@ export interface CheckResult {
   fatal?: boolean;
   /**
    * The connection was refused (ECONNREFUSED: nothing listens on ip:port) or
-   * reset before any byte of an answer (ECONNRESET: the listener closed with
-   * the connection still queued, as when a process dies a moment after its
-   * idle connections). Unlike a timeout, that is no blip: the kernel answers
-   * for a process that is gone or going. Never set on a passing check.
+   * reset or broken before any byte of an answer (ECONNRESET, EPIPE: the
+   * listener closed with the connection still queued, as when a process dies
+   * a moment after its idle connections; EPIPE when the request was being
+   * written then). Unlike a timeout, that is no blip: the kernel answers for
+   * a process that is gone or going. Never set on a passing check
+   * (isRefusal()).
    */
   refused?: boolean;
+}
+
+/**
+ * Whether a failed connection's error is a refusal (pure; CheckResult.refused):
+ * ECONNREFUSED, or ECONNRESET or EPIPE before any byte of an answer
+ * (`received`). A reset after part of an answer may be a blip of a live
+ * server, so it is not.
+ */
+export function isRefusal(code: string | undefined, received: number): boolean {
+  return code === "ECONNREFUSED" || ((code === "ECONNRESET" || code === "EPIPE") && received === 0);
 }
 
 /** The most of an exec check's stdout that can become `status`. */
@@ -178,7 +190,7 @@ function checkSocket(spec: Exclude<CheckSpec, { kind: "exec" }>, target: Target)
       finish({
         passed: false,
         reason: err.code ?? err.message,
-        ...(err.code === "ECONNREFUSED" || (err.code === "ECONNRESET" && received === 0) ? { refused: true } : {}),
+        ...(isRefusal(err.code, received) ? { refused: true } : {}),
       }));
     socket.on(spec.kind === "https" ? "secureConnect" : "connect", () => {
       if (spec.kind === "tcp") return finish({ passed: true, reason: "connected" });

@@ -1,7 +1,15 @@
 /** lib/checks.ts's pure parts (and splitCommand, the connection watch's backoff), and how the registry shows a status. */
 import assert from "node:assert/strict";
 import { oneLine } from "../lib/text.ts";
-import { dechunk, execEnv, parseHeader, parseStatus, parseStatusRange, STATUS_MAX_BYTES } from "../lib/checks.ts";
+import {
+  dechunk,
+  execEnv,
+  isRefusal,
+  parseHeader,
+  parseStatus,
+  parseStatusRange,
+  STATUS_MAX_BYTES,
+} from "../lib/checks.ts";
 import { splitCommand } from "../lib/command.ts";
 import { reconnectDelayMs } from "../lib/connection-watch.ts";
 import { decodeEntry, encodeRecord, type ServiceRecord } from "../lib/record.ts";
@@ -119,4 +127,18 @@ Deno.test("formatStatus() shows k=v pairs, JSON where a value is not simple, cut
 
 Deno.test("reconnectDelayMs() reconnects at once after a long-lived connection, backs off to 30 s after short ones", () => {
   assert.deepEqual([0, 1, 2, 3, 4, 7, 8, 20].map(reconnectDelayMs), [0, 250, 500, 1000, 2000, 16_000, 30_000, 30_000]);
+});
+
+Deno.test("isRefusal(): the kernel answering for a process gone or going, not a blip of a live one", () => {
+  const cases: [string | undefined, number, boolean, string][] = [
+    ["ECONNREFUSED", 0, true, "nothing listens"],
+    ["ECONNRESET", 0, true, "reset while queued on a closing listener"],
+    ["EPIPE", 0, true, "the request's write broken: the listener closed under it (a killed process's, measured)"],
+    ["ECONNRESET", 12, false, "reset mid-answer: the server was alive a moment ago"],
+    ["EPIPE", 12, false, "broken mid-answer"],
+    ["ETIMEDOUT", 0, false, "a timeout may be a blip"],
+    ["EHOSTUNREACH", 0, false, "the network's, not the process's"],
+    [undefined, 0, false, "no code"],
+  ];
+  for (const [code, received, expected, why] of cases) assert.equal(isRefusal(code, received), expected, why);
 });
