@@ -670,6 +670,12 @@ interface AuthServiceClient {
   ): void;
 }
 
+/** etcd3's connection pool inside `client`, and its one host (each Etcd3 here has one endpoint); undefined if not so. */
+function poolOf(client: Etcd3): { pool?: PoolInternals; host?: NonNullable<PoolInternals["hosts"]>[number] } {
+  const pool = (client as unknown as { pool?: PoolInternals }).pool;
+  return { pool, host: pool?.hosts?.length === 1 ? pool.hosts[0] : undefined };
+}
+
 /** grpc-js's client of etcd's KV service: its Range method, and the call it is made of. */
 interface KVServiceClient {
   range: { path: string; requestSerialize(request: object): Buffer };
@@ -693,8 +699,8 @@ const LEAN_RANGE = "rangeLean";
  * added once to grpc-js's KV client class, beside its own `range`.
  */
 function rangePage(client: Etcd3, request: object): Promise<RangePage> {
-  const pool = (client as unknown as { pool?: PoolInternals }).pool;
-  const kv = pool?.hosts?.length === 1 ? pool.hosts[0].getServiceClient("KV") : undefined;
+  const { pool, host } = poolOf(client);
+  const kv = host?.getServiceClient("KV");
   const methods = kv && Object.getPrototypeOf(kv) as KVServiceClient;
   if (!pool || typeof methods?.range?.path !== "string" || typeof methods.makeUnaryRequest !== "function") {
     throw new Error("etcd3's connection pool has changed shape: a listing cannot read Range answers itself");
@@ -717,9 +723,8 @@ function rangePage(client: Etcd3, request: object): Promise<RangePage> {
  * client's own channel instead, which has both, and is no extra connection.
  */
 function authenticateOnOwnChannel(client: Etcd3): void {
-  const pool = (client as unknown as { pool?: PoolInternals }).pool;
+  const { pool, host } = poolOf(client);
   const authenticator = pool?.authenticator;
-  const host = pool?.hosts?.length === 1 ? pool.hosts[0] : undefined;
   if (!host || typeof authenticator?.getCredentialsFromHost !== "function") {
     throw new Error("etcd3's connection pool has changed shape: authentication cannot use the client's channel");
   }
