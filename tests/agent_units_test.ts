@@ -193,6 +193,18 @@ function underLease(etcd: Etcd, key: string, lease: string, log: () => string): 
   );
 }
 
+/** A plain bed: its agent started and the target attached by the unit's ExecStart, its record under the host lease. */
+async function attachedOnAgent(bed: Awaited<ReturnType<typeof plainBed>>, scripts: Script[]) {
+  const { etcd, target, host } = bed;
+  const first = await startAgent(host);
+  scripts.push(first.agent);
+  const attach = await runLine(host, "ExecStart", target.port);
+  assert.equal(attach.code, 0, attach.stderr);
+  const key = instanceKey(DEFAULT_PREFIX, "apache", target.host, target.port);
+  await underLease(etcd, key, first.lease, () => first.agent.stderr);
+  return { first, attach, key };
+}
+
 /** A plain etcd, a target on the host's address and a host whose /etc/environment points at both. */
 async function plainBed(): Promise<{ cluster: EtcdCluster; etcd: Etcd; target: TestServer; host: Host }> {
   const cluster = await lo.etcd(1);
@@ -273,12 +285,7 @@ Deno.test("under the unit's lines a SIGTERM is a restart: the next agent adopts 
   const scripts: Script[] = [];
   let watch: { cancel(): void } | undefined;
   try {
-    const first = await startAgent(host);
-    scripts.push(first.agent);
-    const attach = await runLine(host, "ExecStart", target.port);
-    assert.equal(attach.code, 0, attach.stderr);
-    const key = instanceKey(DEFAULT_PREFIX, "apache", target.host, target.port);
-    await underLease(etcd, key, first.lease, () => first.agent.stderr);
+    const { first, attach, key } = await attachedOnAgent(bed, scripts);
     const before = (await etcd.get(key))!;
 
     first.agent.kill("SIGTERM");
@@ -312,12 +319,7 @@ Deno.test("under the unit's lines a SIGKILLed agent's successor attaches the ins
   const { etcd, target, host } = bed;
   const scripts: Script[] = [];
   try {
-    const first = await startAgent(host);
-    scripts.push(first.agent);
-    const attach = await runLine(host, "ExecStart", target.port);
-    assert.equal(attach.code, 0, attach.stderr);
-    const key = instanceKey(DEFAULT_PREFIX, "apache", target.host, target.port);
-    await underLease(etcd, key, first.lease, () => first.agent.stderr);
+    const { first, key } = await attachedOnAgent(bed, scripts);
 
     first.agent.kill("SIGKILL");
     await first.agent.finished(EVENT_MS);

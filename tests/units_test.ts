@@ -688,13 +688,40 @@ Deno.test("apache-secretary-agent@.service: a oneshot bound to its Apache that a
   assert.ok(seconds(setting(unit, "Service", "TimeoutStartSec")[0]) >= 5 + 30);
 });
 
-Deno.test("butane/secretary-agent.bu embeds only files that install.sh --agent puts in the staging root", async () => {
-  const root = await scratchRoot("agent");
-  const text = await Deno.readTextFile(`${ROOT}butane/secretary-agent.bu`);
+// ---------------------------------------------------------------------------
+// Butane
+
+/**
+ * Checks a Butane config against install.sh's staging root: its header, that
+ * it embeds exactly `locals` and each is in `root`, the paths the units expect
+ * and apache@8080 enabled. Returns the config's text for the mode's own checks.
+ */
+async function checkButane(file: string, root: string, locals: string[]): Promise<string> {
+  const text = await Deno.readTextFile(`${ROOT}butane/${file}`);
   assert.match(text, /^variant: flatcar\nversion: 1\.1\.0$/m);
-  assert.match(text, /install\.sh --agent --root \/tmp\/stage/);
-  const locals = [...text.matchAll(/^\s*(?:local|contents_local): (\S+)$/gm)].map((m) => m[1]);
-  assert.deepEqual(locals.sort(), [
+  const embedded = [...text.matchAll(/^\s*(?:local|contents_local): (\S+)$/gm)].map((m) => m[1]);
+  assert.deepEqual(embedded.sort(), locals);
+  for (const path of embedded) assert.ok(Deno.statSync(`${root}/${path}`).isFile, `${path} is not in the staging root`);
+  // the paths the units expect
+  for (const path of ["/opt/bin/deno", "/opt/bin/secretary.mjs", "/etc/environment"]) {
+    assert.match(text, new RegExp(`^\\s*- path: ${path.replaceAll(".", "\\.")}$`, "m"), path);
+  }
+  assert.match(text, /^\s*- name: apache@8080\.service\n\s*enabled: true$/m);
+  return text;
+}
+
+Deno.test("butane/secretary.bu embeds only files that install.sh puts in the staging root", async () => {
+  await checkButane("secretary.bu", await scratchRoot(), [
+    "etc/systemd/system/apache-secretary@.service",
+    "etc/systemd/system/apache@.service",
+    "opt/bin/registry",
+    "opt/bin/registry.mjs",
+    "opt/bin/secretary.mjs",
+  ]);
+});
+
+Deno.test("butane/secretary-agent.bu embeds only files that install.sh --agent puts in the staging root", async () => {
+  const text = await checkButane("secretary-agent.bu", await scratchRoot("agent"), [
     "etc/systemd/system/apache-secretary-agent@.service",
     "etc/systemd/system/apache@.service",
     "etc/systemd/system/secretary-agent.service",
@@ -702,35 +729,8 @@ Deno.test("butane/secretary-agent.bu embeds only files that install.sh --agent p
     "opt/bin/registry.mjs",
     "opt/bin/secretary.mjs",
   ]);
-  for (const path of locals) assert.ok(Deno.statSync(`${root}/${path}`).isFile, `${path} is not in the staging root`);
-  for (const path of ["/opt/bin/deno", "/opt/bin/secretary.mjs", "/etc/environment"]) {
-    assert.match(text, new RegExp(`^\\s*- path: ${path.replaceAll(".", "\\.")}$`, "m"), path);
-  }
-  assert.match(text, /^\s*- name: apache@8080\.service\n\s*enabled: true$/m);
+  assert.match(text, /install\.sh --agent --root \/tmp\/stage/);
   assert.match(text, /^\s*- name: secretary-agent\.service\n\s*enabled: true$/m);
-});
-
-// ---------------------------------------------------------------------------
-// Butane
-
-Deno.test("butane/secretary.bu embeds only files that install.sh puts in the staging root", async () => {
-  const root = await scratchRoot();
-  const text = await Deno.readTextFile(`${ROOT}butane/secretary.bu`);
-  assert.match(text, /^variant: flatcar\nversion: 1\.1\.0$/m);
-  const locals = [...text.matchAll(/^\s*(?:local|contents_local): (\S+)$/gm)].map((m) => m[1]);
-  assert.deepEqual(locals.sort(), [
-    "etc/systemd/system/apache-secretary@.service",
-    "etc/systemd/system/apache@.service",
-    "opt/bin/registry",
-    "opt/bin/registry.mjs",
-    "opt/bin/secretary.mjs",
-  ]);
-  for (const path of locals) assert.ok(Deno.statSync(`${root}/${path}`).isFile, `${path} is not in the staging root`);
-  // the paths the units expect
-  for (const path of ["/opt/bin/deno", "/opt/bin/secretary.mjs", "/etc/environment"]) {
-    assert.match(text, new RegExp(`^\\s*- path: ${path.replaceAll(".", "\\.")}$`, "m"), path);
-  }
-  assert.match(text, /^\s*- name: apache@8080\.service\n\s*enabled: true$/m);
 });
 
 Deno.test("units/examples/queue-secretary@.service, an exec check with drain and maintenance, passes systemd-analyze verify", async () => {
