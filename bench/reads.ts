@@ -2,7 +2,9 @@
  * How registry reads scale: `registry ls` over 1,000 and 10,000 records
  * beside `etcdctl get --prefix` of the same keys in the same run (the wall
  * time of each whole process, median of `--reps`, and their ratio; an empty
- * prefix first shows what starting the process costs), and `registry watch`
+ * prefix first shows what starting the process costs; then that start in
+ * parts, the runtime alone and the bundle loaded; and ls's own work on the
+ * records, timed in this process), and `registry watch`
  * latency: from just before a put or delete to its line on the watcher's
  * stdout, p50 and p99 over `--changes` changes made one after another. Last,
  * 100 values of 1.45 MB: the peak resident memory (GNU time, /usr/bin/time)
@@ -17,7 +19,8 @@
  */
 import { parseArgs } from "node:util";
 import type { Etcd } from "../lib/etcd.ts";
-import { DEFAULT_PREFIX, encodeRecord, instanceKey } from "../lib/record.ts";
+import { decodeEntry, DEFAULT_PREFIX, encodeRecord, instanceKey } from "../lib/record.ts";
+import { byRank, entryRank, formatRows, tableRow } from "../lib/show.ts";
 import { delay, EtcdCluster, ROOT } from "../testbed/testbed.ts";
 import {
   benchmark,
@@ -52,8 +55,34 @@ export interface LargeFigures {
   registry: Record<string, PeakRuns>;
 }
 
+/**
+ * Where an empty listing's time goes, each a whole process's wall time: the
+ * runtime alone (an empty module, run as the bundle is run), the bundle
+ * loaded (`registry --help`: every module evaluated, no connection), per
+ * runtime; the empty listing less the latter is its one request to etcd.
+ */
+export interface StartFigures {
+  runtime: Record<string, number[]>;
+  loaded: Record<string, number[]>;
+}
+
+/**
+ * What `registry ls` does with 10,000 records once it has them, timed in
+ * this process (deno) on its first pass, cold as a listing's process is:
+ * each value decoded and checked as hostile input, ranked and made a row
+ * (ms), then the rows sorted and laid out in columns (ms).
+ */
+export interface RecordWork {
+  records: number;
+  decodeMs: number;
+  formatMs: number;
+}
+
 export interface ReadsFigures {
   listings: ListingFigures[];
+  /** Absent from runs before they were measured. */
+  start?: StartFigures;
+  recordWork?: RecordWork;
   /** Absent from runs before it was measured. */
   large?: LargeFigures;
   watch: { runtime: string; changes: number; latencies: number[]; p50: number; p99: number; worst: number };
@@ -172,6 +201,61 @@ async function large(endpoint: string, etcd: Etcd, values: number, valueBytes: n
     );
   }
   return figures;
+}
+
+/**
+ * The runtime alone and the bundle loaded, `reps` times each per runtime
+ * (after one untimed run of each): what an empty listing's start is made of.
+ */
+async function startParts(reps: number): Promise<StartFigures> {
+  const dir = await Deno.makeTempDir({ prefix: "secretary-reads-" });
+  try {
+    const empty = `${dir}/empty.mjs`;
+    await Deno.writeTextFile(empty, "");
+    const figures: StartFigures = { runtime: {}, loaded: {} };
+    for (const r of runtimes()) {
+      // the same runtime and flags as the listing, the bundle's path swapped for an empty module
+      const [command, args] = commandFor("registry", r, ["--help"]);
+      const bare = args.filter((a) => a !== "--help").map((a) => (a === "dist/registry.mjs" ? empty : a));
+      await timeCommand(command, bare);
+      await timeCommand(command, args);
+      figures.runtime[r] = [];
+      figures.loaded[r] = [];
+      for (let i = 0; i < reps; i++) {
+        figures.runtime[r].push((await timeCommand(command, bare)).ms);
+        figures.loaded[r].push((await timeCommand(command, args)).ms);
+      }
+      const med = (ms: number[]) => formatMs(summarize(ms).median);
+      console.log(
+        `  start (${r}): the runtime alone ${med(figures.runtime[r])}, the bundle loaded ${med(figures.loaded[r])}`,
+      );
+    }
+    return figures;
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+}
+
+/** registry.ts ls()'s work on `records` test records, timed on its first pass in this process (see RecordWork). */
+function recordWork(records: number): RecordWork {
+  const values = Array.from({ length: records }, (_, n) => testRecord(n));
+  const nowMs = Date.now();
+  const at = now();
+  const rows = values.map((v) => {
+    const e = decodeEntry(DEFAULT_PREFIX, v.key, v.value);
+    return { rank: entryRank(e), cells: tableRow(e, nowMs) };
+  });
+  const decoded = now();
+  const lines = formatRows(byRank(rows).map((r) => r.cells));
+  const done = now();
+  if (lines.length !== records + 1) throw new Error(`formatRows gave ${lines.length} lines for ${records} records`);
+  const work = { records, decodeMs: decoded - at, formatMs: done - decoded };
+  console.log(
+    `  ${records} records in this process: decoded, checked and made rows ${
+      formatMs(work.decodeMs)
+    }, sorted and laid out ${formatMs(work.formatMs)}`,
+  );
+  return work;
 }
 
 async function listings(endpoint: string, etcd: Etcd, sizes: number[], reps: number): Promise<ListingFigures[]> {
@@ -326,13 +410,13 @@ async function main(): Promise<void> {
   await benchmark(values.json, cleanup, async (): Promise<ReadsFigures> => {
     await cluster.start();
     const endpoint = cluster.endpoints[0];
+    const reps = Number(values.reps ?? (values.quick ? 2 : 5));
+    const sizes = values.sizes.split(",").map(Number);
     return {
-      listings: await listings(
-        endpoint,
-        etcd,
-        values.sizes.split(",").map(Number),
-        Number(values.reps ?? (values.quick ? 2 : 5)),
-      ),
+      // first, before this process has run any of it: cold, as each listing's process is
+      recordWork: recordWork(Math.max(...sizes)),
+      listings: await listings(endpoint, etcd, sizes, reps),
+      start: await startParts(reps),
       watch: await watchLatency(endpoint, etcd, Number(values.changes ?? (values.quick ? 200 : 1000))),
       // last: the watcher above lists the whole registry first, and these are 145 MB
       large: await large(endpoint, etcd, LARGE_VALUES, LARGE_VALUE_BYTES, values.quick ? 1 : 3),

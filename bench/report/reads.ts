@@ -37,6 +37,34 @@ export function readsRows(reads: ReadsFigures | undefined): string[][] {
     return Object.keys(all.registry).map((r) => `${r}: ${part(none.registry[r] ?? [], all.registry[r])}`)
       .join("; ") + `; etcdctl: ${part(none.etcdctl, all.etcdctl)}`;
   };
+  // the start's parts: the runtime alone, the bundle loaded (--help), the request (the empty listing less the load)
+  const startParts = () => {
+    const [none, start] = [listing(0), reads?.start];
+    if (!none || !start) return "n/a";
+    return Object.keys(start.loaded).map((r) => {
+      const [runtime, loaded] = [summarize(start.runtime[r]).median, summarize(start.loaded[r]).median];
+      const request = summarize(none.registry[r] ?? []).median - loaded;
+      return `${r}: the runtime ${formatMs(runtime)} + the bundle loaded ${formatMs(loaded - runtime)} + the ` +
+        `request ${formatMs(request)}`;
+    }).join("; ") + `; etcdctl all told ${formatMs(summarize(none.etcdctl).median)}`;
+  };
+  // the records' part against what ls() does with them in-process (deno, cold)
+  const recordParts = () => {
+    const [none, all, work] = [listing(0), listing(reads?.recordWork?.records ?? -1), reads?.recordWork];
+    if (!none || !all || !work) return "n/a";
+    const deno = all.registry.deno && none.registry.deno
+      ? summarize(all.registry.deno).median - summarize(none.registry.deno).median
+      : undefined;
+    return `decoded, checked and made rows ${formatMs(work.decodeMs)}, sorted and laid out ${
+      formatMs(work.formatMs)
+    } (in this process, deno, first pass)${
+      deno === undefined
+        ? ""
+        : `; the rest of deno's ${formatMs(deno)} (reading from etcd, collecting garbage, writing): ${
+          formatMs(Math.max(0, deno - work.decodeMs - work.formatMs))
+        }`
+    }`;
+  };
   const large = reads?.large;
   const peak = (kib: number[]) => summarize(kib).median;
   const peaks = large
@@ -54,6 +82,22 @@ export function readsRows(reads: ReadsFigures | undefined): string[][] {
     ["`registry ls` of 1,000 (x etcdctl)", "", ls(1000), "n/a", "n/a", ""],
     ["`registry ls` of 10,000 (x etcdctl)", "at most 2x etcdctl", ls(10_000), "n/a", "n/a", met(lsRatio(10_000))],
     ["of which: the start (the empty listing's time), and the records", "", split(10_000), "n/a", "n/a", ""],
+    [
+      "of which, the start: the runtime alone (an empty module), the bundle loaded (`--help`), the request",
+      "",
+      startParts(),
+      "n/a",
+      "n/a",
+      "",
+    ],
+    [
+      `of which, the records: ls's own work on ${(reads?.recordWork?.records ?? 10_000).toLocaleString("en-US")}`,
+      "",
+      recordParts(),
+      "n/a",
+      "n/a",
+      "",
+    ],
     [
       `\`registry ls --json\` of ${large?.values ?? 100} values of ${
         ((large?.valueBytes ?? 1_450_000) / 1e6).toFixed(2)
