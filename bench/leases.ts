@@ -14,6 +14,26 @@
  * die): the time until each record is gone from etcd, and whether every
  * other lease held.
  *
+ * A size not held (as sidekicks: not every instance registered at the
+ * window's end, or a lease lost) is then shed, the load still on: to N, the
+ * largest size held (all registered, no lease lost, no error) earlier in the
+ * same invocation at the same TTL and path (sizes run in the order given,
+ * ascending by default; none held: no recovery phase). Every instance from
+ * index N on stops as a stopped secretary stops: its stop signal aborted,
+ * its registrar's `stop()` revoking its lease and closing its connection;
+ * the killed ones among them too. The killed instances below N stay as the
+ * kill left them (deregistered) and are counted out. From the shed, every
+ * 500 ms, until every kept instance not killed is registered (its registrar
+ * says so) and its key listed in etcd (listed only once every registrar
+ * says so: the polling adds no load), for at most 3 TTLs + 60 s: the time
+ * that took, how many were at the end, the leases granted meanwhile (the
+ * counter of the member that led as the kill phase ended, read before and
+ * after: every member applies every grant, so one member's counts them all,
+ * whether it still leads or not; a shed instance's grant that etcd applies
+ * after the shed counts too, so beside it the leases the kept instances'
+ * registrars were granted), the shed instances' revokes that failed, and
+ * this process's CPU and its workers' loop lag meanwhile.
+ *
  * Each configuration gets a fresh cluster. Registrars start at up to `--rate`
  * a second and over at least a third of the TTL, so keep-alives are spread
  * as a fleet's are; the window starts a third of a TTL after the last
@@ -131,6 +151,32 @@ export interface LeaseRun {
   killLateMs?: number;
   /** Healthy records missing or deleted at the end (other than the killed): target 0. */
   othersLost: number;
+  /**
+   * The recovery phase, run when a sidekicks' size was not held and a smaller one was (absent otherwise, and in
+   * runs saved before it): the instances from index `recoverTo` on stopped, and `recoverWanted` the kept ones not
+   * killed, which should all be registered again.
+   */
+  recoverTo?: number;
+  recoverWanted?: number;
+  /** The kept instances not killed registered (as their registrars say) at the shed. */
+  recoverStartRegistered?: number;
+  /** From the shed to every kept instance not killed registered and listed in etcd; absent: not within the bound. */
+  recoverSeconds?: number;
+  /** The kept instances not killed registered and listed in etcd at the end of the recovery phase. */
+  recoverRegistered?: number;
+  /**
+   * Leases granted from the shed to the end of the recovery phase, as the member counts them (NaN: not read): the
+   * kept instances', and the shed instances' grants etcd applied after the shed (proposed before it, still in its
+   * backlog). A grant retried asks for the same lease, so it counts once.
+   */
+  recoverGrants?: number;
+  /** Leases the kept instances' registrars were granted over the same time (their `lease granted` events). */
+  recoverKeptGrants?: number;
+  /** Shed instances whose lease revoke failed (their records expire with their leases). */
+  recoverRevokeFailures?: number;
+  /** This process's CPU (cores) and its worst worker's loop lag p99 (ms) over the recovery phase. */
+  recoverBenchCpu?: number;
+  recoverLoopLagP99Ms?: number;
   error?: string;
 }
 
@@ -146,6 +192,59 @@ export interface LeaseFigures {
 export interface StreamComparison {
   oneStream: LeaseRun;
   streamPerKeepAlive: LeaseRun;
+}
+
+/** How long the recovery phase waits for every kept instance (s): three TTLs and a minute. */
+export function recoverBoundSeconds(ttlSeconds: number): number {
+  return 3 * ttlSeconds + 60;
+}
+
+/** How often the recovery phase asks the threads how many are registered (ms). */
+const RECOVER_POLL_MS = 500;
+
+/** Whether a sidekicks' run held: every instance registered, no lease lost, no error. */
+function held(r: LeaseRun): boolean {
+  return !r.error && r.registered === r.instances && r.leasesLost === 0;
+}
+
+/** What an overloaded size sheds to: the largest smaller sidekicks' size of the same TTL and path that held. */
+export function largestHeld(
+  runs: LeaseRun[],
+  instances: number,
+  ttlSeconds: number,
+  path: LeasePath,
+): number | undefined {
+  const sizes = runs.filter((r) =>
+    !r.perAgent && !r.streamPerKeepAlive && r.ttlSeconds === ttlSeconds && r.path === path &&
+    r.instances < instances && held(r)
+  ).map((r) => r.instances);
+  return sizes.length ? Math.max(...sizes) : undefined;
+}
+
+/**
+ * A run's recovery phase in words, or undefined if it had none: what it shed to (`5,000 less 5 killed`), whether
+ * every kept instance came back within the bound, and how (`all 4,995 registered in 23.4 s, 5,120 leases granted
+ * (1.03x; 5,010 to the kept)`; the ratio is per kept instance not killed).
+ */
+export function recoveryOf(r: LeaseRun): { to: string; recovered: boolean; detail: string } | undefined {
+  if (r.recoverTo === undefined || r.recoverWanted === undefined) return undefined;
+  const killedAmong = r.recoverTo - r.recoverWanted;
+  const recovered = typeof r.recoverSeconds === "number" && Number.isFinite(r.recoverSeconds);
+  const grants = r.recoverGrants;
+  const granted = typeof grants === "number" && Number.isFinite(grants)
+    ? `${count(grants)} leases granted (${r.recoverWanted ? (grants / r.recoverWanted).toFixed(2) : "n/a"}x${
+      r.recoverKeptGrants === undefined ? "" : `; ${count(r.recoverKeptGrants)} to the kept`
+    })`
+    : "leases granted n/a";
+  return {
+    to: `${count(r.recoverTo)}${killedAmong ? ` less ${killedAmong} killed` : ""}`,
+    recovered,
+    detail: recovered
+      ? `all ${count(r.recoverWanted)} registered in ${r.recoverSeconds!.toFixed(1)} s, ${granted}`
+      : `${count(r.recoverRegistered ?? NaN)} of ${count(r.recoverWanted)} registered in ${
+        recoverBoundSeconds(r.ttlSeconds)
+      } s, ${granted}`,
+  };
 }
 
 /** CPU (in cores) per keep-alive the leader renewed, in ms of CPU (NaN when not measured). */
@@ -341,6 +440,11 @@ async function askAll(threads: RegistrarThread[], request: Extract<ThreadRequest
     keepAliveMs: reports.flatMap((r) => r.keepAliveMs),
     keepAliveFailures: reports.reduce((s, r) => s + r.keepAliveFailures, 0),
     lagP99Ms: Math.max(...reports.map((r) => (Number.isFinite(r.lagP99Ms) ? r.lagP99Ms : 0))),
+    revokeFailures: reports.reduce((all, r) => {
+      for (const [reason, n] of r.revokeFailures) all.set(reason, (all.get(reason) ?? 0) + n);
+      return all;
+    }, new Map<string, number>()),
+    keptGrants: reports.reduce((s, r) => s + r.keptGrants, 0),
   };
 }
 
@@ -398,6 +502,7 @@ async function runOne(
   path: LeasePath,
   perAgent = 0,
   streamPerKeepAlive = false,
+  recoverTo?: number,
 ): Promise<LeaseRun> {
   const { groups, workers } = config;
   const cluster = await EtcdCluster.create(3, { host: `127.4.0.${k}` });
@@ -546,6 +651,14 @@ async function runOne(
         sumMetric(before.leaderMetrics, "etcd_debugging_server_lease_expired_total");
     run.leasesGranted = sumMetric(leaderMetrics, "etcd_debugging_lease_granted_total");
     run.callFailures = final.callFailures.filter((f) => f.at > registeredAt).length;
+
+    if (!perAgent && !streamPerKeepAlive && (run.registered < instances || run.leasesLost > 0)) {
+      if (recoverTo === undefined) {
+        console.log(`  not held, and no smaller size held at TTL ${ttlSeconds} s, ${pathName(run)}: no recovery phase`);
+      } else {
+        await recover(run, recoverTo, victims, threads, observer, prefix, leaderAfter);
+      }
+    }
   } catch (err) {
     run.error = describeError(err);
     console.log(`  failed: ${run.error}`);
@@ -554,6 +667,66 @@ async function runOne(
     current = undefined;
   }
   return run;
+}
+
+/**
+ * The recovery phase (see the module doc): sheds `run`'s load to its first `keep` instances, then waits for every
+ * kept instance not among `victims` to be registered and listed, and records what it took in `run`. Lease grants are
+ * read from `member`, the leader as the kill phase ended.
+ */
+async function recover(
+  run: LeaseRun,
+  keep: number,
+  victims: number[],
+  threads: RegistrarThread[],
+  observer: Etcd,
+  prefix: string,
+  member: EtcdMember,
+): Promise<void> {
+  const killed = new Set(victims);
+  const wanted = Array.from({ length: keep }, (_, i) => i).filter((i) => !killed.has(i));
+  run.recoverTo = keep;
+  run.recoverWanted = wanted.length;
+  const granted = async () => sumMetric(await scrapeMetrics(member.clientUrl), "etcd_debugging_lease_granted_total");
+  const grantedBefore = await granted().catch(() => NaN);
+  // the loop lag from the shed on (the window's samples are already taken)
+  const atShed = await askAll(threads, { type: "measure", on: true });
+  run.recoverStartRegistered = wanted.filter((i) => !atShed.unregistered.has(i)).length;
+  const cpuBefore = cpuOf([Deno.pid]);
+  const shedAt = now();
+  const shed = Array.from({ length: run.instances - keep }, (_, n) => keep + n);
+  await Promise.all(threads.map((h) => h.ask({ type: "shed", indexes: shed })));
+  console.log(
+    `  not held: shed to ${count(keep)} instances (the largest size held at this TTL and path), ` +
+      `${count(wanted.length)} of them not killed, ${count(run.recoverStartRegistered)} of those registered`,
+  );
+  const boundMs = recoverBoundSeconds(run.ttlSeconds) * 1000;
+  let listed = new Set<string>();
+  let up: number[] = [];
+  for (;;) {
+    await delay(RECOVER_POLL_MS);
+    const report = await askAll(threads, { type: "report" });
+    up = wanted.filter((i) => !report.unregistered.has(i));
+    const over = now() - shedAt >= boundMs;
+    // a list of thousands of keys every poll would add to the load measured: listed once all say registered
+    if (up.length < wanted.length && !over) continue;
+    listed = await observer.list(prefix).then((l) => new Set(l.values.map((v) => v.key)), () => listed);
+    up = up.filter((i) => listed.has(keyOf(i)));
+    if (up.length === wanted.length) {
+      run.recoverSeconds = (now() - shedAt) / 1000;
+      break;
+    }
+    if (over) break;
+  }
+  const seconds = (now() - shedAt) / 1000;
+  run.recoverRegistered = up.length;
+  run.recoverBenchCpu = (cpuOf([Deno.pid]) - cpuBefore) / seconds;
+  const measured = await askAll(threads, { type: "measure", on: false });
+  run.recoverLoopLagP99Ms = measured.lagP99Ms;
+  run.recoverRevokeFailures = [...measured.revokeFailures.values()].reduce((a, b) => a + b, 0);
+  for (const [reason, n] of measured.revokeFailures) console.log(`  revoke of a shed instance failed ${n}x: ${reason}`);
+  run.recoverKeptGrants = measured.keptGrants;
+  run.recoverGrants = (await granted().catch(() => NaN)) - grantedBefore;
 }
 
 function count(x: number): string {
@@ -579,7 +752,20 @@ function describeRun(r: LeaseRun): string {
     `on the kill up to ${formatMs(r.killLateMs ?? NaN)} late); ` +
     `${r.killedWithinBound} within ${formatMs(KILL_BOUND_MS)}; others lost ${r.othersLost}` +
     (r.leaderChanged ? "; the leader changed" : ""),
+    ...recoveryLines(r),
   ].join("\n  ");
+}
+
+/** The recovery phase as describeRun() prints it: none for a run without one. */
+function recoveryLines(r: LeaseRun): string[] {
+  const recovery = recoveryOf(r);
+  if (!recovery) return [];
+  return [
+    `overloaded: shed to ${recovery.to}, then ${recovery.recovered ? "" : "not recovered: "}${recovery.detail} ` +
+    `(${count(r.recoverStartRegistered ?? NaN)} registered at the shed; ${r.recoverRevokeFailures ?? "n/a"} ` +
+    `revokes of the shed failed); this process ${cores(r.recoverBenchCpu ?? NaN)} (worst thread's loop lag p99 ` +
+    `${formatMs(r.recoverLoopLagP99Ms ?? NaN)})`,
+  ];
 }
 
 /** The lease-load table, in Markdown, for bench/README.md. */
@@ -597,7 +783,12 @@ export function leaseTable(figures: LeaseFigures): string {
     "leases lost",
     `${figures.runs[0]?.killed.length || "n/a"} killed: worst to gone (within ${formatMs(figures.killBoundMs)})`,
     "this process: CPU, loop lag p99",
+    "overloaded: shed to N (the largest size held), then",
   ];
+  const recovered = (r: LeaseRun) => {
+    const recovery = recoveryOf(r);
+    return recovery ? `${recovery.to}: ${recovery.recovered ? "" : "not recovered, "}${recovery.detail}` : "";
+  };
   const row = (r: LeaseRun) =>
     r.error
       ? [count(r.instances), `${r.ttlSeconds} s`, pathName(r), `failed: ${r.error}`, ...header.slice(4).map(() => "")]
@@ -621,6 +812,7 @@ export function leaseTable(figures: LeaseFigures): string {
           r.killLateMs === undefined ? "" : `; threads ${formatMs(r.killLateMs)} late`
         })`,
         `${cores(r.benchCpu)}, ${formatMs(r.loopLagP99Ms)}`,
+        recovered(r),
       ];
   const line = (cells: string[]) => `| ${cells.join(" | ")} |`;
   return [line(header), line(header.map(() => "---")), ...figures.runs.map((r) => line(row(r)))].join("\n");
@@ -645,7 +837,8 @@ async function main(config: Config): Promise<LeaseFigures> {
             path === "proxy" ? `${groups} gRPC proxies` : "direct"
           }:`,
         );
-        const r = await runOne(config, k, instances, ttlSeconds, path);
+        const recoverTo = largestHeld(figures.runs, instances, ttlSeconds, path);
+        const r = await runOne(config, k, instances, ttlSeconds, path, 0, false, recoverTo);
         figures.runs.push(r);
         if (!r.error) console.log(`  ${describeRun(r)}`);
       }

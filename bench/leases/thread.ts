@@ -19,6 +19,11 @@
  * (a sidekick's own, an agent's host lease), so no other keep-alive waits
  * on the stream ended.
  *
+ * "shed" stops instances as a stopped secretary stops (its registrar's stop
+ * signal aborted, then `stop()`: its lease revoked, bounded by
+ * STOP_TIMEOUT_MS, and its connection closed), and drops them from the
+ * thread's fleet, so "report" counts only the instances kept.
+ *
  * @module
  */
 import { sleep } from "../../lib/cli.ts";
@@ -83,6 +88,12 @@ export type ThreadRequest =
   | { type: "measure"; on: boolean }
   /** `at`: when the main thread sent it (ms since the epoch); answered with how late the thread acted on it (ms). */
   | { type: "kill"; indexes: number[]; at: number }
+  /**
+   * Stop these instances as a stopped secretary stops (lease revoked, connection closed) and leave them out of
+   * every report from now on; answered at once, the revokes still in flight (their failures in `revokeFailures`).
+   * Sidekicks only: an agent's instances hold no lease of their own to revoke.
+   */
+  | { type: "shed"; indexes: number[] }
   | { type: "report" }
   | { type: "stop" };
 
@@ -96,6 +107,10 @@ export interface ThreadReport {
   keepAliveMs: number[];
   keepAliveFailures: number;
   lagP99Ms: number;
+  /** Why shed instances' lease revokes failed (digits as N), and how many: their records expire with their leases. */
+  revokeFailures: [string, number][];
+  /** Leases the kept instances' registrars were granted (their `lease granted` events) since the last "shed". */
+  keptGrants: number;
 }
 
 /** The worker's side: runs the registrars it is given, counts what they do, answers the main thread. */
@@ -114,6 +129,10 @@ function registrarThread(): void {
   let keepAliveFailures = 0;
   const leasesLost: [number, number][] = [];
   const callFailures: { at: number; reason: string }[] = [];
+  /** The instances shed: not started if their turn has not come yet. */
+  const shed = new Set<number>();
+  const revokeFailures = new Map<string, number>();
+  let keptGrants = 0;
 
   /** Set by "start": end the keep-alive stream after each answer (see the module doc). */
   let streamPerKeepAlive = false;
@@ -151,7 +170,14 @@ function registrarThread(): void {
     keepAliveMs,
     keepAliveFailures,
     lagP99Ms: lag.samples.length ? percentile(lag.samples, 99) : NaN,
+    revokeFailures: [...revokeFailures],
+    keptGrants,
   });
+
+  const revokeFailed = (reason: string) => {
+    const key = reason.replace(/\d+/g, "N");
+    revokeFailures.set(key, (revokeFailures.get(key) ?? 0) + 1);
+  };
 
   /** The registrar's effects for instance `index`: its lease lost and failed calls counted, never printed. */
   const effectsOf = (indexes: () => number[]) => ({
@@ -162,6 +188,8 @@ function registrarThread(): void {
     log: (_level: string, event: string, fields?: Record<string, unknown>) => {
       if (event === "lease lost") { for (const index of indexes()) leasesLost.push([index, now()]); }
       if (event === "etcd call failed") callFailures.push({ at: now(), reason: String(fields?.reason) });
+      if (event === "revoke failed") revokeFailed(String(fields?.reason));
+      if (event === "lease granted") keptGrants++;
     },
   });
 
@@ -201,6 +229,7 @@ function registrarThread(): void {
       const wait = request.startedAt + index * request.spacingMs - now();
       if (wait > 1) await delay(wait);
       if (stopped) return;
+      if (shed.has(index)) continue;
       const agent = request.perAgent ? agentOf(Math.floor(index / request.perAgent), request) : undefined;
       const group = agent ? Math.floor(index / request.perAgent) % request.groups : index % request.groups;
       const etcd = agent?.etcd ??
@@ -252,6 +281,20 @@ function registrarThread(): void {
         const mine = new Set(request.indexes);
         for (const i of fleet) if (mine.has(i.index)) i.registrar.want(false, "check failed");
         return answer(now() - request.at);
+      }
+      case "shed": {
+        for (const index of request.indexes) shed.add(index);
+        keptGrants = 0; // a stopping registrar logs no "lease granted": from here on, the kept's alone
+        for (let n = fleet.length - 1; n >= 0; n--) {
+          const i = fleet[n];
+          if (!shed.has(i.index)) continue;
+          fleet.splice(n, 1);
+          i.stop.abort();
+          // stop() revokes the lease and closes the connection, as the secretary's SIGTERM does; a failed revoke
+          // is logged as "revoke failed" (counted above)
+          i.registrar.stop().catch((err) => revokeFailed(`stop() threw: ${err}`));
+        }
+        return answer(null);
       }
       case "report":
         return answer(report());

@@ -8,14 +8,28 @@
 import { type FanoutFigures, fanoutTable } from "../fanout.ts";
 import {
   describeStreamComparison,
+  largestHeld,
   type LeaseFigures,
   type LeaseRun,
   leaseTable,
   pathName,
+  recoveryOf,
   streamTable,
 } from "../leases.ts";
 import { cores as share, formatMs } from "../lib.ts";
 import { coresText } from "./table.ts";
+
+/** A sidekicks' run not held: how it recovered once shed to the largest size held (the issue's second target). */
+function recoveryText(r: LeaseRun, runs: LeaseRun[]): string {
+  const recovery = recoveryOf(r);
+  if (!recovery) {
+    return largestHeld(runs, r.instances, r.ttlSeconds, r.path) === undefined
+      ? "no smaller size held at this TTL and path to shed to"
+      : "recovery not measured (a run saved before the recovery phase)";
+  }
+  return `shed to ${recovery.to}, ${recovery.recovered ? "recovered" : "**not recovered**"}: ${recovery.detail}, ` +
+    `this process at ${share(r.recoverBenchCpu ?? NaN)} CPU`;
+}
 
 /** Lease load and watch fan-out (bench/leases.ts, bench/fanout.ts), with the scale targets judged from the run. */
 export function scaleSection(
@@ -52,7 +66,7 @@ export function scaleSection(
                   : ""
               }`
             : ""
-        }.`,
+        }${r.error || held || r.perAgent ? "" : `; ${recoveryText(r, leases.runs)}`}.`,
       );
     }
     // absent from runs saved before the comparison, or run with --stream-compare 0
@@ -97,7 +111,10 @@ Lease load ([leases.ts](leases.ts)): the secretary's own registrar (lib/registra
 the threads of one process on the machine's ${coresText(cores)} beside three members on loopback; "proxies": one
 \`etcd grpc-proxy\` per host group. "Agents of ${perAgent}": every ${perAgent} instances are one host's agent as lib/agent.ts makes it,
 but for the checks (no instance is checked here): one connection and one lease, kept alive by its own registrar, each
-instance's registrar putting its record under it.
+instance's registrar putting its record under it. A size not held is then shed to the largest size held at its TTL and
+path (the instances beyond it stopped as a stopped secretary stops: lease revoked, connection closed), and the last
+column gives the time until every kept instance not killed is registered and listed again (at most 3 TTLs + 60 s),
+and the leases granted meanwhile per such instance.
 
 ${leases ? leaseTable(leases) : "The lease load failed or did not run."}
 ${
