@@ -60,7 +60,10 @@
  * LeaseKeepAlive stream) and once ending the stream after every answer, so
  * each keep-alive opens its own (what the secretary did before): keep-alives
  * a second at the leader, its CPU and its CPU a keep-alive, and the streams
- * the members opened a second, side by side.
+ * the members opened a second, side by side. Then both again with every
+ * connection to the leader (found once the cluster is up), where no
+ * follower forwards a renewal to it: what a stream costs the leader when
+ * the leader serves it.
  *
  * ```sh
  * node_modules/.bin/deno run -A bench/leases.ts                  # 1,000, 5,000, 10,000 x TTL 10 s, 30 s x direct, proxy
@@ -95,6 +98,8 @@ export interface LeaseRun {
   perAgent?: number;
   /** Each connection's keep-alive stream ended after every answer: a stream a keep-alive (the old behaviour). */
   streamPerKeepAlive?: boolean;
+  /** Every connection to the leader (direct only), none to a follower. */
+  leaderOnly?: boolean;
   ttlSeconds: number;
   path: LeasePath;
   /** Host groups, gRPC proxies (one a group on the proxy path, else 0), and the threads running the registrars. */
@@ -192,6 +197,8 @@ export interface LeaseFigures {
 export interface StreamComparison {
   oneStream: LeaseRun;
   streamPerKeepAlive: LeaseRun;
+  /** The same two with every connection to the leader; absent in runs saved before it. */
+  leaderOnly?: { oneStream: LeaseRun; streamPerKeepAlive: LeaseRun };
 }
 
 /** How long the recovery phase waits for every kept instance (s): three TTLs and a minute. */
@@ -215,7 +222,7 @@ export function largestHeld(
   path: LeasePath,
 ): number | undefined {
   const sizes = runs.filter((r) =>
-    !r.perAgent && !r.streamPerKeepAlive && r.ttlSeconds === ttlSeconds && r.path === path &&
+    !r.perAgent && !r.streamPerKeepAlive && !r.leaderOnly && r.ttlSeconds === ttlSeconds && r.path === path &&
     r.instances < instances && held(r)
   ).map((r) => r.instances);
   return sizes.length ? Math.max(...sizes) : undefined;
@@ -276,12 +283,22 @@ export function describeStreamComparison(c: StreamComparison, markdown = false):
     : markdown
     ? "**missed**"
     : "missed";
-  const both = (f: (r: LeaseRun) => string) => `${one.error ? "n/a" : f(one)} vs ${per.error ? "n/a" : f(per)}`;
+  const both = (f: (r: LeaseRun) => string, a = one, b = per) =>
+    `${a.error ? "n/a" : f(a)} vs ${b.error ? "n/a" : f(b)}`;
+  const leader = c.leaderOnly;
+  const leaderRatio = leader
+    ? leaderCpuPerKeepAliveMs(leader.oneStream) / leaderCpuPerKeepAliveMs(leader.streamPerKeepAlive)
+    : NaN;
+  const atLeader = leader
+    ? `; with every connection to the leader (no renewal forwarded by a follower): leader CPU per keep-alive ${
+      both((r) => cpuMs(leaderCpuPerKeepAliveMs(r)), leader.oneStream, leader.streamPerKeepAlive)
+    } (${Number.isFinite(leaderRatio) ? `${leaderRatio.toFixed(2)}x` : "n/a"})`
+    : "";
   return `one stream per connection vs a stream per keep-alive (${count(one.instances)} instances, TTL ` +
     `${one.ttlSeconds} s, ${pathName(one)}; same configuration, same run): leader CPU per keep-alive ` +
     `${both((r) => cpuMs(leaderCpuPerKeepAliveMs(r)))} (${Number.isFinite(ratio) ? `${ratio.toFixed(2)}x` : "n/a"}; ` +
     `target "leader CPU per keep-alive halves", at most 0.5x: ${judged}); LeaseKeepAlive streams opened at the ` +
-    `members ${both((r) => `${count(r.keepAliveStreamsPerSecond)}/s`)}`;
+    `members ${both((r) => `${count(r.keepAliveStreamsPerSecond)}/s`)}${atLeader}`;
 }
 
 /** The comparison's two runs side by side, in Markdown. */
@@ -315,6 +332,12 @@ export function streamTable(c: StreamComparison): string {
     line(header.map(() => "---")),
     line(row("one stream per connection", c.oneStream)),
     line(row("a stream per keep-alive", c.streamPerKeepAlive)),
+    ...(c.leaderOnly
+      ? [
+        line(row("one stream per connection, every connection to the leader", c.leaderOnly.oneStream)),
+        line(row("a stream per keep-alive, every connection to the leader", c.leaderOnly.streamPerKeepAlive)),
+      ]
+      : []),
   ].join("\n");
 }
 
@@ -500,9 +523,14 @@ async function runOne(
   instances: number,
   ttlSeconds: number,
   path: LeasePath,
-  perAgent = 0,
-  streamPerKeepAlive = false,
-  recoverTo?: number,
+  { perAgent = 0, streamPerKeepAlive = false, recoverTo, leaderOnly = false }: {
+    perAgent?: number;
+    streamPerKeepAlive?: boolean;
+    /** The size to shed to if this one is not held (sidekicks only); undefined: no recovery phase. */
+    recoverTo?: number;
+    /** Every connection to the leader (direct only). */
+    leaderOnly?: boolean;
+  } = {},
 ): Promise<LeaseRun> {
   const { groups, workers } = config;
   const cluster = await EtcdCluster.create(3, { host: `127.4.0.${k}` });
@@ -521,6 +549,7 @@ async function runOne(
   const prefix = servicePrefix(DEFAULT_PREFIX, SERVICE);
   const run = emptyRun(config, instances, ttlSeconds, path, perAgent);
   if (streamPerKeepAlive) run.streamPerKeepAlive = true;
+  if (leaderOnly) run.leaderOnly = true;
   try {
     await cluster.start();
     if (path === "proxy") {
@@ -534,10 +563,8 @@ async function runOne(
     const spacingMs = Math.max(1000 / config.rate, (ttlSeconds * 1000) / 3 / instances);
     const startedAt = now() + 1000; // the workers load their modules first
     // a real secretary is given every member (it picks one at random), or its host's proxy
-    const endpointsByGroup = Array.from(
-      { length: groups },
-      (_, g) => path === "proxy" ? [proxies[g].url] : cluster.endpoints,
-    );
+    const direct = leaderOnly ? [(await leaderOf(cluster)).clientUrl] : cluster.endpoints;
+    const endpointsByGroup = Array.from({ length: groups }, (_, g) => path === "proxy" ? [proxies[g].url] : direct);
     for (let w = 0; w < workers; w++) {
       const thread = new RegistrarThread();
       threads.push(thread);
@@ -652,7 +679,7 @@ async function runOne(
     run.leasesGranted = sumMetric(leaderMetrics, "etcd_debugging_lease_granted_total");
     run.callFailures = final.callFailures.filter((f) => f.at > registeredAt).length;
 
-    if (!perAgent && !streamPerKeepAlive && (run.registered < instances || run.leasesLost > 0)) {
+    if (!perAgent && !streamPerKeepAlive && !leaderOnly && (run.registered < instances || run.leasesLost > 0)) {
       if (recoverTo === undefined) {
         console.log(`  not held, and no smaller size held at TTL ${ttlSeconds} s, ${pathName(run)}: no recovery phase`);
       } else {
@@ -838,7 +865,7 @@ async function main(config: Config): Promise<LeaseFigures> {
           }:`,
         );
         const recoverTo = largestHeld(figures.runs, instances, ttlSeconds, path);
-        const r = await runOne(config, k, instances, ttlSeconds, path, 0, false, recoverTo);
+        const r = await runOne(config, k, instances, ttlSeconds, path, { recoverTo });
         figures.runs.push(r);
         if (!r.error) console.log(`  ${describeRun(r)}`);
       }
@@ -852,24 +879,35 @@ async function main(config: Config): Promise<LeaseFigures> {
         count(agents)
       } agents of ${config.perAgent}, TTL ${config.agentTtl} s, direct:`,
     );
-    const r = await runOne(config, k, instances, config.agentTtl, "direct", config.perAgent);
+    const r = await runOne(config, k, instances, config.agentTtl, "direct", { perAgent: config.perAgent });
     figures.runs.push(r);
     if (!r.error) console.log(`  ${describeRun(r)}`);
   }
   if (config.streamCompare) {
     const runs: LeaseRun[] = [];
-    for (const streamPerKeepAlive of [false, true]) {
-      k++;
-      console.log(
-        `${count(config.streamCompare)} instances, TTL ${STREAM_COMPARE_TTL} s, direct, ${
-          streamPerKeepAlive ? "a LeaseKeepAlive stream a keep-alive (the old behaviour)" : "one stream a connection"
-        }:`,
-      );
-      const r = await runOne(config, k, config.streamCompare, STREAM_COMPARE_TTL, "direct", 0, streamPerKeepAlive);
-      runs.push(r);
-      if (!r.error) console.log(`  ${describeRun(r)}`);
+    for (const leaderOnly of [false, true]) {
+      for (const streamPerKeepAlive of [false, true]) {
+        k++;
+        console.log(
+          `${count(config.streamCompare)} instances, TTL ${STREAM_COMPARE_TTL} s, direct${
+            leaderOnly ? " to the leader only" : ""
+          }, ${
+            streamPerKeepAlive ? "a LeaseKeepAlive stream a keep-alive (the old behaviour)" : "one stream a connection"
+          }:`,
+        );
+        const r = await runOne(config, k, config.streamCompare, STREAM_COMPARE_TTL, "direct", {
+          streamPerKeepAlive,
+          leaderOnly,
+        });
+        runs.push(r);
+        if (!r.error) console.log(`  ${describeRun(r)}`);
+      }
     }
-    figures.streams = { oneStream: runs[0], streamPerKeepAlive: runs[1] };
+    figures.streams = {
+      oneStream: runs[0],
+      streamPerKeepAlive: runs[1],
+      leaderOnly: { oneStream: runs[2], streamPerKeepAlive: runs[3] },
+    };
   }
   console.log(
     `\nOne connection per instance, as each secretary has its own; ${groups} host groups, each through its own ` +

@@ -121,7 +121,11 @@ ${
     leases?.streams
       ? `
 One LeaseKeepAlive stream per connection (the secretary's) against a stream per keep-alive (its old behaviour, each
-connection's stream ended after every answer), the same configuration, each on a fresh cluster in the same run:
+connection's stream ended after every answer), the same configuration, each on a fresh cluster in the same run${
+        leases.streams.leaderOnly
+          ? `; then both with every connection to the leader, where no follower forwards a renewal to it`
+          : ""
+      }:
 
 ${streamTable(leases.streams)}
 `
