@@ -287,7 +287,7 @@ async function runPhases(dir: string): Promise<PhaseResult[]> {
   // serve has no --quick: shorter rounds, the same rate and streams (the target's)
   await stage([{ name: "serve", script: "serve.ts", args: quick ? ["--seconds", "20"] : [], limitMinutes: 8 }]);
   await stage([{ name: "fanout", script: "fanout.ts", args: q, limitMinutes: 10 }]);
-  await stage([{ name: "leases", script: "leases.ts", args: q, limitMinutes: 50 }]);
+  await stage([{ name: "leases", script: "leases.ts", args: q, limitMinutes: 60 }]);
   return results;
 }
 
