@@ -23,8 +23,8 @@
  * sync`, alone; then `registry serve` with a page and 50 event streams open,
  * alone; then watch fan-out and the lease load of thousands of instances
  * against three members (thousands of sidekicks, then 10,000 instances as 100
- * agents of 100), alone. About an hour on the 2-core machine of record, 33
- * minutes of it the lease load.
+ * agents of 100), alone. About 67 minutes on the 2-core machine of record,
+ * 38 of them the lease load.
  *
  * Every sentence it writes into bench/README.md comes from that run's
  * figures (the machine's cores too): which targets were met or missed is

@@ -53,9 +53,13 @@ export function scaleSection(
         `- ${r.instances.toLocaleString("en-US")} instances, TTL ${r.ttlSeconds} s, ${pathName(r)}: ${
           r.error
             ? `failed (${r.error})`
-            : `${held ? "held" : "**not held**"} (${r.leasesLost} leases lost), the ${r.killed.length} killed ${
-              out ? "out" : "**not all out**"
-            } within ${formatMs(leases.killBoundMs)} (${r.killedWithinBound} were)`
+            : `${held ? "held" : "**not held**"} (${r.leasesLost} leases lost), ${
+              r.killed.length === 0
+                ? "**none registered to kill**"
+                : `the ${r.killed.length} killed ${out ? "out" : "**not all out**"} within ${
+                  formatMs(leases.killBoundMs)
+                } (${r.killedWithinBound} were)`
+            }`
         }${
           r.perAgent && !r.error
             ? `; the leader renewed ${Math.round(r.keepAlivesPerSecond)} leases a second at ${share(r.leaderCpu)} ` +
