@@ -210,7 +210,7 @@ export function recoverBoundSeconds(ttlSeconds: number): number {
 const RECOVER_POLL_MS = 500;
 
 /** Whether a sidekicks' run held: every instance registered, no lease lost, no error. */
-function held(r: LeaseRun): boolean {
+export function held(r: LeaseRun): boolean {
   return !r.error && r.registered === r.instances && r.leasesLost === 0;
 }
 
@@ -679,7 +679,7 @@ async function runOne(
     run.leasesGranted = sumMetric(leaderMetrics, "etcd_debugging_lease_granted_total");
     run.callFailures = final.callFailures.filter((f) => f.at > registeredAt).length;
 
-    if (!perAgent && !streamPerKeepAlive && !leaderOnly && (run.registered < instances || run.leasesLost > 0)) {
+    if (!perAgent && !streamPerKeepAlive && !leaderOnly && !held(run)) {
       if (recoverTo === undefined) {
         console.log(`  not held, and no smaller size held at TTL ${ttlSeconds} s, ${pathName(run)}: no recovery phase`);
       } else {

@@ -8,6 +8,7 @@
 import { type FanoutFigures, fanoutTable } from "../fanout.ts";
 import {
   describeStreamComparison,
+  held,
   largestHeld,
   type LeaseFigures,
   type LeaseRun,
@@ -47,13 +48,13 @@ export function scaleSection(
       );
     for (const r of big) {
       const beside = r.perAgent && !r.error ? sidekicksOf(r) : undefined;
-      const held = !r.error && r.registered === r.instances && r.leasesLost === 0;
+      const isHeld = held(r);
       const out = !r.error && r.killed.length > 0 && r.killedWithinBound === r.killed.length;
       judged.push(
         `- ${r.instances.toLocaleString("en-US")} instances, TTL ${r.ttlSeconds} s, ${pathName(r)}: ${
           r.error
             ? `failed (${r.error})`
-            : `${held ? "held" : "**not held**"} (${r.leasesLost} leases lost), ${
+            : `${isHeld ? "held" : "**not held**"} (${r.leasesLost} leases lost), ${
               r.killed.length === 0
                 ? "**none registered to kill**"
                 : `the ${r.killed.length} killed ${out ? "out" : "**not all out**"} within ${
@@ -70,7 +71,7 @@ export function scaleSection(
                   : ""
               }`
             : ""
-        }${r.error || held || r.perAgent ? "" : `; ${recoveryText(r, leases.runs)}`}.`,
+        }${r.error || isHeld || r.perAgent ? "" : `; ${recoveryText(r, leases.runs)}`}.`,
       );
     }
     // absent from runs saved before the comparison, or run with --stream-compare 0
